@@ -1,0 +1,36 @@
+"""Input validation that raises one clear error naming the problem."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+class PoisonCamError(ValueError):
+    """Raised for bad user input: the message names the problem and, where possible, the fix."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`PoisonCamError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise PoisonCamError(message)
+
+
+def check_shape(x: torch.Tensor, dims: Sequence[str], name: str = "input") -> None:
+    """Check ``x`` has ``len(dims)`` dimensions; integer entries of ``dims`` must match exactly.
+
+    >>> check_shape(torch.zeros(2, 3, 4, 4), ["B", "3", "H", "W"])
+    """
+    if x.dim() != len(dims):
+        raise PoisonCamError(f"{name} must have shape ({', '.join(dims)}), got {tuple(x.shape)}")
+    for size, dim in zip(x.shape, dims):
+        if dim.isdigit() and size != int(dim):
+            raise PoisonCamError(f"{name} must have shape ({', '.join(dims)}), got {tuple(x.shape)}")
+
+
+def check_rate(rate: float, name: str = "rate") -> float:
+    """A poisoning rate must lie in (0, 1]."""
+    rate = float(rate)
+    check(0.0 < rate <= 1.0, f"{name} must be in (0, 1], got {rate}")
+    return rate

@@ -1,0 +1,163 @@
+"""Image datasets served as ``(PIL.Image RGB, int label)``, with a cheap fingerprint for cache keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from solo_poisoncam.checks import PoisonCamError, check
+from solo_poisoncam.io import hash_obj
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Base class: a labelled image set that also knows how to rebuild itself (``spec``).
+
+    Subclasses set ``name``, ``split``, ``classes``, ``targets`` (int64, (N,)) and ``spec``
+    (the keyword arguments of :func:`solo_poisoncam.data.build_dataset` that recreate it).
+    """
+
+    name: str
+    split: str
+    classes: List[str]
+    targets: np.ndarray
+    spec: Dict[str, Any]
+    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> Tuple[Image.Image, int]:
+        raise NotImplementedError
+
+    def get_array(self, index: int) -> np.ndarray:
+        """The image as uint8 (H, W, 3)."""
+        return np.asarray(self[index][0].convert("RGB"))
+
+    def image_size(self, index: int) -> Tuple[int, int]:
+        """(width, height) of image ``index`` without decoding pixels where possible."""
+        return self[index][0].size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+
+class ArrayImageDataset(ImageDataset):
+    """Images held in memory as one uint8 array (N, H, W, 3)."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: Sequence[int],
+        classes: Sequence[str],
+        name: str,
+        split: str,
+        spec: Dict[str, Any],
+        mean: Optional[Tuple[float, float, float]] = None,
+        std: Optional[Tuple[float, float, float]] = None,
+    ):
+        images = np.asarray(images)
+        check(images.ndim == 4 and images.shape[-1] == 3 and images.dtype == np.uint8,
+              f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        check(len(images) > 0, f"dataset '{name}' ({split}) is empty")
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+        check(len(self.targets) == len(images), "images and targets differ in length")
+        self.classes = list(classes)
+        self.name, self.split, self.spec = name, split, dict(spec)
+        if mean is not None:
+            self.mean, self.std = tuple(mean), tuple(std)
+        self._fingerprint: Optional[str] = None
+
+    def __getitem__(self, index: int) -> Tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index]), int(self.targets[index])
+
+    def get_array(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def image_size(self, index: int) -> Tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
+    def as_tensor(self) -> torch.Tensor:
+        """All images as uint8 (N, 3, H, W), sharing memory with the array."""
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2)
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = hash_obj(self.name, self.split, self.images, self.targets)
+        return self._fingerprint
+
+
+class FolderImageDataset(ImageDataset):
+    """An ImageFolder tree (``root/<class>/<image>``), decoded lazily; corrupt files raise naming the file."""
+
+    EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+    def __init__(self, root: str, split: str, spec: Dict[str, Any], size: Optional[int] = None):
+        root_path = Path(root)
+        check(root_path.is_dir(), f"image folder '{root}' does not exist or is not a directory")
+        self.classes = sorted(d.name for d in root_path.iterdir() if d.is_dir())
+        check(len(self.classes) > 0, f"image folder '{root}' has no class sub-directories")
+        samples = []
+        for c, cls in enumerate(self.classes):
+            for p in sorted((root_path / cls).rglob("*")):
+                if p.suffix.lower() in self.EXTENSIONS:
+                    samples.append((str(p), c))
+        check(len(samples) > 0, f"image folder '{root}' contains no images")
+        self.root = str(root_path)
+        self.samples = samples
+        self.targets = np.array([c for _, c in samples], dtype=np.int64)
+        self.size = size
+        self.name, self.split, self.spec = "folder", split, dict(spec)
+        self._fingerprint: Optional[str] = None
+
+    def _open(self, index: int) -> Image.Image:
+        path = self.samples[index][0]
+        try:
+            img = Image.open(path)
+            img = img.convert("RGB")
+        except Exception as e:  # PIL raises many types for bad files
+            raise PoisonCamError(f"cannot read image '{path}': {e}") from e
+        if self.size is not None:
+            img = _resize_center_crop(img, self.size)
+        return img
+
+    def __getitem__(self, index: int) -> Tuple[Image.Image, int]:
+        return self._open(index), int(self.targets[index])
+
+    def image_size(self, index: int) -> Tuple[int, int]:
+        if self.size is not None:
+            return self.size, self.size
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as img:
+                return img.size
+        except Exception as e:
+            raise PoisonCamError(f"cannot read image '{path}': {e}") from e
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            stats = []
+            for p, c in self.samples:
+                st = Path(p).stat()
+                stats.append([str(Path(p).relative_to(self.root)), c, st.st_size, int(st.st_mtime)])
+            self._fingerprint = hash_obj("folder", self.split, self.size, stats)
+        return self._fingerprint
+
+
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` then centre-crop a square (the usual eval geometry)."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
