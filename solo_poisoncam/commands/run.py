@@ -1,0 +1,11 @@
+"""Not implemented yet."""
+
+from solo_poisoncam.checks import PoisonCamError
+
+
+def add_arguments(p):
+    pass
+
+
+def run(args):
+    raise PoisonCamError("'poisoncam run' is not implemented yet")

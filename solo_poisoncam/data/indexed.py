@@ -1,0 +1,50 @@
+"""Fixed-size uint8 batches of a dataset with their dataset indexes: (index, image, label)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from solo_poisoncam.data.base import ArrayImageDataset, ImageDataset
+
+
+class IndexedImages(torch.utils.data.Dataset):
+    """Fixed-size uint8 (3, S, S) images of ``dataset`` restricted to ``indexes``.
+
+    In-memory datasets are materialised once (poisons applied); others are decoded per item.
+    """
+
+    def __init__(self, dataset, indexes: Optional[Sequence[int]] = None, size: Optional[int] = None):
+        self.dataset = dataset
+        self.indexes = np.arange(len(dataset)) if indexes is None else np.asarray(indexes, dtype=np.int64)
+        self.size = size
+        self.targets = torch.as_tensor(np.asarray(dataset.targets)[self.indexes])
+        self._tensor = None
+        base = getattr(dataset, "base", dataset)  # poisoned / patched wrappers keep their base here
+        if isinstance(base, ArrayImageDataset) and (size is None or size == base.images.shape[1]):
+            full = dataset.as_tensor()
+            self._tensor = full[torch.as_tensor(self.indexes)]
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __getitem__(self, j: int):
+        i = int(self.indexes[j])
+        if self._tensor is not None:
+            img = self._tensor[j]
+        else:
+            arr = self.dataset.get_array(i)
+            if self.size is not None and arr.shape[:2] != (self.size, self.size):
+                arr = np.asarray(Image.fromarray(arr).resize((self.size, self.size), Image.BICUBIC))
+            img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        return i, img, self.targets[j]
+
+
+def image_side(dataset: ImageDataset, size: Optional[int]) -> int:
+    if size is not None:
+        return int(size)
+    w, h = dataset.image_size(0)
+    return int(min(w, h))

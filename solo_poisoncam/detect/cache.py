@@ -1,0 +1,52 @@
+"""Stage cache: results stored under a hash of everything that determines them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from solo_poisoncam.io import hash_obj, save_torch
+
+
+class StageCache:
+    """``<dir>/<stage>-<key hash>.pt`` holding ``{"key": key, "value": value}``.
+
+    The full key is stored and compared on load, so a hash collision or a hand-copied file is
+    never taken for a hit. Only rank 0 writes when a ``runner`` is distributed.
+    """
+
+    def __init__(self, directory, enabled: bool = True, runner=None):
+        self.dir = Path(directory)
+        self.enabled = enabled
+        self.runner = runner
+        self.hits: Dict[str, bool] = {}
+
+    def path(self, stage: str, key: Dict[str, Any]) -> Path:
+        return self.dir / f"{stage}-{hash_obj(key)}.pt"
+
+    def load(self, stage: str, key: Dict[str, Any]) -> Optional[Any]:
+        p = self.path(stage, key)
+        if not (self.enabled and p.is_file()):
+            return None
+        try:
+            blob = torch.load(p, map_location="cpu", weights_only=False)
+        except Exception:  # a torn or foreign file is a miss, not an error
+            return None
+        if not isinstance(blob, dict) or hash_obj(blob.get("key")) != hash_obj(key):
+            return None
+        return blob["value"]
+
+    def save(self, stage: str, key: Dict[str, Any], value: Any) -> None:
+        if not self.enabled or (self.runner is not None and not self.runner.is_main):
+            return
+        save_torch(self.path(stage, key), {"key": key, "value": value})
+
+    def get_or_compute(self, stage: str, key: Dict[str, Any], compute: Callable[[], Any]) -> Any:
+        value = self.load(stage, key)
+        self.hits[stage] = value is not None
+        if value is None:
+            value = compute()
+            self.save(stage, key, value)
+        return value

@@ -1,0 +1,153 @@
+"""Backdoor strength: did the attack take? The precondition of every detection number (DESIGN.md, Metrics).
+
+Three views, each for the patched (true trigger) and the control (same-size random-colour patch)
+evaluation images, for the threat model and a random-init reference of the same architecture:
+
+(a) label-free, what a detector sees: the share of poisoned training images that sit in
+    poison-majority k-means clusters (``purity``), and the share of patched / control images
+    whose nearest centroid is such a cluster;
+(b) kNN-ASR (cosine, k=20) against the training features as trained on;
+(c) the linear probe's ASR (the attack's own success metric), probe trained on the clean
+    training images with a stated label budget.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from solo_poisoncam.cluster import assign, kmeans
+from solo_poisoncam.data.base import ImageDataset
+from solo_poisoncam.data.indexed import IndexedImages
+from solo_poisoncam.detect.features import extract_features
+from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.eval.knn import knn_predict
+from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
+from solo_poisoncam.eval.metrics import attack_metrics
+from solo_poisoncam.models.threat_model import ThreatModel, build_run_backbone
+from solo_poisoncam.poison import PatchedDataset, PoisonedDataset, build_attack
+
+# A margin (patched minus control) this large, and this much above the reference's, counts as learned.
+LEARNED_MARGIN = 0.2
+
+
+def poison_clusters(assignments: np.ndarray, is_poison: np.ndarray, num_clusters: int) -> np.ndarray:
+    """(K,) bool: clusters where poisoned images are the majority of members."""
+    total = np.bincount(assignments, minlength=num_clusters)
+    poisons = np.bincount(assignments[is_poison], minlength=num_clusters)
+    return (2 * poisons > total) & (total > 0)
+
+
+def cluster_view(train: torch.Tensor, is_poison: np.ndarray, patched: torch.Tensor, control: torch.Tensor,
+                 num_clusters: int, seed: int = 0) -> Dict[str, Any]:
+    res = kmeans(train, num_clusters, seed=seed, spherical=True)
+    a = res.assignments.cpu().numpy()
+    majority = poison_clusters(a, is_poison, num_clusters)
+    pa = assign(patched, res.centroids)[0].cpu().numpy()
+    ca = assign(control, res.centroids)[0].cpu().numpy()
+    return {
+        "num_poison_clusters": int(majority.sum()),
+        "purity": float(majority[a[is_poison]].mean()) if is_poison.any() else None,
+        "patched_to_poison_cluster": float(majority[pa].mean()),
+        "control_to_poison_cluster": float(majority[ca].mean()),
+    }
+
+
+def knn_view(train: torch.Tensor, labels: torch.Tensor, patched: torch.Tensor, control: torch.Tensor, target: int,
+             num_classes: int, k: int = 20) -> Dict[str, float]:
+    out = {}
+    for name, q in (("patched", patched), ("control", control)):
+        pred = knn_predict(q, train, labels, num_classes, k=k)
+        out[f"knn_asr_{name}"] = float((pred == target).float().mean())
+    return out
+
+
+def probe_view(train: torch.Tensor, labels: torch.Tensor, clean_mask: np.ndarray, val: torch.Tensor,
+               val_labels: torch.Tensor, patched: torch.Tensor, patched_labels: torch.Tensor, control: torch.Tensor,
+               target: int, num_classes: int, fraction: float, seed: int) -> Dict[str, Any]:
+    clean = np.flatnonzero(clean_mask)
+    pick = clean[label_budget_indexes(labels.numpy()[clean], fraction, seed)]
+    probe = train_linear_probe(train[pick], labels[pick], num_classes, seed=seed)
+    m = attack_metrics(probe.predict(patched), patched_labels, target, probe.predict(val), val_labels)
+    mc = attack_metrics(probe.predict(control), patched_labels, target)
+    return {"probe_asr_patched": m["asr"], "probe_asr_control": mc["asr"], "probe_fp_patched": m["fp"],
+            "probe_clean_acc1": m["clean_acc1"], "probe_label_fraction": fraction}
+
+
+def measure(model: torch.nn.Module, train: IndexedImages, is_poison: np.ndarray, val: IndexedImages,
+            patched: IndexedImages, control: IndexedImages, target: int, num_classes: int, num_clusters: int,
+            runner: Runner, probe_fraction: float, seed: int, train_feats: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    f_train = train_feats if train_feats is not None else extract_features(model, train, runner)
+    f_val, f_patched, f_control = (extract_features(model, x, runner) for x in (val, patched, control))
+    labels = train.targets
+    out = cluster_view(f_train, is_poison, f_patched, f_control, num_clusters, seed)
+    out.update(knn_view(f_train, labels, f_patched, f_control, target, num_classes))
+    out.update(probe_view(f_train, labels, ~is_poison, f_val, val.targets, f_patched, patched.targets, f_control,
+                          target, num_classes, probe_fraction, seed))
+    return out
+
+
+def _margins(m: Dict[str, Any]) -> Dict[str, float]:
+    return {"cluster": m["patched_to_poison_cluster"] - m["control_to_poison_cluster"],
+            "knn": m["knn_asr_patched"] - m["knn_asr_control"],
+            "probe": (m["probe_asr_patched"] or 0.0) - (m["probe_asr_control"] or 0.0)}
+
+
+def verdict(threat: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
+    """Learned when the cluster or probe margin (patched - control) is >= LEARNED_MARGIN and beats the
+    random-init reference's margin by as much. A heuristic summary; the numbers are what count."""
+    t, r = _margins(threat), _margins(reference)
+    learned = any(t[k] >= LEARNED_MARGIN and t[k] - r[k] >= LEARNED_MARGIN for k in ("cluster", "probe"))
+    return {"learned": bool(learned), "margins": t, "reference_margins": r,
+            "rule": f"cluster or probe margin (patched - control) >= {LEARNED_MARGIN} and >= reference + {LEARNED_MARGIN}"}
+
+
+def random_reference(model: ThreatModel, seed: int = 0) -> ThreatModel:
+    """Same architecture and normalisation, random initialisation (seeded)."""
+    torch.manual_seed(seed)
+    ref = ThreatModel(build_run_backbone(model.config), model.mean.flatten().tolist(), model.std.flatten().tolist(),
+                      model.config, checkpoint="random-init")
+    return ref.eval()
+
+
+def backdoor_strength(model: ThreatModel, poisoned: PoisonedDataset, val_base: ImageDataset,
+                      runner: Optional[Runner] = None, num_clusters: Optional[int] = None, probe_fraction: float = 0.1,
+                      seed: int = 0, train_feats: Optional[torch.Tensor] = None,
+                      reference: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
+    """Backdoor strength of ``model`` beside a random-init reference; the content of ``backdoor.json``."""
+    runner = runner or Runner()
+    manifest = poisoned.manifest
+    attack = build_attack(manifest.attack)
+    size = model.image_size
+    num_classes = len(poisoned.classes)
+    k = num_clusters or 10 * num_classes
+    train = IndexedImages(poisoned, size=size)
+    val = IndexedImages(val_base, size=size)
+    patched = IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed), size=size)
+    control = IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed, control=True), size=size)
+    is_poison = manifest.is_poison()
+    args = (train, is_poison, val, patched, control, manifest.target, num_classes, k, runner, probe_fraction, seed)
+    threat = measure(model, *args, train_feats=train_feats)
+    ref_model = reference if reference is not None else random_reference(model, seed)
+    ref = measure(ref_model, *args)
+    return {
+        "checkpoint": model.checkpoint,
+        "attack": manifest.attack, "target": manifest.target, "num_poisons": manifest.num_poisons,
+        "settings": {"num_clusters": k, "knn_k": 20, "probe_label_fraction": probe_fraction, "seed": seed,
+                     "val_split": val_base.split, "num_patched": len(patched)},
+        "threat": threat,
+        "reference": {"kind": getattr(ref_model, "checkpoint", "reference"), **ref},
+        **verdict(threat, ref),
+    }
+
+
+def format_backdoor(b: Dict[str, Any]) -> str:
+    t, r = b["threat"], b["reference"]
+    row = lambda m: (f"purity {m['purity']:.0%} | patched->poison cluster {m['patched_to_poison_cluster']:.0%} "  # noqa: E731
+                     f"(control {m['control_to_poison_cluster']:.0%}) | kNN-ASR {m['knn_asr_patched']:.0%} "
+                     f"(control {m['knn_asr_control']:.0%}) | probe ASR {m['probe_asr_patched']:.0%} "
+                     f"(control {m['probe_asr_control']:.0%}), clean acc {m['probe_clean_acc1']:.1%}")
+    return (f"backdoor {'LEARNED' if b['learned'] else 'NOT learned'}\n  threat model: {row(t)}\n"
+            f"  reference ({r['kind']}): {row(r)}")

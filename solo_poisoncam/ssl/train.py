@@ -1,0 +1,162 @@
+"""``pretrain``: train a threat model with the built-in Lightning backend (solo-learn's checkpoint layout)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from solo_poisoncam import __version__
+from solo_poisoncam.checks import check
+from solo_poisoncam.data import build_dataset, dataset_from_spec
+from solo_poisoncam.io import hash_obj, read_json, write_json
+from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
+from solo_poisoncam.ssl.base import SSL_METHODS
+from solo_poisoncam.data.indexed import IndexedImages, image_side
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of one built-in SSL run. ``manifest`` (poisoned) or ``dataset`` (clean) names the data."""
+
+    out: str
+    method: str = "byol"
+    backbone: str = "cnn_small"
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)
+    manifest: Optional[str] = None
+    dataset: Optional[Dict[str, Any]] = None
+    keep: Optional[Sequence[int]] = None
+    image_size: Optional[int] = None
+    max_epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "none"
+    method_kwargs: Dict[str, Any] = field(default_factory=dict)
+    crop_scale: Tuple[float, float] = (0.2, 1.0)
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    seed: int = 0
+    name: Optional[str] = None
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: Optional[str] = None
+    num_workers: int = 0
+    progress: bool = True
+
+
+def _load_data(cfg: PretrainConfig):
+    manifest = None
+    if cfg.manifest is not None:
+        manifest = PoisonManifest.load(cfg.manifest)
+        base = dataset_from_spec(manifest.dataset)
+        data = PoisonedDataset(base, manifest)
+    else:
+        check(cfg.dataset is not None, "pretrain needs a poison manifest or a dataset spec")
+        base = dataset_from_spec(cfg.dataset) if "name" in cfg.dataset else build_dataset(**cfg.dataset)
+        data = base
+    return base, data, manifest
+
+
+def run_config(cfg: PretrainConfig, base, manifest: Optional[PoisonManifest]) -> Dict[str, Any]:
+    """The args.json of the run (solo-learn-like keys, read back by ``load_threat_model``)."""
+    method_cls = SSL_METHODS.get(cfg.method)
+    method_kwargs = {**method_cls.DEFAULTS, **cfg.method_kwargs}
+    keep = None if cfg.keep is None else np.asarray(sorted(int(i) for i in cfg.keep), dtype=np.int64)
+    name = cfg.name or f"{cfg.method}-{base.name}" + ("-poisoned" if manifest else "") + ("-kept" if keep is not None else "")
+    return {
+        "name": name,
+        "backend": "builtin",
+        "solo_poisoncam_version": __version__,
+        "method": cfg.method,
+        "backbone": {"name": cfg.backbone, "kwargs": dict(cfg.backbone_kwargs)},
+        "method_kwargs": method_kwargs,
+        "optimizer": {"name": "adamw", "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        "scheduler": cfg.scheduler,
+        "augment": {"crop_scale": list(cfg.crop_scale), "grayscale_p": cfg.grayscale_p, "blur_p": cfg.blur_p},
+        "max_epochs": cfg.max_epochs,
+        "seed": cfg.seed,
+        "data": {"dataset": base.name, "spec": base.spec, "fingerprint": base.fingerprint(),
+                 "num_samples": len(base), "num_classes": base.num_classes,
+                 "image_size": image_side(base, cfg.image_size), "mean": list(base.mean), "std": list(base.std),
+                 "keep": None if keep is None else {"count": int(len(keep)), "hash": hash_obj(keep)}},
+        "poison": None if manifest is None else {
+            "manifest": str(Path(cfg.manifest).resolve()), "attack": manifest.attack, "target": manifest.target,
+            "num_poisons": manifest.num_poisons, "fingerprint": manifest.fingerprint,
+            "poisons_hash": hash_obj(manifest.indexes, manifest.boxes)},
+    }
+
+
+RESUME_IGNORES = ("solo_poisoncam_version",)
+
+
+def _same_run(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    strip = lambda d: {k: v for k, v in d.items() if k not in RESUME_IGNORES}  # noqa: E731
+    return hash_obj(strip(a)) == hash_obj(strip(b))
+
+
+def final_checkpoint(out: Path, run_cfg: Dict[str, Any]) -> Path:
+    return out / f"{run_cfg['name']}-ep={run_cfg['max_epochs'] - 1}.ckpt"
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Train (or resume, or reuse) a threat model; returns the final checkpoint path.
+
+    ``out`` holds ``args.json``, ``last.ckpt`` (resume point), ``<name>-ep=<E>.ckpt`` per epoch
+    (previous ones removed), ``metrics.csv`` and a copy of the poison manifest. Re-running with
+    the same settings resumes; other settings in the same folder are refused.
+    """
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    out = Path(cfg.out)
+    base, data, manifest = _load_data(cfg)
+    run_cfg = run_config(cfg, base, manifest)
+    final = final_checkpoint(out, run_cfg)
+    args_path = out / "args.json"
+    resume = None
+    if args_path.exists():
+        old = read_json(args_path)
+        check(_same_run(old, run_cfg), f"'{out}' holds a run with other settings; choose another --out "
+                                       "or delete it")
+        if final.exists():
+            return final
+        if (out / "last.ckpt").exists():
+            resume = str(out / "last.ckpt")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(args_path, run_cfg)
+    if manifest is not None:
+        shutil.copyfile(cfg.manifest if not os.path.isdir(cfg.manifest) else Path(cfg.manifest) / "manifest.json",
+                        out / "manifest.json")
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    images = IndexedImages(data, cfg.keep, size=cfg.image_size)
+    check(len(images) >= cfg.batch_size,
+          f"{len(images)} training images is fewer than one batch of {cfg.batch_size}; lower --batch-size")
+    loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    model = SSL_METHODS.get(cfg.method)(run_cfg)
+    ckpt_cb = ModelCheckpoint(dirpath=out, filename=f"{run_cfg['name']}-ep={{epoch}}", auto_insert_metric_name=False,
+                              save_last=True, save_top_k=1, monitor="epoch", mode="max", every_n_epochs=1)
+    precision = cfg.precision or ("16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true")
+    trainer = pl.Trainer(max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+                         precision=precision, logger=CSVLogger(out, name="", version="logs"),
+                         callbacks=[ckpt_cb], enable_progress_bar=cfg.progress, enable_model_summary=False,
+                         log_every_n_steps=10, num_sanity_val_steps=0)
+    trainer.fit(model, loader, ckpt_path=resume)
+    check(final.exists(), f"training ended without writing '{final}'")
+    return final
+
+
+def config_from_dict(d: Dict[str, Any]) -> PretrainConfig:
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    unknown = set(d) - names
+    check(not unknown, f"unknown pretrain settings {sorted(unknown)}; valid: {sorted(names)}")
+    return PretrainConfig(**d)

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from solo_poisoncam import PoisonCamError
+from solo_poisoncam.poison import (BlendAttack, FrequencyAttack, PatchAttack, build_attack, build_trigger,
+                                   htba_trigger, trigger_spec)
+from solo_poisoncam.poison.attacks import dct_matrix, rgb_to_ycbcr, ycbcr_to_rgb
+
+
+def test_htba_is_deterministic_colourful_and_seed_dependent():
+    a, b, c = htba_trigger(seed=10), htba_trigger(seed=10), htba_trigger(seed=11)
+    assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+    assert (a == b).all() and not (a == c).all()
+    # saturated colours: most pixels have a channel near 0 or 255, and several distinct colours
+    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 20
+    assert (a.std(axis=-1) > 30).mean() > 0.3  # not grey
+
+
+def test_png_trigger_roundtrip_and_errors(tmp_path):
+    arr = np.zeros((5, 7, 3), np.uint8)
+    arr[:, :, 0] = 200
+    Image.fromarray(arr).save(tmp_path / "t.png")
+    spec = trigger_spec("png", path=str(tmp_path / "t.png"))
+    assert (build_trigger(spec) == arr).all()
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(PoisonCamError, match="cannot read trigger file"):
+        trigger_spec("png", path=str(tmp_path / "bad.png"))
+    with pytest.raises(PoisonCamError, match="does not exist"):
+        trigger_spec("png", path=str(tmp_path / "missing.png"))
+    Image.fromarray(arr + 1).save(tmp_path / "t.png")  # file changed after the spec was made
+    with pytest.raises(PoisonCamError, match="changed since the manifest"):
+        build_trigger(spec)
+
+
+def test_patch_pastes_exactly_inside_the_box():
+    trig = np.zeros((2, 2, 3), np.uint8)
+    trig[0, 0] = [255, 0, 0]
+    trig[1, 1] = [0, 0, 255]
+    attack = PatchAttack.__new__(PatchAttack)
+    PatchAttack.__init__(attack, trigger={"kind": "htba", "seed": 1}, size=2)
+    attack.trigger = trig
+    attack._resized.cache_clear()
+    img = np.full((6, 6, 3), 50, np.uint8)
+    out = attack.apply(img, (3, 1, 5, 3))
+    changed = np.argwhere((out != img).any(-1))
+    assert changed.tolist() == [[1, 3], [1, 4], [2, 3], [2, 4]]
+    assert out[1, 3].tolist() == [255, 0, 0] and out[2, 4].tolist() == [0, 0, 255]
+    assert out[1, 4].tolist() == [0, 0, 0]
+    assert (img == 50).all()  # input untouched
+
+
+def test_patch_size_fraction_and_region():
+    a = PatchAttack(size=50 / 224)
+    assert a.patch_shape(224, 224) == (50, 50) and a.patch_shape(32, 32) == (7, 7)
+    rng = np.random.default_rng(0)
+    boxes = np.array([a.sample_box(224, 224, rng) for _ in range(500)])
+    # SSL-Backdoor: top-left in [floor(0.25 W), floor(0.75 W) - 50]
+    assert boxes[:, 0].min() >= 56 and boxes[:, 0].max() <= 168 - 50
+    assert boxes[:, 0].min() <= 58 and boxes[:, 0].max() >= 116  # the whole range is used
+    assert ((boxes[:, 2] - boxes[:, 0]) == 50).all()
+
+
+def test_trigger_larger_than_image_is_an_error():
+    with pytest.raises(PoisonCamError, match="larger than the 16x16 image"):
+        PatchAttack(size=20).sample_box(16, 16, np.random.default_rng(0))
+
+
+def test_semi_transparent_patch_blends():
+    a = PatchAttack(size=4, alpha=0.5)
+    img = np.zeros((8, 8, 3), np.uint8)
+    out = a.apply(img, (0, 0, 4, 4))
+    full = PatchAttack(size=4).apply(img, (0, 0, 4, 4))
+    assert np.abs(out[:4, :4].astype(int) - np.rint(full[:4, :4] * 0.5)).max() <= 1
+
+
+def test_blend_changes_every_pixel_by_alpha():
+    a = BlendAttack(alpha=0.2)
+    img = np.full((16, 16, 3), 100, np.uint8)
+    out = a.apply(img, (0, 0, 16, 16)).astype(float)
+    pattern = a._resized(16, 16)
+    assert np.abs(out - (0.8 * 100 + 0.2 * pattern)).max() <= 0.5 + 1e-9
+
+
+def test_dct_is_orthonormal_and_colour_roundtrip():
+    d = dct_matrix(8)
+    assert np.allclose(d @ d.T, np.eye(8), atol=1e-12)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 4, 3))
+    assert np.allclose(ycbcr_to_rgb(rgb_to_ycbcr(x)), x, atol=1e-3)
+
+
+def test_frequency_trigger_lives_in_the_chosen_dct_coefficients():
+    a = FrequencyAttack(magnitude=60, window=16, positions=[(7, 7), (15, 15)])
+    img = np.full((16, 16, 3), 120, np.uint8)
+    out = a.apply(img, (0, 0, 16, 16))
+    d = dct_matrix(16)
+    delta = rgb_to_ycbcr(out.astype(float)) - rgb_to_ycbcr(img.astype(float))
+    for c in (1, 2):
+        coef = d @ delta[..., c] @ d.T
+        assert abs(coef[7, 7] - 60) < 4 and abs(coef[15, 15] - 60) < 4
+        coef[7, 7] = coef[15, 15] = 0
+        assert np.abs(coef).max() < 4  # only rounding noise elsewhere
+    assert np.abs(delta[..., 0]).max() < 3  # luminance almost unchanged: not a visible patch
+
+
+def test_build_attack_from_config_roundtrip_and_errors():
+    for attack in (PatchAttack(size=5), BlendAttack(alpha=0.1), FrequencyAttack(magnitude=30)):
+        again = build_attack(attack.config())
+        img = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        box = (3, 4, 8, 9) if attack.is_patch else (0, 0, 32, 32)
+        assert (again.apply(img, box) == attack.apply(img, box)).all()
+    with pytest.raises(PoisonCamError, match="unknown attack 'badnet'"):
+        build_attack({"name": "badnet"})
+    with pytest.raises(PoisonCamError, match="bad arguments for attack 'patch'"):
+        build_attack({"name": "patch", "sizee": 3})
+    with pytest.raises(PoisonCamError, match="alpha"):
+        BlendAttack(alpha=1.5)
