@@ -44,7 +44,15 @@ class StageCache:
         save_torch(self.path(stage, key), {"key": key, "value": value})
 
     def get_or_compute(self, stage: str, key: Dict[str, Any], compute: Callable[[], Any]) -> Any:
-        value = self.load(stage, key)
+        """The cached value, or ``compute()`` (saved). Under DDP, rank 0 decides hit or miss for all
+        ranks, so no rank skips a collective that another runs."""
+        runner = self.runner
+        distributed = runner is not None and runner.distributed
+        value = self.load(stage, key) if (not distributed or runner.is_main) else None
+        if distributed:
+            hit = runner.broadcast_object(value is not None)
+            if hit:
+                value = runner.broadcast_object(value)
         self.hits[stage] = value is not None
         if value is None:
             value = compute()

@@ -41,15 +41,66 @@ def max_sum_window(maps: torch.Tensor, size: Union[int, Sequence[int]]) -> torch
     b, height, width = maps.shape
     h, w = _size_pair(size)
     check(h <= height and w <= width, f"window {h}x{w} is larger than the map {height}x{width}")
-    x = maps[:, None]
-    x = x.to(torch.float32) if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16) else x
-    sums = F.avg_pool2d(x, (h, 1), stride=1, divisor_override=1)
-    sums = F.avg_pool2d(sums, (1, w), stride=1, divisor_override=1)  # (B, 1, H-h+1, W-w+1)
+    sums = _window_sums(maps, h, w)  # (B, H-h+1, W-w+1)
     out_w = width - w + 1
     best = sums.flatten(1).argmax(1)  # first maximum = first in row-major order
     y0 = torch.div(best, out_w, rounding_mode="floor")
     x0 = best - y0 * out_w
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+def _window_sums(maps: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, H, W) -> (B, H-h+1, W-w+1) sums of every h x w window (two 1-D box filters)."""
+    x = maps[:, None]
+    x = x.to(torch.float32) if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16) else x
+    sums = F.avg_pool2d(x, (h, 1), stride=1, divisor_override=1)
+    return F.avg_pool2d(sums, (1, w), stride=1, divisor_override=1)[:, 0]
+
+
+def best_window(maps: torch.Tensor, sizes: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The square window, over positions and candidate ``sizes``, that best matches each map's hot region.
+
+    The criterion is the normalised cross-correlation of the map with the window's indicator,
+    ``(S - mu A) / sqrt(A (N - A))`` (S the window sum, A its area, N the map area, mu the map
+    mean): for a map that is high on a t x t blob and flat elsewhere it peaks at the blob, with
+    side t, where a fixed-size max-sum window would over- or under-shoot. Ties go to the smaller
+    size, then row-major.
+
+    Args:
+        maps: (B, H, W).
+        sizes: candidate sides, each at most min(H, W).
+
+    Returns:
+        boxes (B, 4) long (x0, y0, x1, y1), and the criterion (B,).
+
+    >>> m = torch.zeros(1, 8, 8); m[0, 2:5, 3:6] = 1.0
+    >>> best_window(m, [2, 3, 4])[0].tolist()
+    [[3, 2, 6, 5]]
+    """
+    check_shape(maps, ["B", "H", "W"], "maps")
+    b, height, width = maps.shape
+    sizes = sorted({int(s) for s in sizes})
+    check(len(sizes) > 0 and sizes[0] >= 1 and sizes[-1] <= min(height, width),
+          f"window sizes must lie in [1, {min(height, width)}], got {sizes}")
+    n = height * width
+    mu = maps.flatten(1).float().mean(1)
+    best_score = torch.full((b,), -float("inf"), device=maps.device)
+    best_box = torch.zeros(b, 4, dtype=torch.long, device=maps.device)
+    for s in sizes:  # a handful of sizes; each is one batched box filter
+        area = s * s
+        if area >= n:
+            score_map = torch.zeros(b, 1, 1, device=maps.device)
+        else:
+            score_map = (_window_sums(maps, s, s) - mu[:, None, None] * area) / (area * (n - area)) ** 0.5
+        flat = score_map.flatten(1)
+        score, idx = flat.max(1)
+        out_w = width - s + 1
+        y0 = torch.div(idx, out_w, rounding_mode="floor")
+        x0 = idx - y0 * out_w
+        better = score > best_score
+        best_score = torch.where(better, score, best_score)
+        best_box = torch.where(better[:, None], torch.stack([x0, y0, x0 + s, y0 + s], 1), best_box)
+    return best_box, best_score
 
 
 def _window_index(positions: torch.Tensor, h: int, w: int, width: int) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""Every constant of detection in one place (defaults chosen by measurement; see benchmarks/)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple, Union
+
+from solo_poisoncam.checks import check
+from solo_poisoncam.detect.classifier import ClassifierConfig
+
+METHODS = ("poisoncam", "patchsearch")
+
+
+@dataclass
+class DetectConfig:
+    """Settings of one detection run. PoisonCAM and PatchSearch share all but the localisation and search."""
+
+    method: str = "poisoncam"
+    # clustering model
+    num_clusters: Optional[int] = None          # default 10 x number of classes
+    kmeans_iters: int = 20
+    kmeans_backend: str = "auto"
+    head_temperature: float = 0.1
+    head_epochs: int = 0                        # occluded feature banks for fine-tuning; 0 = the k-means head (measured best)
+    head_steps: int = 200
+    head_lr: float = 1e-2
+    occlusion_area: Tuple[float, float] = (0.02, 0.25)
+    occlusion_p: float = 0.5
+    head_relabel: bool = True                  # occluded views take their own nearest centroid as label
+    # cluster activation masking (PoisonCAM)
+    masks: str = "occlusion"                    # occlusion | rise | both
+    occluder: float = 0.25                      # sliding occluder side, share of the image side
+    occluder_stride: float = 0.125
+    num_masks: int = 64                         # RISE masks per image
+    rise_grid: int = 8
+    rise_p: float = 0.5
+    fill: str = "mean"                          # mean | blur | zero
+    # candidate window (both methods)
+    window: Union[str, float] = "auto"          # auto | side in px (>= 1) | share of the side (< 1)
+    window_range: Tuple[float, float] = (0.1, 0.5)
+    # poison score
+    score: str = "drop+flip"                    # poisoncam: drop | flip | drop+flip
+    flip_images: int = 100
+    flip_top: int = 200                         # poisoncam: candidates re-ranked by the flip test
+    samples_per_iteration: int = 2              # patchsearch search
+    remove_per_iteration: float = 0.25
+    # poison classifier and removal
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    remove: str = "classifier"                  # classifier | none
+    # execution
+    batch_size: int = 256
+    forward_batch: int = 4096
+    feature_batch: int = 512
+    seed: int = 0
+    gallery: int = 16
+
+    def __post_init__(self):
+        if isinstance(self.classifier, dict):
+            self.classifier = ClassifierConfig(**self.classifier)
+        check(self.method in METHODS, f"unknown detection method '{self.method}'; choose one of {', '.join(METHODS)}")
+        check(self.masks in ("occlusion", "rise", "both"), f"masks must be occlusion, rise or both, got '{self.masks}'")
+        check(self.fill in ("mean", "blur", "zero"), f"fill must be mean, blur or zero, got '{self.fill}'")
+        check(self.score in ("drop", "flip", "drop+flip"), f"score must be drop, flip or drop+flip, got '{self.score}'")
+        check(self.remove in ("classifier", "none"), f"remove must be classifier or none, got '{self.remove}'")
+        check(self.window == "auto" or float(self.window) > 0, f"window must be 'auto' or positive, got {self.window}")
+        check(self.num_clusters is None or self.num_clusters >= 1, "num_clusters must be >= 1")
+        check(self.flip_images >= 1 and self.flip_top >= 0, "flip_images must be >= 1 and flip_top >= 0")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "DetectConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        check(not unknown, f"unknown detection settings {sorted(unknown)}; valid: {sorted(names)}")
+        d = dict(d)
+        for key in ("occlusion_area", "window_range"):
+            if key in d and d[key] is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)

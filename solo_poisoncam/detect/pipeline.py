@@ -1,0 +1,276 @@
+"""Detection as cached, resumable stages: features -> k-means -> cluster head -> localisation and
+score (PoisonCAM or PatchSearch) -> poison classifier -> kept / removed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from solo_poisoncam import __version__
+from solo_poisoncam.checks import check
+from solo_poisoncam.cluster import kmeans
+from solo_poisoncam.cluster.head import fit_cluster_head
+from solo_poisoncam.data.indexed import IndexedImages
+from solo_poisoncam.detect.cache import StageCache
+from solo_poisoncam.detect.cam import CamResult, ClusterActivation, cluster_activation_masking, window_sizes
+from solo_poisoncam.detect.classifier import poison_classifier
+from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.features import extract_features
+from solo_poisoncam.detect.flip import flip_scores, flip_set
+from solo_poisoncam.detect.masks import occlusion_masks, rise_masks
+from solo_poisoncam.detect.patchsearch import gradcam_windows, iterative_search
+from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.eval.metrics import detection_metrics, localisation_metrics
+from solo_poisoncam.io import hash_file, hash_obj
+from solo_poisoncam.poison import PoisonManifest
+from solo_poisoncam.timing import StageClock
+
+STAGE_VERSION = 2  # bump when a stage's computation changes, so old caches are never reused
+
+
+@dataclass
+class DetectionResult:
+    """Per-image outputs (position j <-> dataset index ``indexes[j]``) plus metrics and timings."""
+
+    indexes: np.ndarray
+    scores: np.ndarray
+    windows: np.ndarray
+    clusters: np.ndarray
+    removed: np.ndarray
+    scored: np.ndarray
+    probability: Optional[np.ndarray]
+    true_boxes: Optional[np.ndarray]
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    timings: Dict[str, Any] = field(default_factory=dict)
+    config: Dict[str, Any] = field(default_factory=dict)
+
+
+def build_masks(cfg: DetectConfig, side: int, seed: int = 0) -> torch.Tensor:
+    """The shared mask set (M, 1, S, S) of cluster activation masking."""
+    parts = []
+    if cfg.masks in ("occlusion", "both"):
+        size = max(1, round(cfg.occluder * side))
+        stride = max(1, round(cfg.occluder_stride * side))
+        parts.append(occlusion_masks(side, side, size, stride)[0])
+    if cfg.masks in ("rise", "both"):
+        g = torch.Generator().manual_seed(seed)
+        parts.append(rise_masks(cfg.num_masks, side, side, grid=cfg.rise_grid, p_keep=cfg.rise_p, generator=g))
+    return torch.cat(parts)
+
+
+def fill_value(cfg: DetectConfig, model: torch.nn.Module):
+    if cfg.fill == "mean":
+        return model.mean.flatten().detach().cpu().float()  # the data's channel mean, in [0, 1] units
+    if cfg.fill == "zero":
+        return torch.zeros(3)
+    return "blur"
+
+
+def true_boxes_in_input(manifest: PoisonManifest, side: int) -> Dict[int, np.ndarray]:
+    """Manifest boxes mapped to the S x S model input (images are resized to S x S)."""
+    out = {}
+    for i, b, (w, h) in zip(manifest.indexes, manifest.boxes, manifest.image_sizes):
+        sx, sy = side / w, side / h
+        out[int(i)] = np.array([b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy])
+    return out
+
+
+def _checkpoint_id(model) -> str:
+    path = getattr(model, "checkpoint", "")
+    return hash_file(path) if path and path != "random-init" and __import__("os").path.isfile(path) else str(path)
+
+
+def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = None,
+                  cache: Optional[StageCache] = None, manifest: Optional[PoisonManifest] = None,
+                  progress: bool = True) -> DetectionResult:
+    """Detect poisoned images in ``dataset`` with the frozen threat model ``model``.
+
+    With a ``manifest`` (ground truth) the result carries the detection and localisation metrics
+    of DESIGN.md; without one, everything else.
+    """
+    runner = runner or Runner(progress=progress)
+    check(len(dataset) > 0, "the dataset is empty")
+    if manifest is not None:
+        manifest.check_matches(dataset.base if hasattr(dataset, "base") else dataset)
+    side = model.image_size or min(dataset.image_size(0))
+    images = IndexedImages(dataset, size=side)
+    n = len(images)
+    num_classes = len(getattr(dataset, "classes", [])) or 10
+    k = cfg.num_clusters or 10 * num_classes
+    check(k <= n, f"K={k} clusters is larger than the number of images N={n}; lower num_clusters")
+    clock = StageClock(runner.device)
+    model = model.to(runner.device).eval()
+    fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else dataset.base.fingerprint()
+    poisons = None if manifest is None else hash_obj(manifest.attack, manifest.indexes, manifest.boxes)
+    key: Dict[str, Any] = {"v": STAGE_VERSION, "ckpt": _checkpoint_id(model), "data": fp, "poisons": poisons, "side": side}
+    cache = cache or StageCache("", enabled=False)
+    cache.runner = cache.runner or runner
+
+    with clock("features", n):
+        feats = cache.get_or_compute("features", key, lambda: extract_features(model, images, runner, cfg.feature_batch))
+    key = {**key, "k": k, "iters": cfg.kmeans_iters, "seed": cfg.seed, "backend": cfg.kmeans_backend}
+    with clock("kmeans"):
+        km = cache.get_or_compute("kmeans", key, lambda: _kmeans(feats, k, cfg, runner))
+    fill = fill_value(cfg, model)
+    key = {**key, "head": [cfg.head_temperature, cfg.head_epochs, cfg.head_steps, cfg.head_lr,
+                           list(cfg.occlusion_area), cfg.occlusion_p, cfg.head_relabel, cfg.fill]}
+    with clock("cluster_head"):
+        head_state = cache.get_or_compute("head", key, lambda: fit_cluster_head(
+            model, images, feats, km["assignments"], km["centroids"], fill, runner, cfg.head_temperature,
+            cfg.head_epochs, cfg.head_steps, cfg.head_lr, cfg.occlusion_area, cfg.occlusion_p, cfg.seed,
+            cfg.feature_batch, cfg.head_relabel).state_dict())
+    from solo_poisoncam.models.heads import CosineClusterHead
+
+    head = CosineClusterHead(head_state["weight"], cfg.head_temperature)
+    head.load_state_dict(head_state)
+    act = ClusterActivation(model, head.to(runner.device).eval()).eval()
+
+    if cfg.method == "poisoncam":
+        out = _poisoncam(act, images, cfg, fill, side, runner, cache, key, clock, km)
+    else:
+        out = _patchsearch(act, images, model, cfg, side, runner, cache, key, clock, km)
+    scores, windows, clusters, scored = out
+
+    probability, removed = None, np.zeros(n, dtype=bool)
+    if cfg.remove == "classifier":
+        ckey = {**key, "method": cfg.method, "scores": hash_obj(scores.astype(np.float64), windows.astype(np.int64)),
+                "classifier": vars(cfg.classifier)}
+        with clock("classifier", n):
+            cls = cache.get_or_compute("classifier", ckey,
+                                       lambda: poison_classifier(images, scores, windows, runner, cfg.classifier))
+        probability, removed = cls["probability"], cls["removed"]
+
+    result = DetectionResult(indexes=images.indexes.copy(), scores=scores, windows=windows, clusters=clusters,
+                             removed=removed, scored=scored, probability=probability, true_boxes=None,
+                             config=cfg.to_dict())
+    result.timings = _timings(clock, runner, cache, n, side)
+    if manifest is not None:
+        _ground_truth_metrics(result, manifest, side, cfg)
+    result.metrics["num_removed"] = int(removed.sum())
+    result.metrics["num_samples"] = n
+    return result
+
+
+def _kmeans(feats: torch.Tensor, k: int, cfg: DetectConfig, runner: Runner) -> Dict[str, torch.Tensor]:
+    res = kmeans(feats.to(runner.device), k, iters=cfg.kmeans_iters, seed=cfg.seed, backend=cfg.kmeans_backend)
+    return {"centroids": res.centroids.cpu(), "assignments": res.assignments.cpu(), "scores": res.scores.cpu(),
+            "inertia": res.inertia, "backend": res.backend}
+
+
+def _flip_images(images: IndexedImages, km, cfg: DetectConfig) -> torch.Tensor:
+    pos = flip_set(km["assignments"].numpy(), km["scores"].numpy(), km["centroids"].shape[0], cfg.flip_images, cfg.seed)
+    return torch.stack([images[int(j)][1] for j in pos])
+
+
+def _poisoncam(act, images, cfg, fill, side, runner, cache, key, clock, km):
+    masks = build_masks(cfg, side, cfg.seed)
+    key = {**key, "masks": [cfg.masks, cfg.occluder, cfg.occluder_stride, cfg.num_masks, cfg.rise_grid, cfg.rise_p],
+           "window": [cfg.window, list(cfg.window_range)]}
+    n = len(images)
+    with clock("masking", n):
+        cam = cache.get_or_compute("cam", key, lambda: cluster_activation_masking(
+            act, images, masks, fill, runner, cfg.window, cfg.window_range, cfg.batch_size, cfg.forward_batch,
+            clock=clock).__dict__)
+    cam = CamResult(**cam)
+    clock.counts["masked_forwards"] = clock.counts.get("forward", 0)
+    drop = cam.window_drop.numpy().astype(np.float64)
+    scores = drop.copy() if cfg.score != "flip" else np.zeros(n)
+    scored = np.ones(n, dtype=bool)
+    if cfg.score in ("flip", "drop+flip") and cfg.flip_top > 0:
+        top = np.argsort(-drop, kind="stable")[: min(cfg.flip_top, n)]
+        fkey = {**key, "flip": [cfg.flip_images, cfg.flip_top, cfg.score]}
+
+        def compute():
+            if not runner.is_main:
+                return None
+            flips = _flip_images(images, km, cfg)
+            cand = torch.stack([images[int(j)][1] for j in top])
+            return flip_scores(act, cand, cam.windows[top], cam.clusters[top], flips, runner.device, cfg.seed,
+                               cfg.forward_batch).numpy()
+
+        with clock("flip", len(top) * cfg.flip_images):
+            flip = runner.broadcast_object(cache.get_or_compute("flip", fkey, compute))
+        if cfg.score == "flip":
+            scored = np.zeros(n, dtype=bool)
+            scored[top] = True
+            scores[top] = 1.0 + flip  # the tested candidates rank above the untested ones
+        else:
+            scores[top] = drop[top] + np.maximum(flip, 0.0)
+    return scores, cam.windows.numpy(), cam.clusters.numpy(), scored
+
+
+def _patchsearch(act, images, model, cfg, side, runner, cache, key, clock, km):
+    sizes = window_sizes(side, cfg.window, *cfg.window_range)
+    layer = model.feature_layer
+    key = {**key, "window": [cfg.window, list(cfg.window_range)]}
+    n = len(images)
+
+    def gradcam_rows():
+        def fn(_, x):
+            boxes, clusters, _ = gradcam_windows(act, x.float() / 255, layer, sizes)
+            return torch.cat([clusters[:, None].float(), boxes.float()], 1)
+        return runner.map_images(fn, images, batch_size=cfg.batch_size, desc="grad-cam")
+
+    with clock("gradcam", n):
+        rows = cache.get_or_compute("gradcam", key, gradcam_rows)
+    clusters, windows = rows[:, 0].long(), rows[:, 1:5].long()
+    skey = {**key, "search": [cfg.flip_images, cfg.samples_per_iteration, cfg.remove_per_iteration]}
+
+    def search():
+        if not runner.is_main:
+            return None
+        flips = _flip_images(images, km, cfg)
+
+        def score_fn(pos):
+            cand = torch.stack([images[int(j)][1] for j in pos])
+            return flip_scores(act, cand, windows[pos], clusters[pos], flips, runner.device, cfg.seed,
+                               cfg.forward_batch, normalise=False).numpy()
+
+        s, scored, rounds = iterative_search(score_fn, clusters.numpy(), km["centroids"].shape[0],
+                                             cfg.samples_per_iteration, cfg.remove_per_iteration, cfg.seed)
+        return {"scores": s, "scored": scored, "rounds": rounds}
+
+    with clock("search"):
+        found = runner.broadcast_object(cache.get_or_compute("search", skey, search))
+    clock.counts["search"] = int(found["scored"].sum()) * cfg.flip_images
+    return found["scores"], windows.numpy(), clusters.numpy(), found["scored"]
+
+
+def _timings(clock: StageClock, runner: Runner, cache: StageCache, n: int, side: int) -> Dict[str, Any]:
+    t: Dict[str, Any] = {f"{k}_s": round(v, 3) for k, v in clock.seconds.items()}
+    t["device"] = str(runner.device) + (f" ({torch.cuda.get_device_name(runner.device)})" if runner.device.type == "cuda" else "")
+    t["world_size"] = runner.world_size
+    t["images"] = n
+    t["image_side"] = side
+    t["cache_hits"] = dict(cache.hits)
+    if not cache.hits.get("features"):
+        t["features_images_per_s"] = clock.rate("features")
+    if "forward" in clock.seconds:
+        t["masked_forwards"] = clock.counts.get("forward", 0)
+        t["masked_forwards_per_s"] = clock.rate("forward")
+        t["masking_overhead"] = round(clock.seconds.get("mask", 0.0) / clock.seconds["forward"], 4)
+    t["solo_poisoncam_version"] = __version__
+    return t
+
+
+def _ground_truth_metrics(result: DetectionResult, manifest: PoisonManifest, side: int, cfg: DetectConfig) -> None:
+    is_poison = manifest.is_poison()[result.indexes]
+    m = detection_metrics(is_poison, result.removed, result.scores)
+    boxes = true_boxes_in_input(manifest, side)
+    pos = np.flatnonzero(is_poison)
+    true = np.array([boxes[int(result.indexes[j])] for j in pos]).reshape(-1, 4)
+    result.true_boxes = true
+    m["localisation_all"] = localisation_metrics(result.windows[pos], true)
+    order = np.argsort(-result.scores, kind="stable")
+    for k in (20, 100):
+        top = order[:k]
+        top_pos = top[is_poison[top]]
+        tb = np.array([boxes[int(result.indexes[j])] for j in top_pos]).reshape(-1, 4)
+        m[f"localisation_top{k}"] = localisation_metrics(result.windows[top_pos], tb)
+    m["trigger_detection_accuracy"] = m["localisation_all"]["trigger_detection_accuracy"]
+    m["scored_poisons"] = int((result.scored & is_poison).sum())
+    result.metrics.update(m)
