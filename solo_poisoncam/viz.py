@@ -44,6 +44,9 @@ def tile(images: Sequence[np.ndarray], boxes: Optional[Sequence[Sequence[Tuple[S
         for box, colour in (boxes[i] if boxes is not None else []):
             x0, y0, x1, y1 = (int(v) * scale for v in box)
             lw = max(1, scale // 2)  # drawn just outside the box so the trigger stays visible
+            # a dark halo, then the colour: visible over any image, colourful triggers included
+            draw.rectangle([x + x0 - 2 * lw, y + y0 - 2 * lw, x + x1 - 1 + 2 * lw, y + y1 - 1 + 2 * lw],
+                           outline=(0, 0, 0), width=lw)
             draw.rectangle([x + x0 - lw, y + y0 - lw, x + x1 - 1 + lw, y + y1 - 1 + lw], outline=colour, width=lw)
         if captions:
             draw.text((x, y + h + 1), str(captions[i])[: max(4, w // 6)], fill=(0, 0, 0))

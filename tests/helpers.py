@@ -23,3 +23,66 @@ def tiny_dataset(n_per_class: int = 10, num_classes: int = 3, size: int = 16, se
     images += (targets * 40).astype(np.uint8)[:, None, None, None]
     return ArrayImageDataset(images, targets, [f"c{i}" for i in range(num_classes)], "tiny", "train",
                              spec={"name": "tiny", "seed": seed})
+
+
+class SaturationNet(__import__("torch").nn.Module):
+    """A hand-made "perfectly backdoored" feature extractor for tests.
+
+    Features: the mean colour saturation (the HTBA trigger is the only colour on grayscale
+    Fashion-MNIST; hiding part of it lowers it in proportion), mean brightness, and a coarse 2x2
+    brightness layout. A poisoned image sits far
+    from every clean one, and hiding its trigger sends it back among the clean images: the
+    behaviour PoisonCAM relies on, with no training. Takes [0, 1] images like ThreatModel.
+    """
+
+    def __init__(self, side: int = 32):
+        import torch
+        import torch.nn as nn
+
+        super().__init__()
+        self.spatial = nn.Identity()
+        self.register_buffer("mean", torch.zeros(1, 3, 1, 1))
+        self.register_buffer("std", torch.ones(1, 3, 1, 1))
+        self.num_features = 6
+        self.image_size = side
+        self.checkpoint = "saturation-net"
+        self.config = {"backbone": {"name": "saturation-net"}}
+
+    @property
+    def feature_layer(self):
+        return self.spatial
+
+    def forward(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        sat = x.max(1, keepdim=True).values - x.min(1, keepdim=True).values  # (B, 1, H, W)
+        bright = x.mean(1, keepdim=True)
+        maps = self.spatial(torch.cat([sat, bright], 1))
+        s = maps[:, :1].mean((2, 3))
+        layout = F.adaptive_avg_pool2d(maps[:, 1:], 2).flatten(1)
+        return torch.cat([40 * s, maps[:, 1:].mean((2, 3)), layout], 1)
+
+
+def poisoned_fashion_mnist(num_samples: int = 1000, patch_size: float = 8, rate: float = 0.5, seed: int = 0,
+                           target: int = 0):
+    """(PoisonedDataset, manifest) on a real Fashion-MNIST subset with the default HTBA patch."""
+    from solo_poisoncam.data import build_dataset
+    from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
+
+    base = build_dataset("fashion-mnist", num_samples=num_samples)
+    manifest = make_manifest(base, PatchAttack(size=patch_size), target, rate, seed=seed)
+    return PoisonedDataset(base, manifest), manifest
+
+
+def detection_worker(rank_unused, cfg_dict, num_samples):
+    """Runs detection inside a DDP process group (Fabric ddp_spawn); module-level so it pickles."""
+    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.detect.pipeline import run_detection
+    from solo_poisoncam.detect.runner import Runner
+
+    data, manifest = poisoned_fashion_mnist(num_samples)
+    runner = Runner(progress=False)
+    result = run_detection(SaturationNet(), data, DetectConfig.from_dict(cfg_dict), runner, manifest=manifest)
+    return {"world": runner.world_size, "scores": result.scores, "windows": result.windows,
+            "clusters": result.clusters, "metrics": result.metrics}

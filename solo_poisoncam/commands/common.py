@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
-def add_dataset_arguments(p: argparse.ArgumentParser, split: bool = True) -> None:
+def add_dataset_arguments(p: argparse.ArgumentParser, split: bool = True,
+                          default_dataset: Optional[str] = "fashion-mnist") -> None:
     g = p.add_argument_group("dataset")
-    g.add_argument("--dataset", default="fashion-mnist",
+    g.add_argument("--dataset", default=default_dataset,
                    help="registered dataset: fashion-mnist, cifar10, cifar100, stl10, folder")
     g.add_argument("--root", default=None, help="dataset root (folder: an ImageFolder tree)")
     if split:

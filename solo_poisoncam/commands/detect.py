@@ -1,11 +1,137 @@
-"""Not implemented yet."""
+"""Find poisoned images with PoisonCAM (cluster activation masking) or the PatchSearch baseline.
 
-from solo_poisoncam.checks import PoisonCamError
+Writes OUT/metrics.json (ground-truth metrics when a manifest is given, plus timings and the
+threat model's backdoor strength), OUT/removed.txt and OUT/kept.txt (dataset indexes),
+OUT/scores.npy, OUT/windows.npy and OUT/gallery.png. Stages are cached in OUT/cache (or
+--cache), keyed by checkpoint bytes, data and settings, so a re-run resumes."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+from typing import Any, Dict
+
+from solo_poisoncam.checks import check
+from solo_poisoncam.commands.common import add_dataset_arguments, dataset_kwargs
 
 
-def add_arguments(p):
-    pass
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="threat-model checkpoint (built-in or solo-learn; args.json beside it)")
+    p.add_argument("--manifest", default=None, help="poison manifest (ground truth); without it no GT metrics")
+    add_dataset_arguments(p, default_dataset=None)
+    p.add_argument("--method", default="poisoncam", choices=["poisoncam", "patchsearch"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--num-clusters", type=int, default=None, help="k-means K (default 10 x classes)")
+    p.add_argument("--masks", default=None, choices=["occlusion", "rise", "both"])
+    p.add_argument("--window", default=None, help="'auto', a side in px (>=1) or a share of the side (<1)")
+    p.add_argument("--score", default=None, choices=["drop", "flip", "drop+flip"])
+    p.add_argument("--flip-images", type=int, default=None)
+    p.add_argument("--remove", default=None, choices=["classifier", "none"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any DetectConfig field, e.g. --set head_epochs=2 --set classifier.models=5")
+    p.add_argument("--cache", default=None, help="stage cache folder (default OUT/cache)")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--no-backdoor-check", action="store_true", help="skip the backdoor-strength check")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel processes (Lightning Fabric DDP)")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--strategy", default="ddp")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run(args):
-    raise PoisonCamError("'poisoncam detect' is not implemented yet")
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def config_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    d: Dict[str, Any] = {"method": args.method}
+    for flag, key in (("num_clusters", "num_clusters"), ("masks", "masks"), ("score", "score"),
+                      ("flip_images", "flip_images"), ("remove", "remove")):
+        if getattr(args, flag) is not None:
+            d[key] = getattr(args, flag)
+    if args.window is not None:
+        d["window"] = args.window if args.window == "auto" else float(args.window)
+    for item in args.set:
+        check("=" in item, f"--set takes KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        if key.startswith("classifier."):
+            d.setdefault("classifier", {})[key.split(".", 1)[1]] = _parse_value(value)
+        else:
+            d[key] = _parse_value(value)
+    return d
+
+
+def resolve_data(args: argparse.Namespace):
+    """(dataset to detect on, manifest or None); a manifest must match the data it is used with."""
+    from solo_poisoncam.data import build_dataset, dataset_from_spec
+    from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
+
+    manifest = PoisonManifest.load(args.manifest) if args.manifest else None
+    if args.dataset is not None:
+        base = build_dataset(args.dataset, split=args.split, **dataset_kwargs(args))
+    else:
+        check(manifest is not None, "give --dataset (and its options) or --manifest")
+        base = dataset_from_spec(manifest.dataset)
+    if manifest is None:
+        return base, None
+    manifest.check_matches(base)
+    return PoisonedDataset(base, manifest, verify=False), manifest
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from solo_poisoncam.detect.cache import StageCache
+    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.detect.outputs import write_detection_outputs
+    from solo_poisoncam.detect.pipeline import cluster_activation, run_detection
+    from solo_poisoncam.detect.runner import Runner
+    from solo_poisoncam.models.threat_model import load_threat_model
+
+    cfg = DetectConfig.from_dict(config_overrides(args))
+    model = load_threat_model(args.ckpt)
+    dataset, manifest = resolve_data(args)
+    device = torch.device(args.device) if args.device else None
+    if args.devices > 1 or args.num_nodes > 1:
+        import lightning as L
+
+        fabric = L.Fabric(accelerator="cuda" if torch.cuda.is_available() else "cpu", devices=args.devices,
+                          num_nodes=args.num_nodes, strategy=args.strategy)
+        fabric.launch()
+        device = fabric.device
+    runner = Runner(device, progress=not args.quiet)
+    out = Path(args.out)
+    cache = StageCache(args.cache or out / "cache", enabled=not args.no_cache, runner=runner)
+    result = run_detection(model, dataset, cfg, runner, cache, manifest)
+    extra = {"checkpoint": str(args.ckpt), "manifest": args.manifest}
+    if manifest is not None and not args.no_backdoor_check:
+        from solo_poisoncam.eval.backdoor import backdoor_report
+
+        report = backdoor_report(args.ckpt, model, dataset, runner, seed=cfg.seed)
+        extra["backdoor"] = {k: report[k] for k in ("learned", "margins", "reference_margins", "threat", "reference",
+                                                     "rule")}
+    if runner.is_main:
+        from solo_poisoncam.data.indexed import IndexedImages
+
+        images = IndexedImages(dataset, size=model.image_size)
+        act = cluster_activation(model, result.head_state, cfg.head_temperature).to(runner.device)
+        write_detection_outputs(result, out, images, act, model, extra)
+        print(summary_line(result, extra.get("backdoor")) + f" -> {out / 'metrics.json'}")
+    return 0
+
+
+def summary_line(result, backdoor=None) -> str:
+    m = result.metrics
+    parts = [f"{result.config['method']}: removed {m['num_removed']}/{m['num_samples']}"]
+    if "precision" in m:
+        rec = "n/a" if m.get("recall") is None else f"{m['recall']:.3f}"
+        auroc = "n/a" if m.get("auroc") is None else f"{m['auroc']:.3f}"
+        parts.append(f"precision {m['precision']:.3f} recall {rec} AUROC {auroc} "
+                     f"trigger-detection acc {m['trigger_detection_accuracy'] if m['trigger_detection_accuracy'] is None else round(m['trigger_detection_accuracy'], 3)}")
+    if backdoor is not None:
+        parts.append(f"backdoor {'learned' if backdoor['learned'] else 'NOT learned (detection numbers are not meaningful)'}")
+    return " | ".join(parts)

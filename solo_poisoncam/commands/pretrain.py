@@ -1,11 +1,82 @@
-"""Not implemented yet."""
+"""Train a threat model with the built-in Lightning backend (for machines without solo-learn).
 
-from solo_poisoncam.checks import PoisonCamError
+Writes OUT/args.json, OUT/<name>-ep=<E>.ckpt (read exactly like a solo-learn checkpoint),
+OUT/last.ckpt (resume point), OUT/logs/metrics.csv and, for a poisoned run, a copy of the
+manifest and OUT/backdoor.json (did the attack take? beside a random-init reference).
+Re-running the same command resumes or reuses the finished run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from solo_poisoncam.checks import check
+from solo_poisoncam.commands.common import add_dataset_arguments, dataset_kwargs
 
 
-def add_arguments(p):
-    pass
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="byol", help="simclr, byol or simsiam (BYOL learns a patch backdoor fastest on CPU)")
+    p.add_argument("--backbone", default="cnn_small", help="cnn_small, cnn, resnet18, resnet50")
+    p.add_argument("--poison", default=None, help="poison manifest (DIR or DIR/manifest.json); omit for clean data")
+    add_dataset_arguments(p, default_dataset=None)
+    p.add_argument("--keep", default=None, help="train only on these dataset indexes (kept.txt from detect)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--crop-min-scale", type=float, default=0.2)
+    p.add_argument("--method-kwargs", default="{}", help='JSON, e.g. \'{"temperature": 0.2}\'')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--devices", default="1")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-backdoor-check", action="store_true")
+    p.add_argument("--quiet", action="store_true")
 
 
-def run(args):
-    raise PoisonCamError("'poisoncam pretrain' is not implemented yet")
+def read_indexes(path: str):
+    """Dataset indexes from a text file, one integer per line (kept.txt / removed.txt)."""
+    p = Path(path)
+    check(p.is_file(), f"index file '{path}' does not exist")
+    try:
+        return [int(line) for line in p.read_text().split()]
+    except ValueError as e:
+        raise __import__("solo_poisoncam").PoisonCamError(f"'{path}' must hold one integer index per line: {e}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from solo_poisoncam.ssl import PretrainConfig, pretrain
+
+    check(args.poison is not None or args.dataset is not None, "give --poison MANIFEST or --dataset for clean data")
+    try:
+        method_kwargs = json.loads(args.method_kwargs)
+    except ValueError as e:
+        raise __import__("solo_poisoncam").PoisonCamError(f"--method-kwargs is not valid JSON: {e}")
+    dataset = None
+    if args.poison is None:
+        dataset = {"name": args.dataset, "split": args.split, **dataset_kwargs(args)}
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    cfg = PretrainConfig(out=args.out, method=args.method, backbone=args.backbone, manifest=args.poison, dataset=dataset,
+                         keep=read_indexes(args.keep) if args.keep else None, max_epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         crop_scale=(args.crop_min_scale, 1.0), method_kwargs=method_kwargs, seed=args.seed,
+                         accelerator=args.accelerator, devices=devices, num_workers=args.num_workers,
+                         progress=not args.quiet)
+    ckpt = pretrain(cfg)
+    line = f"trained {args.method}/{args.backbone} for {args.epochs} epochs -> {ckpt}"
+    if args.poison is not None and not args.no_backdoor_check:
+        from solo_poisoncam.data import dataset_from_spec
+        from solo_poisoncam.detect.runner import Runner
+        from solo_poisoncam.eval.backdoor import backdoor_report, format_backdoor
+        from solo_poisoncam.models.threat_model import load_threat_model
+        from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
+
+        manifest = PoisonManifest.load(args.poison)
+        poisoned = PoisonedDataset(dataset_from_spec(manifest.dataset), manifest)
+        report = backdoor_report(ckpt, load_threat_model(ckpt), poisoned, Runner(progress=not args.quiet), seed=args.seed)
+        print(format_backdoor(report))
+        line += f" | backdoor {'learned' if report['learned'] else 'NOT learned'} ({Path(ckpt).parent / 'backdoor.json'})"
+    print(line)
+    return 0

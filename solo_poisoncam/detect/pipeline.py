@@ -26,6 +26,7 @@ from solo_poisoncam.detect.patchsearch import gradcam_windows, iterative_search
 from solo_poisoncam.detect.runner import Runner
 from solo_poisoncam.eval.metrics import detection_metrics, localisation_metrics
 from solo_poisoncam.io import hash_file, hash_obj
+from solo_poisoncam.models.heads import CosineClusterHead
 from solo_poisoncam.poison import PoisonManifest
 from solo_poisoncam.timing import StageClock
 
@@ -43,7 +44,9 @@ class DetectionResult:
     removed: np.ndarray
     scored: np.ndarray
     probability: Optional[np.ndarray]
-    true_boxes: Optional[np.ndarray]
+    true_boxes: Optional[np.ndarray]            # (P, 4) true boxes of the poisoned positions, in input pixels
+    is_poison: Optional[np.ndarray] = None      # (N,) ground truth, when a manifest was given
+    head_state: Optional[Dict[str, torch.Tensor]] = None  # the cluster head, for re-masking a few images
     metrics: Dict[str, Any] = field(default_factory=dict)
     timings: Dict[str, Any] = field(default_factory=dict)
     config: Dict[str, Any] = field(default_factory=dict)
@@ -123,11 +126,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
             model, images, feats, km["assignments"], km["centroids"], fill, runner, cfg.head_temperature,
             cfg.head_epochs, cfg.head_steps, cfg.head_lr, cfg.occlusion_area, cfg.occlusion_p, cfg.seed,
             cfg.feature_batch, cfg.head_relabel).state_dict())
-    from solo_poisoncam.models.heads import CosineClusterHead
-
-    head = CosineClusterHead(head_state["weight"], cfg.head_temperature)
-    head.load_state_dict(head_state)
-    act = ClusterActivation(model, head.to(runner.device).eval()).eval()
+    act = cluster_activation(model, head_state, cfg.head_temperature).to(runner.device)
 
     if cfg.method == "poisoncam":
         out = _poisoncam(act, images, cfg, fill, side, runner, cache, key, clock, km)
@@ -146,13 +145,19 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
 
     result = DetectionResult(indexes=images.indexes.copy(), scores=scores, windows=windows, clusters=clusters,
                              removed=removed, scored=scored, probability=probability, true_boxes=None,
-                             config=cfg.to_dict())
+                             config=cfg.to_dict(), head_state=head_state)
     result.timings = _timings(clock, runner, cache, n, side)
     if manifest is not None:
         _ground_truth_metrics(result, manifest, side, cfg)
     result.metrics["num_removed"] = int(removed.sum())
     result.metrics["num_samples"] = n
     return result
+
+
+def cluster_activation(model, head_state: Dict[str, torch.Tensor], temperature: float) -> ClusterActivation:
+    head = CosineClusterHead(head_state["weight"], temperature)
+    head.load_state_dict(head_state)
+    return ClusterActivation(model, head.eval()).eval()
 
 
 def _kmeans(feats: torch.Tensor, k: int, cfg: DetectConfig, runner: Runner) -> Dict[str, torch.Tensor]:
@@ -264,6 +269,7 @@ def _ground_truth_metrics(result: DetectionResult, manifest: PoisonManifest, sid
     pos = np.flatnonzero(is_poison)
     true = np.array([boxes[int(result.indexes[j])] for j in pos]).reshape(-1, 4)
     result.true_boxes = true
+    result.is_poison = is_poison
     m["localisation_all"] = localisation_metrics(result.windows[pos], true)
     order = np.argsort(-result.scores, kind="stable")
     for k in (20, 100):

@@ -151,3 +151,41 @@ def format_backdoor(b: Dict[str, Any]) -> str:
                      f"(control {m['probe_asr_control']:.0%}), clean acc {m['probe_clean_acc1']:.1%}")
     return (f"backdoor {'LEARNED' if b['learned'] else 'NOT learned'}\n  threat model: {row(t)}\n"
             f"  reference ({r['kind']}): {row(r)}")
+
+
+def validation_split(spec: Dict[str, Any], max_images: Optional[int] = None):
+    """The held-out split of the dataset a manifest was made on (test split, same geometry)."""
+    from solo_poisoncam.data import dataset_from_spec
+
+    spec = dict(spec, split="test")
+    if "num_samples" in spec:
+        spec["num_samples"] = max_images
+    return dataset_from_spec(spec)
+
+
+def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner: Optional[Runner] = None,
+                    val_images: Optional[int] = 5000, seed: int = 0, write: bool = True,
+                    train_feats: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+    """``backdoor.json`` beside the checkpoint: reused when its key (checkpoint bytes, poisons,
+    settings) matches, otherwise measured and written (atomically)."""
+    from pathlib import Path
+
+    from solo_poisoncam.io import hash_file, hash_obj, read_json, write_json
+
+    manifest = poisoned.manifest
+    key = {"ckpt": hash_file(ckpt), "poisons": hash_obj(manifest.attack, manifest.indexes, manifest.boxes),
+           "val_images": val_images, "seed": seed, "v": 1}
+    path = Path(ckpt).parent / "backdoor.json"
+    if path.is_file():
+        try:
+            old = read_json(path)
+            if old.get("key") == key:
+                return old
+        except ValueError:
+            pass
+    val = validation_split(manifest.dataset, val_images)
+    report = backdoor_strength(model, poisoned, val, runner, seed=seed, train_feats=train_feats)
+    report["key"] = key
+    if write and (runner is None or runner.is_main):
+        write_json(path, report)
+    return report

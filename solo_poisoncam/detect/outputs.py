@@ -1,0 +1,84 @@
+"""Detection outputs: metrics.json, removed.txt, kept.txt, scores.npy, windows.npy and gallery.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from solo_poisoncam.data.indexed import IndexedImages
+from solo_poisoncam.detect.cam import ClusterActivation, maps_for
+from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.pipeline import DetectionResult, build_masks, fill_value
+from solo_poisoncam.io import save_npy, write_json, write_lines
+from solo_poisoncam.viz import PRED_COLOUR, TRUE_COLOUR, heat_overlay, save_png, tile
+
+
+def metrics_document(result: DetectionResult, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The content of metrics.json: metrics, timings, settings, and the metric definitions used."""
+    return {
+        "method": result.config.get("method"),
+        "metrics": result.metrics,
+        "timings": result.timings,
+        "config": result.config,
+        "definitions": {
+            "removed": "images the poison classifier labels poisoned (never a deletion of files)",
+            "precision/recall/f1": "of the removed set against the manifest",
+            "auroc/auprc": "of the poison score against the manifest",
+            "precision_at_k": "poison share of the k highest scores (ties broken uniformly at random, in expectation)",
+            "trigger_detection_accuracy": "share of poisoned images whose candidate window has IoU >= 0.5 with the "
+                                          "true trigger box (localisation_all; localisation_topK: poisons among the top K)",
+            "hit_rate": "share of poisoned images whose window contains the true box centre",
+            "masking_overhead": "time applying masks and building maps / time of the masked forward passes",
+        },
+        **(extra or {}),
+    }
+
+
+def write_detection_outputs(result: DetectionResult, out: Path, images: IndexedImages,
+                            act: Optional[ClusterActivation] = None, model=None,
+                            extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Write every output file (each atomically); metrics.json last, so its presence marks completeness."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    removed = result.indexes[result.removed]
+    kept = result.indexes[~result.removed]
+    write_lines(out / "removed.txt", removed.tolist())
+    write_lines(out / "kept.txt", kept.tolist())
+    save_npy(out / "scores.npy", result.scores.astype(np.float32))
+    save_npy(out / "windows.npy", result.windows.astype(np.int32))
+    save_npy(out / "indexes.npy", result.indexes.astype(np.int64))
+    if result.probability is not None:
+        save_npy(out / "probability.npy", result.probability.astype(np.float32))
+    if result.config.get("gallery", 0) > 0:
+        save_png(gallery(result, images, act, model), out / "gallery.png")
+    write_json(out / "metrics.json", metrics_document(result, extra))
+    return out / "metrics.json"
+
+
+def gallery(result: DetectionResult, images: IndexedImages, act: Optional[ClusterActivation], model):
+    """The top flagged images, in pairs: the image with the true trigger box (green, when known), and
+    the activation map overlaid (PoisonCAM) with the candidate window (red)."""
+    cfg = DetectConfig.from_dict(result.config)
+    order = np.argsort(-result.scores, kind="stable")[: cfg.gallery]
+    x = torch.stack([images[int(j)][1] for j in order])
+    side = x.shape[-1]
+    plain = [x[i].permute(1, 2, 0).numpy() for i in range(len(order))]
+    heat = plain
+    if act is not None and cfg.method == "poisoncam":
+        device = next(act.parameters()).device
+        maps = maps_for(act, x, build_masks(cfg, side, cfg.seed), fill_value(cfg, model), device, cfg.forward_batch)
+        heat = [heat_overlay(p, m.numpy(), alpha=0.6) for p, m in zip(plain, maps)]
+    true = {}
+    if result.true_boxes is not None:
+        true = {int(p): b for p, b in zip(np.flatnonzero(result.is_poison), result.true_boxes)}
+    pictures, boxes, captions = [], [], []
+    for i, j in enumerate(order):
+        pictures += [plain[i], heat[i]]
+        tb = [(np.round(true[int(j)]).astype(int), TRUE_COLOUR)] if int(j) in true else []
+        boxes += [tb, [(result.windows[j], PRED_COLOUR)]]
+        tag = "poison" if int(j) in true else ("clean" if result.is_poison is not None else "")
+        captions += [f"#{int(result.indexes[j])} {tag}", f"score {result.scores[j]:.2f}"]
+    return tile(pictures, boxes, scale=max(1, 96 // side), columns=8, captions=captions)

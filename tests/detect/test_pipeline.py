@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist, tiny_dataset
+
+from solo_poisoncam import PoisonCamError
+from solo_poisoncam.detect.cache import StageCache
+from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.pipeline import run_detection
+from solo_poisoncam.detect.runner import Runner
+
+FAST = {"num_clusters": 10, "occluder_stride": 1 / 16, "flip_images": 40, "flip_top": 60,
+        "classifier": {"models": 1, "iters": 150, "batch_size": 32}}
+
+
+@pytest.fixture(scope="module")
+def poisoned():
+    return poisoned_fashion_mnist(600, patch_size=8)
+
+
+@needs_fashion_mnist
+def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path):
+    data, manifest = poisoned
+    cache = StageCache(tmp_path / "cache")
+    r = run_detection(SaturationNet(), data, DetectConfig.from_dict(FAST), Runner(progress=False), cache, manifest)
+    m = r.metrics
+    assert m["num_poisons"] == 30 and m["num_samples"] == 600
+    assert m["auroc"] > 0.95 and m["precision_at_20"] >= 0.9
+    assert m["trigger_detection_accuracy"] >= 0.9 and m["localisation_all"]["count"] == 30
+    assert m["recall"] >= 0.9 and m["precision"] >= 0.5  # the classifier generalises from the top-20 triggers
+    assert set(r.timings) >= {"features_s", "kmeans_s", "masking_s", "classifier_s", "masked_forwards_per_s",
+                              "masking_overhead", "device"}
+    assert r.timings["masked_forwards"] == 600 * 169
+    # a second run is served from the cache, stage by stage, with identical outputs
+    again = run_detection(SaturationNet(), data, DetectConfig.from_dict(FAST), Runner(progress=False),
+                          StageCache(tmp_path / "cache"), manifest)
+    assert all(again.timings["cache_hits"].values())
+    assert np.array_equal(again.scores, r.scores) and np.array_equal(again.removed, r.removed)
+    # another setting misses only from the stage it changes
+    other = run_detection(SaturationNet(), data, DetectConfig.from_dict({**FAST, "score": "drop", "remove": "none"}),
+                          Runner(progress=False), StageCache(tmp_path / "cache"), manifest)
+    hits = other.timings["cache_hits"]
+    assert hits["features"] and hits["kmeans"] and hits["cam"] and "flip" not in hits
+    assert np.array_equal(other.scores, r.scores) is False and other.metrics["num_removed"] == 0
+
+
+@needs_fashion_mnist
+def test_patchsearch_shares_every_stage_but_localisation(poisoned):
+    data, manifest = poisoned
+    cfg = DetectConfig.from_dict({**FAST, "method": "patchsearch"})
+    r = run_detection(SaturationNet(), data, cfg, Runner(progress=False), manifest=manifest)
+    scored = r.scored
+    assert 0 < scored.sum() < len(data)  # iterative search scores a subset ...
+    assert (r.scores[~scored] == 0).all()  # ... and leaves the rest at 0, like its code
+    assert r.metrics["localisation_all"]["count"] == 30 and "auroc" in r.metrics
+    assert "search_s" in r.timings and "gradcam_s" in r.timings
+
+
+@needs_fashion_mnist
+def test_without_manifest_everything_but_ground_truth(poisoned):
+    data, _ = poisoned
+    r = run_detection(SaturationNet(), data.base, DetectConfig.from_dict({**FAST, "remove": "none", "score": "drop"}),
+                      Runner(progress=False))
+    assert "precision" not in r.metrics and r.metrics["num_samples"] == 600
+    assert r.scores.shape == (600,) and r.windows.shape == (600, 4) and r.is_poison is None
+
+
+def test_bad_inputs_are_refused_before_any_work(tmp_path):
+    small = tiny_dataset(n_per_class=2, num_classes=3)  # 6 images
+    with pytest.raises(PoisonCamError, match="K=30 clusters is larger than the number of images N=6"):
+        run_detection(SaturationNet(16), small, DetectConfig(), Runner(progress=False),
+                      StageCache(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(PoisonCamError, match="unknown detection method"):
+        DetectConfig(method="strip")
+    with pytest.raises(PoisonCamError, match="unknown detection settings"):
+        DetectConfig.from_dict({"num_cluster": 3})
+
+
+@needs_fashion_mnist
+def test_manifest_of_other_data_is_refused(poisoned):
+    _, manifest = poisoned
+    with pytest.raises(PoisonCamError, match="made for other data|dataset of 600 images"):
+        run_detection(SaturationNet(16), tiny_dataset(n_per_class=200), DetectConfig(), Runner(progress=False),
+                      manifest=manifest)

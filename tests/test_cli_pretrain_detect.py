@@ -1,0 +1,110 @@
+"""The built-in backend and the detector through the CLI, on real Fashion-MNIST (tiny, CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import needs_fashion_mnist
+
+from solo_poisoncam.cli import main
+
+FAST_DETECT = ["--num-clusters", "10", "--flip-images", "20", "--set", "classifier.models=1",
+               "--set", "classifier.iters=40", "--set", "flip_top=30", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    assert main(["poison", "--num-samples", "300", "--patch-size", "10", "--out", str(root / "poison")]) == 0
+    assert main(["pretrain", "--poison", str(root / "poison"), "--epochs", "1", "--batch-size", "64",
+                 "--out", str(root / "tm"), "--quiet"]) == 0
+    ckpt = next((root / "tm").glob("*-ep=0.ckpt"))
+    return root, ckpt
+
+
+@needs_fashion_mnist
+def test_pretrain_writes_solo_layout_backdoor_report_and_resumes(trained, capsys):
+    root, ckpt = trained
+    args = json.loads((root / "tm" / "args.json").read_text())
+    assert args["method"] == "byol" and args["backbone"]["name"] == "cnn_small" and args["backend"] == "builtin"
+    assert args["poison"]["num_poisons"] == 15 and args["data"]["num_samples"] == 300
+    assert (root / "tm" / "manifest.json").is_file() and (root / "tm" / "last.ckpt").is_file()
+    assert (root / "tm" / "logs" / "metrics.csv").read_text().startswith("epoch") or \
+        "train_byol_loss" in (root / "tm" / "logs" / "metrics.csv").read_text()
+    report = json.loads((root / "tm" / "backdoor.json").read_text())
+    assert set(report["threat"]) >= {"purity", "patched_to_poison_cluster", "knn_asr_patched", "probe_asr_patched"}
+    assert report["reference"]["kind"] == "random-init" and isinstance(report["learned"], bool)
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]  # solo main_linear loads so
+    assert any(k.startswith("backbone.") for k in state)
+    capsys.readouterr()
+    # the same command again reuses the finished run
+    assert main(["pretrain", "--poison", str(root / "poison"), "--epochs", "1", "--batch-size", "64",
+                 "--out", str(root / "tm"), "--quiet"]) == 0
+    assert str(ckpt) in capsys.readouterr().out
+    # other settings in the same folder are refused
+    assert main(["pretrain", "--poison", str(root / "poison"), "--epochs", "2", "--batch-size", "64",
+                 "--out", str(root / "tm"), "--quiet"]) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+
+@needs_fashion_mnist
+def test_detect_writes_every_output(trained, capsys, tmp_path):
+    root, ckpt = trained
+    out = tmp_path / "det"
+    rc = main(["detect", "--ckpt", str(ckpt), "--manifest", str(root / "poison" / "manifest.json"),
+               "--out", str(out)] + FAST_DETECT)
+    assert rc == 0
+    line = capsys.readouterr().out
+    assert line.startswith("poisoncam: removed") and "backdoor" in line
+    doc = json.loads((out / "metrics.json").read_text())
+    m = doc["metrics"]
+    assert m["num_poisons"] == 15 and m["num_samples"] == 300
+    assert {"precision", "recall", "f1", "auroc", "auprc", "precision_at_20", "trigger_detection_accuracy",
+            "localisation_all", "localisation_top20"} <= set(m)
+    assert doc["timings"]["masked_forwards"] == 300 * 49 and doc["timings"]["device"] == "cpu"
+    assert "backdoor" in doc and "definitions" in doc
+    removed = [int(v) for v in (out / "removed.txt").read_text().split()]
+    kept = [int(v) for v in (out / "kept.txt").read_text().split()]
+    assert sorted(removed + kept) == list(range(300)) and len(removed) == m["num_removed"]
+    assert np.load(out / "scores.npy").shape == (300,) and (out / "gallery.png").is_file()
+
+
+@needs_fashion_mnist
+def test_detect_without_manifest_on_user_data(trained, tmp_path):
+    _, ckpt = trained
+    out = tmp_path / "det"
+    assert main(["detect", "--ckpt", str(ckpt), "--dataset", "fashion-mnist", "--num-samples", "200",
+                 "--out", str(out), "--remove", "none"] + FAST_DETECT) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert "precision" not in doc["metrics"] and doc["metrics"]["num_samples"] == 200 and "backdoor" not in doc
+
+
+@needs_fashion_mnist
+def test_detect_bad_inputs_one_error_nothing_written(trained, tmp_path, capsys):
+    root, ckpt = trained
+    man = str(root / "poison" / "manifest.json")
+    cases = [
+        (["--ckpt", str(ckpt), "--manifest", man, "--dataset", "fashion-mnist", "--num-samples", "400"],
+         "dataset of 300 images"),
+        (["--ckpt", str(ckpt), "--manifest", man, "--num-clusters", "1000"], "larger than the number of images"),
+        (["--ckpt", str(root / "missing.ckpt"), "--manifest", man], "does not exist"),
+        (["--ckpt", str(ckpt), "--dataset", "folder", "--root", str(tmp_path / "nothing")], "does not exist"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "out"
+        rc = main(["detect", "--out", str(out), "--quiet"] + extra)
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err, err
+        assert not out.exists()
+    # a checkpoint whose args.json names another backbone
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.ckpt").write_bytes(ckpt.read_bytes())
+    args = json.loads((root / "tm" / "args.json").read_text())
+    args["backbone"]["name"] = "cnn"
+    (bad / "args.json").write_text(json.dumps(args))
+    rc = main(["detect", "--ckpt", str(bad / "x.ckpt"), "--manifest", man, "--out", str(tmp_path / "out"), "--quiet"])
+    assert rc == 2 and "does not match the backbone" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
