@@ -96,6 +96,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     of DESIGN.md; without one, everything else.
     """
     runner = runner or Runner(progress=progress)
+    started = time.perf_counter()
     check(len(dataset) > 0, "the dataset is empty")
     if manifest is not None:
         manifest.check_matches(dataset.base if hasattr(dataset, "base") else dataset)
@@ -147,6 +148,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
                              removed=removed, scored=scored, probability=probability, true_boxes=None,
                              config=cfg.to_dict(), head_state=head_state)
     result.timings = _timings(clock, runner, cache, n, side)
+    result.timings["total_s"] = round(time.perf_counter() - started, 3)
     if manifest is not None:
         _ground_truth_metrics(result, manifest, side, cfg)
     result.metrics["num_removed"] = int(removed.sum())

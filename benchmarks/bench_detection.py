@@ -1,0 +1,176 @@
+"""Detection quality of PoisonCAM vs PatchSearch, side by side on the same threat models.
+
+    python benchmarks/bench_detection.py --quick              # CPU: Fashion-MNIST, small
+    python benchmarks/bench_detection.py                      # full: meant for a GPU
+    python benchmarks/bench_detection.py --settings patch-0.5 --seeds 0 1 2 --downstream
+
+Each (setting, seed) is one run folder of the chain (poison -> threat model -> backdoor check ->
+detect -> [retrain -> evaluate]); folders are reused, so an interrupted benchmark resumes.
+Every row states its threat model's backdoor strength beside a random-init reference. The
+"clean" setting trains on unpoisoned data and reports how much each defence removes when there
+is nothing to find. Writes benchmarks/results/detection[-quick].md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, markdown_table, mean_std, write_results  # noqa: E402
+
+# setting -> run-config overrides (over the embedded demo config)
+SETTINGS: Dict[str, Dict[str, Any]] = {
+    "patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}},
+    "patch-1.0": {"poison": {"attack": "patch", "size": 12, "rate": 1.0}},
+    "patch-0.5-7px": {"poison": {"attack": "patch", "size": 7, "rate": 0.5}},
+    "blend": {"poison": {"attack": "blend", "alpha": 0.2, "rate": 0.5}},
+    "frequency": {"poison": {"attack": "frequency", "magnitude": 100, "rate": 0.5}},
+    "simclr-patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}, "pretrain": {"method": "simclr"}},
+    "simsiam-patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}, "pretrain": {"method": "simsiam"}},
+    "clean": {},
+}
+QUICK = {"data": {"num_samples": 5000}, "pretrain": {"epochs": 5, "batch_size": 256},
+         "detect": {"settings": {"classifier": {"models": 2, "iters": 500}}},
+         "eval": {"label_fractions": [0.1], "val_images": 2000}}
+FULL = {"data": {"num_samples": 60000}, "pretrain": {"epochs": 20},
+        "eval": {"label_fractions": [0.01, 0.1], "val_images": 10000}}
+
+
+def deep_merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, downstream: bool) -> Dict[str, Any]:
+    from solo_poisoncam.pipeline.config import load_run_config
+    from solo_poisoncam.pipeline.run import Chain
+
+    cfg = load_run_config()
+    cfg = deep_merge(cfg, base)
+    cfg = deep_merge(cfg, SETTINGS[setting])
+    cfg["seed"] = seed
+    cfg["name"] = f"{setting}-s{seed}"
+    cfg["retrain"] = {"enabled": downstream}
+    cfg["reference"] = {"clean": downstream}
+    chain = Chain(cfg, root / cfg["name"], progress=False, log=lambda s: print(f"  {cfg['name']} {s}", flush=True))
+    if setting == "clean":
+        return run_clean(chain)
+    return chain.run()
+
+
+def run_clean(chain) -> Dict[str, Any]:
+    """Unpoisoned data: train on it, detect without ground truth, count what each defence removes."""
+    from solo_poisoncam.data import dataset_from_spec
+    from solo_poisoncam.detect.cache import StageCache
+    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.detect.pipeline import run_detection
+    from solo_poisoncam.detect.runner import Runner
+    from solo_poisoncam.models.threat_model import load_threat_model
+    from solo_poisoncam.pipeline.run import data_spec
+
+    ckpt = chain.stage("clean threat model", chain.clean)
+    data = dataset_from_spec(data_spec(chain.cfg))
+    out = {}
+    for method in chain.cfg["detect"]["methods"]:
+        settings = {**chain.cfg["detect"].get("settings", {}), "method": method, "seed": chain.cfg["seed"]}
+        r = chain.stage(f"detect {method}", lambda s=settings: run_detection(
+            load_threat_model(ckpt), data, DetectConfig.from_dict(s), Runner(progress=False),
+            StageCache(chain.out / "cache")))
+        out[method] = {"num_removed": r.metrics["num_removed"], "num_samples": r.metrics["num_samples"]}
+    return {"clean": out}
+
+
+def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) -> Dict[str, str]:
+    det_rows, bd_rows, ds_rows, clean_rows = [], [], [], []
+    keys = [("trigger_detection_accuracy", "trigger det. acc"), ("precision", "precision"), ("recall", "recall"),
+            ("f1", "F1"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("precision_at_20", "P@20"),
+            ("num_removed", "removed")]
+    for setting, by_seed in results.items():
+        runs = list(by_seed.values())
+        if setting == "clean":
+            for method in methods:
+                removed = [r["clean"][method]["num_removed"] for r in runs]
+                n = runs[0]["clean"][method]["num_samples"]
+                clean_rows.append([method, f"{len(runs)}", mean_std(removed, 1), str(n),
+                                   mean_std([x / n for x in removed], pct=True)])
+            continue
+        learned = sum(r["backdoor"]["learned"] for r in runs)
+        t = lambda k: mean_std([r["backdoor"]["threat"][k] for r in runs], pct=True)  # noqa: E731
+        rf = lambda k: mean_std([r["backdoor"]["reference"][k] for r in runs], pct=True)  # noqa: E731
+        bd_rows.append([setting, f"{learned}/{len(runs)}", t("purity"), rf("purity"),
+                        f"{t('patched_to_poison_cluster')} ({t('control_to_poison_cluster')})",
+                        f"{rf('patched_to_poison_cluster')} ({rf('control_to_poison_cluster')})",
+                        f"{t('probe_asr_patched')} ({t('probe_asr_control')})"])
+        for method in methods:
+            ms = [r["detections"][method]["metrics"] for r in runs if method in r["detections"]]
+            row = [setting, method, f"{len(ms)}"]
+            for k, _ in keys:
+                vals = [m.get(k) for m in ms]
+                row.append(mean_std(vals, 1 if k == "num_removed" else 3))
+            det_rows.append(row)
+        if all("evaluations" in r and r["evaluations"] for r in runs):
+            for name in runs[0]["evaluations"]:
+                frac = sorted(runs[0]["evaluations"][name]["budgets"])[-1]
+                lin = [r["evaluations"][name]["budgets"][frac]["linear"] for r in runs]
+                ds_rows.append([setting, name, f"{float(frac):.0%}", mean_std([m["clean_acc1"] for m in lin], pct=True),
+                                mean_std([m["patched_acc1"] for m in lin], pct=True),
+                                mean_std([m["asr"] for m in lin], pct=True), mean_std([m["fp"] for m in lin], 1)])
+    out = {
+        "Backdoor strength of the threat models (precondition of every detection number)": markdown_table(
+            ["setting", "learned", "purity", "purity (random-init)", "patched -> poison cluster (control)",
+             "same, random-init", "probe ASR patched (control)"], bd_rows),
+        "Detection quality (mean ± std over seeds)": markdown_table(
+            ["setting", "method", "seeds"] + [label for _, label in keys], det_rows),
+    }
+    if clean_rows:
+        out["Clean data: what each defence removes when there is nothing to find"] = markdown_table(
+            ["method", "seeds", "removed", "of", "share"], clean_rows)
+    if ds_rows:
+        out["Downstream (linear probe; mean ± std over seeds)"] = markdown_table(
+            ["setting", "model", "labels", "clean acc", "patched acc", "ASR", "FP"], ds_rows)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CPU-sized: 5,000 Fashion-MNIST images, 5 epochs")
+    p.add_argument("--demo-scale", action="store_true",
+                   help="the embedded demo config as is (10,000 images, 5 epochs): the README's main numbers")
+    p.add_argument("--settings", nargs="+", default=["patch-0.5", "patch-1.0", "blend", "frequency", "clean"],
+                   choices=sorted(SETTINGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--downstream", action="store_true", help="also retrain on kept sets and evaluate (slower)")
+    p.add_argument("--root", default="runs/bench", help="run folders (reused: the benchmark resumes)")
+    p.add_argument("--name", default=None, help="results file name (default detection[-quick])")
+    args = p.parse_args()
+    scale = "demo" if args.demo_scale else ("quick" if args.quick else "full")
+    base = {"demo": {}, "quick": QUICK, "full": FULL}[scale]
+    env = environment()
+    root = Path(args.root) / scale
+    results: Dict[str, Dict[int, Dict[str, Any]]] = {}
+    for setting in args.settings:
+        for seed in args.seeds:
+            print(f"== {setting} seed {seed}", flush=True)
+            results.setdefault(setting, {})[seed] = run_one(setting, seed, base, root, args.downstream)
+    methods = ["poisoncam", "patchsearch"]
+    tabs = tables(results, methods)
+    name = args.name or f"detection-{scale}"
+    settings = {"base": base, "settings": {s: SETTINGS[s] for s in args.settings}, "seeds": args.seeds,
+                "downstream": args.downstream}
+    raw = {s: {str(k): {kk: v.get(kk) for kk in ("backdoor", "detections", "evaluations", "timings", "clean")}
+                        for k, v in by.items()} for s, by in results.items()}
+    path = write_results(name, env, settings, tabs, raw)
+    for title, table in tabs.items():
+        print(f"\n{title}\n{table}")
+    print(f"\n-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Shared by the benchmark scripts: environment header, mean +- std, table writing."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> Dict[str, str]:
+    import torch
+
+    import solo_poisoncam
+
+    if torch.cuda.is_available():
+        device = f"GPU {torch.cuda.get_device_name(0)}"
+    else:
+        device = f"CPU, {torch.get_num_threads()} threads ({platform.machine()})"
+    return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"), "device": device,
+            "torch": torch.__version__, "solo_poisoncam": solo_poisoncam.__version__,
+            "python": platform.python_version(), "command": " ".join(["python"] + sys.argv)}
+
+
+def mean_std(values: Sequence[Any], digits: int = 3, pct: bool = False) -> str:
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return "n/a"
+    m, s = float(np.mean(v)), float(np.std(v))
+    if pct:
+        return f"{m:.1%} ± {s:.1%}" if len(v) > 1 else f"{m:.1%}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(v) > 1 else f"{m:.{digits}f}"
+
+
+def markdown_table(head: List[str], rows: List[List[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_results(name: str, env: Dict[str, str], settings: Dict[str, Any], tables: Dict[str, str],
+                  raw: Any) -> Path:
+    """benchmarks/results/<name>.md (tables with device, settings, command) and <name>.json (raw)."""
+    from solo_poisoncam.io import write_json, write_text
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    head = [f"# {name}", "", f"- date: {env['date']}", f"- device: {env['device']}",
+            f"- versions: torch {env['torch']}, solo-poisoncam {env['solo_poisoncam']}, python {env['python']}",
+            f"- command: `{env['command']}`", f"- settings: `{json.dumps(settings, sort_keys=True)}`", ""]
+    body = [f"## {title}\n\n{table}\n" for title, table in tables.items()]
+    path = RESULTS / f"{name}.md"
+    write_text(path, "\n".join(head + body))
+    write_json(RESULTS / f"{name}.json", {"environment": env, "settings": settings, "results": raw})
+    return path

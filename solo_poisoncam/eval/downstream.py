@@ -1,0 +1,66 @@
+"""Downstream evaluation of a frozen backbone: linear probe and kNN, clean accuracy, ASR and FP.
+
+The probe is trained on a stratified label budget of the clean training images (SSL-Backdoor /
+PatchSearch: 1% and 10%); the kNN bank is the same labelled subset. Patched images are the
+non-target validation images with the trigger pasted at a random place (10-90% of the side).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from solo_poisoncam.data.base import ImageDataset
+from solo_poisoncam.data.indexed import IndexedImages
+from solo_poisoncam.detect.features import extract_features
+from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.eval.knn import knn_predict
+from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
+from solo_poisoncam.eval.metrics import attack_metrics
+from solo_poisoncam.poison import PatchedDataset
+from solo_poisoncam.poison.attacks import Attack
+
+
+def evaluate_backbone(model: torch.nn.Module, train: ImageDataset, val: ImageDataset, attack: Optional[Attack] = None,
+                      target: Optional[int] = None, fractions: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0,
+                      knn_k: int = 20, runner: Optional[Runner] = None, probe_epochs: int = 100) -> Dict[str, Any]:
+    """Linear and kNN metrics per label budget; ASR/FP/confusion when an attack and target are given.
+
+    ``train`` must be the *clean* labelled training data (labels are never poisoned here).
+    """
+    runner = runner or Runner(progress=False)
+    size = getattr(model, "image_size", None)
+    f_train = extract_features(model, IndexedImages(train, size=size), runner)
+    f_val = extract_features(model, IndexedImages(val, size=size), runner)
+    y_train, y_val = torch.as_tensor(train.targets), torch.as_tensor(val.targets)
+    num_classes = len(train.classes)
+    f_patched = y_patched = None
+    if attack is not None:
+        patched = PatchedDataset(val, attack, target, seed=seed)
+        f_patched = extract_features(model, IndexedImages(patched, size=size), runner)
+        y_patched = torch.as_tensor(patched.targets)
+    results: Dict[str, Any] = {}
+    for fraction in fractions:
+        pick = torch.as_tensor(label_budget_indexes(train.targets, fraction, seed))
+        probe = train_linear_probe(f_train[pick], y_train[pick], num_classes, epochs=probe_epochs, seed=seed)
+        bank, bank_y = f_train[pick], y_train[pick]
+        row: Dict[str, Any] = {"label_fraction": fraction, "labelled_images": int(len(pick))}
+        for name, predict in (("linear", probe.predict),
+                              ("knn", lambda f: knn_predict(f, bank, bank_y, num_classes, k=min(knn_k, len(pick))))):
+            pred_val = predict(f_val)
+            if attack is not None:
+                m = attack_metrics(predict(f_patched), y_patched, target, pred_val, y_val, num_classes=num_classes)
+            else:
+                m = {"clean_acc1": float((pred_val == y_val).float().mean())}
+            row[name] = m
+        results[f"{fraction:g}"] = row
+    return {"num_train": len(train), "num_val": len(val), "num_classes": num_classes, "target": target,
+            "knn_k": knn_k, "seed": seed, "budgets": results}
+
+
+def flat_summary(ev: Dict[str, Any], fraction: str, head: str = "linear") -> Dict[str, Optional[float]]:
+    """clean_acc1, patched_acc1, asr, fp of one budget and head, for tables."""
+    m = ev["budgets"][fraction][head]
+    return {k: m.get(k) for k in ("clean_acc1", "patched_acc1", "asr", "fp")}

@@ -1,0 +1,1 @@
+"""The one-command chain (``poisoncam run`` / ``poisoncam demo``)."""

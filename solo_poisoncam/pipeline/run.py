@@ -1,0 +1,191 @@
+"""The whole chain as resumable stages: poison -> threat model -> detect -> retrain -> evaluate -> report.
+
+Every stage writes into its own folder under OUT and is skipped when its output is complete and
+was made with the same settings; an interrupted run resumes where it stopped (training resumes
+from its last checkpoint, detection from its stage cache).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from solo_poisoncam.checks import check
+from solo_poisoncam.io import hash_file, hash_obj, read_json, write_json
+
+
+def _pretrain_cfg(cfg: Dict[str, Any], out: Path, **kw):
+    from solo_poisoncam.ssl import PretrainConfig
+
+    p = cfg["pretrain"]
+    return PretrainConfig(out=str(out), method=p["method"], backbone=p["backbone"], max_epochs=p["epochs"],
+                          batch_size=p["batch_size"], lr=p["lr"], seed=cfg["seed"],
+                          method_kwargs=p.get("method_kwargs", {}), **kw)
+
+
+def data_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    d = dict(cfg["data"])
+    return {"name": d.pop("dataset"), "split": "train", **d}
+
+
+class Chain:
+    """One run folder. ``log`` receives one line per stage."""
+
+    def __init__(self, cfg: Dict[str, Any], out: Path, progress: bool = True, log: Callable[[str], None] = print):
+        self.cfg, self.out, self.progress, self.log = cfg, Path(out), progress, log
+        self.timings: Dict[str, float] = {}
+        self.results: Dict[str, Any] = {"config": cfg, "stages": {}}
+
+    def stage(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.log(f"[{name}] ...")
+        start = time.perf_counter()
+        value = fn()
+        self.timings[name] = round(time.perf_counter() - start, 2)
+        self.log(f"[{name}] done in {self.timings[name]:.1f}s")
+        return value
+
+    # -- stages ---------------------------------------------------------------------------------
+    def poison(self):
+        from solo_poisoncam.commands.poison import poison_dataset, write_poison_outputs
+        from solo_poisoncam.poison import PoisonManifest
+
+        folder = self.out / "poison"
+        p = self.cfg["poison"]
+        attack = {"name": p["attack"]}
+        if p["attack"] != "frequency":
+            attack["trigger"] = p.get("trigger", {"kind": "htba", "seed": 10})
+        for key in ("size", "alpha", "magnitude", "window"):
+            if key in p and not (key == "size" and p["attack"] != "patch"):
+                attack[key] = p[key]
+        spec = data_spec(self.cfg)
+        if (folder / "manifest.json").is_file():
+            m = PoisonManifest.load(folder)
+            check(m.attack.get("name") == p["attack"] and m.target == p["target"] and m.rate == p["rate"]
+                  and m.seed == self.cfg["seed"] and m.dataset.get("num_samples") == spec.get("num_samples"),
+                  f"'{folder}' holds a poisoning with other settings; use another --out")
+            return m
+        name = spec.pop("name")
+        split = spec.pop("split")
+        dataset, attack_obj, m = poison_dataset(name, split, spec, attack, p["target"], p["rate"],
+                                                p.get("rate_of", "target"), p.get("targeted", True), self.cfg["seed"])
+        write_poison_outputs(folder, dataset, attack_obj, m)
+        return m
+
+    def threat(self):
+        from solo_poisoncam.ssl import pretrain
+
+        return pretrain(_pretrain_cfg(self.cfg, self.out / "threat", manifest=str(self.out / "poison"),
+                                      progress=self.progress))
+
+    def backdoor(self, ckpt):
+        from solo_poisoncam.data import dataset_from_spec
+        from solo_poisoncam.detect.runner import Runner
+        from solo_poisoncam.eval.backdoor import backdoor_report
+        from solo_poisoncam.models.threat_model import load_threat_model
+        from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
+
+        m = PoisonManifest.load(self.out / "poison")
+        poisoned = PoisonedDataset(dataset_from_spec(m.dataset), m)
+        return backdoor_report(ckpt, load_threat_model(ckpt), poisoned, Runner(progress=False),
+                               val_images=self.cfg["eval"].get("val_images"), seed=self.cfg["seed"])
+
+    def detect(self, method: str, ckpt):
+        from solo_poisoncam.data import dataset_from_spec
+        from solo_poisoncam.data.indexed import IndexedImages
+        from solo_poisoncam.detect.cache import StageCache
+        from solo_poisoncam.detect.config import DetectConfig
+        from solo_poisoncam.detect.outputs import write_detection_outputs
+        from solo_poisoncam.detect.pipeline import cluster_activation, run_detection
+        from solo_poisoncam.detect.runner import Runner
+        from solo_poisoncam.models.threat_model import load_threat_model
+        from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
+
+        folder = self.out / f"detect-{method}"
+        settings = {**self.cfg["detect"].get("settings", {}), "method": method, "seed": self.cfg["seed"]}
+        key = {"ckpt": hash_file(ckpt), "settings": settings}
+        if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:
+            return read_json(folder / "metrics.json")
+        dcfg = DetectConfig.from_dict(settings)
+        m = PoisonManifest.load(self.out / "poison")
+        data = PoisonedDataset(dataset_from_spec(m.dataset), m)
+        model = load_threat_model(ckpt)
+        runner = Runner(progress=self.progress)
+        result = run_detection(model, data, dcfg, runner, StageCache(self.out / "cache"), m)
+        act = cluster_activation(model, result.head_state, dcfg.head_temperature).to(runner.device)
+        write_detection_outputs(result, folder, IndexedImages(data, size=model.image_size), act, model,
+                                {"key": key, "checkpoint": str(ckpt)})
+        return read_json(folder / "metrics.json")
+
+    def retrain(self, method: str):
+        from solo_poisoncam.commands.pretrain import read_indexes
+        from solo_poisoncam.ssl import pretrain
+
+        keep = read_indexes(self.out / f"detect-{method}" / "kept.txt")
+        return pretrain(_pretrain_cfg(self.cfg, self.out / f"retrain-{method}", manifest=str(self.out / "poison"),
+                                      keep=keep, progress=self.progress))
+
+    def clean(self):
+        from solo_poisoncam.ssl import pretrain
+
+        return pretrain(_pretrain_cfg(self.cfg, self.out / "clean", dataset=data_spec(self.cfg), progress=self.progress))
+
+    def evaluate(self, name: str, ckpt):
+        from solo_poisoncam.data import dataset_from_spec
+        from solo_poisoncam.detect.runner import Runner
+        from solo_poisoncam.eval.downstream import evaluate_backbone
+        from solo_poisoncam.models.threat_model import load_threat_model
+        from solo_poisoncam.poison import PoisonManifest, build_attack
+
+        folder = self.out / f"eval-{name}"
+        e = self.cfg["eval"]
+        key = {"ckpt": hash_file(ckpt), "eval": e, "seed": self.cfg["seed"]}
+        if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:
+            return read_json(folder / "metrics.json")
+        m = PoisonManifest.load(self.out / "poison")
+        train = dataset_from_spec(data_spec(self.cfg))
+        val = dataset_from_spec({**data_spec(self.cfg), "split": "test", "num_samples": e.get("val_images")})
+        res = evaluate_backbone(load_threat_model(ckpt), train, val, build_attack(m.attack), m.target,
+                                e["label_fractions"], self.cfg["seed"], e.get("knn_k", 20), Runner(progress=False))
+        res.update({"key": key, "checkpoint": str(ckpt)})
+        write_json(folder / "metrics.json", res)
+        return res
+
+    # -- the chain ------------------------------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        run_file = self.out / "run.json"
+        if run_file.is_file():
+            old = read_json(run_file)
+            check(hash_obj(old.get("config")) == hash_obj(cfg),
+                  f"'{self.out}' holds a run with other settings; use another --out or delete it")
+        write_json(run_file, {"config": cfg})
+        manifest = self.stage("poison", self.poison)
+        self.log(f"  {manifest.summary()}")
+        ckpt = self.stage("threat model", self.threat)
+        bd = self.stage("backdoor check", lambda: self.backdoor(ckpt))
+        self.log(f"  backdoor {'LEARNED' if bd['learned'] else 'NOT learned'} (threat margins {bd['margins']}, "
+                 f"random-init reference {bd['reference_margins']})")
+        models = {"undefended": str(ckpt)}
+        detections = {}
+        for method in cfg["detect"]["methods"]:
+            detections[method] = self.stage(f"detect {method}", lambda m=method: self.detect(m, ckpt))
+            if cfg["retrain"].get("enabled", True):
+                models[method] = str(self.stage(f"retrain on {method}-kept", lambda m=method: self.retrain(m)))
+        if cfg["reference"].get("clean", True):
+            models["clean-data"] = str(self.stage("clean-data reference", self.clean))
+        evals = {name: self.stage(f"evaluate {name}", lambda n=name, c=c: self.evaluate(n, c))
+                 for name, c in models.items()}
+        self.results.update({"manifest": manifest.to_dict() | {"poisons": None}, "backdoor": bd,
+                             "detections": detections, "models": models, "evaluations": evals,
+                             "timings": self.timings})
+        write_json(self.out / "results.json", self.results)
+        from solo_poisoncam.report import write_report
+
+        self.stage("report", lambda: write_report(self.results, self.out))
+        return self.results
+
+
+def run_chain(cfg: Dict[str, Any], out, progress: bool = True, log: Optional[Callable[[str], None]] = None):
+    return Chain(cfg, Path(out), progress, log or print).run()
