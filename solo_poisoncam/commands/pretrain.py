@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from solo_poisoncam.checks import check
+from solo_poisoncam.checks import PoisonCamError, check
 from solo_poisoncam.commands.common import add_dataset_arguments, dataset_kwargs
 
 
@@ -43,7 +43,7 @@ def read_indexes(path: str):
     try:
         return [int(line) for line in p.read_text().split()]
     except ValueError as e:
-        raise __import__("solo_poisoncam").PoisonCamError(f"'{path}' must hold one integer index per line: {e}")
+        raise PoisonCamError(f"'{path}' must hold one integer index per line: {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         method_kwargs = json.loads(args.method_kwargs)
     except ValueError as e:
-        raise __import__("solo_poisoncam").PoisonCamError(f"--method-kwargs is not valid JSON: {e}")
+        raise PoisonCamError(f"--method-kwargs is not valid JSON: {e}") from e
     dataset = None
     if args.poison is None:
         dataset = {"name": args.dataset, "split": args.split, **dataset_kwargs(args)}

@@ -31,6 +31,18 @@ class IndexedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indexes)
 
+    def as_tensor(self) -> torch.Tensor:
+        """All images as uint8 (N, 3, S, S), row j for ``indexes[j]`` (decoded now if not in memory)."""
+        if self._tensor is None:
+            return torch.stack([self[j][1] for j in range(len(self))])
+        return self._tensor
+
+    def take(self, positions) -> torch.Tensor:
+        """uint8 (len(positions), 3, S, S) images at the given positions."""
+        if self._tensor is not None:
+            return self._tensor[torch.as_tensor(positions, dtype=torch.long)]
+        return torch.stack([self[int(j)][1] for j in positions])
+
     def __getitem__(self, j: int):
         i = int(self.indexes[j])
         if self._tensor is not None:

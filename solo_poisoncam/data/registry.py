@@ -162,7 +162,8 @@ _register_torchvision("stl10", "STL10", (0.4408, 0.4279, 0.3867), (0.2682, 0.261
 
 
 @DATASETS.register("folder")
-def folder(split: str = "train", root: Optional[str] = None, size: Optional[int] = None) -> FolderImageDataset:
+def folder(split: str = "train", root: Optional[str] = None, size: Optional[int] = None,
+           num_samples: Optional[int] = None, subset_seed: int = 0) -> FolderImageDataset:
     """Any ImageFolder tree (e.g. ImageNet-100): ``root/<split>/<class>/*.jpg`` or ``root/<class>/*.jpg``.
 
     ``size`` resizes the shorter side and centre-crops (images are poisoned after that); ``None``
@@ -174,5 +175,10 @@ def folder(split: str = "train", root: Optional[str] = None, size: Optional[int]
         if (path / sub).is_dir():
             path = path / sub
             break
-    spec = dict(name="folder", split=split, root=str(root), size=size)
-    return FolderImageDataset(str(path), split, spec, size=size)
+    spec = dict(name="folder", split=split, root=str(root), size=size, num_samples=num_samples, subset_seed=subset_seed)
+    ds = FolderImageDataset(str(path), split, spec, size=size)
+    if num_samples is not None and num_samples < len(ds):
+        keep_samples, _ = _subsample(np.arange(len(ds)), ds.targets, num_samples, subset_seed)
+        ds.samples = [ds.samples[i] for i in keep_samples]
+        ds.targets = ds.targets[keep_samples]
+    return ds

@@ -129,7 +129,7 @@ def poison_classifier(images: IndexedImages, scores: np.ndarray, windows: np.nda
     device = runner.device
     state = None
     if runner.is_main:
-        all_x = torch.stack([images[int(j)][1] for j in range(n)]) if images._tensor is None else images._tensor
+        all_x = images.as_tensor()
         top = torch.as_tensor(order[:k])
         boxes = torch.as_tensor(windows[order[:k]]).long()
         patches = [crop_boxes(all_x[top[i:i + 1]].float() / 255, boxes[i:i + 1])[0].to(device) for i in range(k)]

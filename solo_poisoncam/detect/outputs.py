@@ -63,7 +63,7 @@ def gallery(result: DetectionResult, images: IndexedImages, act: Optional[Cluste
     the activation map overlaid (PoisonCAM) with the candidate window (red)."""
     cfg = DetectConfig.from_dict(result.config)
     order = np.argsort(-result.scores, kind="stable")[: cfg.gallery]
-    x = torch.stack([images[int(j)][1] for j in order])
+    x = images.take(order)
     side = x.shape[-1]
     plain = [x[i].permute(1, 2, 0).numpy() for i in range(len(order))]
     heat = plain

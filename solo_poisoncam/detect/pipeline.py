@@ -3,6 +3,7 @@ score (PoisonCAM or PatchSearch) -> poison classifier -> kept / removed."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
@@ -83,8 +84,9 @@ def true_boxes_in_input(manifest: PoisonManifest, side: int) -> Dict[int, np.nda
 
 
 def _checkpoint_id(model) -> str:
+    """The checkpoint's content hash (a re-trained file at the same path is another model)."""
     path = getattr(model, "checkpoint", "")
-    return hash_file(path) if path and path != "random-init" and __import__("os").path.isfile(path) else str(path)
+    return hash_file(path) if path and os.path.isfile(path) else str(path)
 
 
 def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = None,
@@ -170,7 +172,7 @@ def _kmeans(feats: torch.Tensor, k: int, cfg: DetectConfig, runner: Runner) -> D
 
 def _flip_images(images: IndexedImages, km, cfg: DetectConfig) -> torch.Tensor:
     pos = flip_set(km["assignments"].numpy(), km["scores"].numpy(), km["centroids"].shape[0], cfg.flip_images, cfg.seed)
-    return torch.stack([images[int(j)][1] for j in pos])
+    return images.take(pos)
 
 
 def _poisoncam(act, images, cfg, fill, side, runner, cache, key, clock, km):
@@ -195,7 +197,7 @@ def _poisoncam(act, images, cfg, fill, side, runner, cache, key, clock, km):
             if not runner.is_main:
                 return None
             flips = _flip_images(images, km, cfg)
-            cand = torch.stack([images[int(j)][1] for j in top])
+            cand = images.take(top)
             return flip_scores(act, cand, cam.windows[top], cam.clusters[top], flips, runner.device, cfg.seed,
                                cfg.forward_batch).numpy()
 
@@ -233,7 +235,7 @@ def _patchsearch(act, images, model, cfg, side, runner, cache, key, clock, km):
         flips = _flip_images(images, km, cfg)
 
         def score_fn(pos):
-            cand = torch.stack([images[int(j)][1] for j in pos])
+            cand = images.take(pos)
             return flip_scores(act, cand, windows[pos], clusters[pos], flips, runner.device, cfg.seed,
                                cfg.forward_batch, normalise=False).numpy()
 

@@ -106,3 +106,11 @@ def test_folder_errors(tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(PoisonCamError, match="no images"):
         build_dataset("folder", root=str(tmp_path / "empty"))
+
+
+def test_folder_stratified_subset(tmp_path):
+    _make_folder(tmp_path, classes=("a", "b"), n=6)
+    ds = build_dataset("folder", root=str(tmp_path), num_samples=4, subset_seed=1)
+    assert len(ds) == 4 and ds.targets.tolist() == [0, 0, 1, 1]
+    again = dataset_from_spec(ds.spec)
+    assert [p for p, _ in again.samples] == [p for p, _ in ds.samples] and again.fingerprint() == ds.fingerprint()

@@ -46,7 +46,7 @@ def test_flip_test_on_a_backdoored_model():
     feats = extract_features(model, images, Runner(progress=False))
     km = kmeans(feats, 10, seed=0)
     act = ClusterActivation(model, CosineClusterHead(km.centroids, 0.1))
-    x = images._tensor
+    x = images.as_tensor()
     pos = manifest.indexes[:10]
     clean = np.setdiff1d(np.arange(len(data)), manifest.indexes)[:10]
     clusters = act.logits(x[pos].float() / 255).argmax(1)

@@ -1,0 +1,135 @@
+"""Cost of detection: time per stage, images/s, masked forwards/s, and the masking overhead.
+
+    python benchmarks/bench_cost.py --quick          # CPU: cnn_small at 32 px
+    python benchmarks/bench_cost.py                  # full: meant for a GPU (ResNet-18 at 32 and 224 px)
+
+The masking overhead is the time of the whole cluster-activation-masking stage divided by the
+time of plain forward passes over the same number of images in the same chunk sizes (the
+unavoidable model cost): the target is < 1.1x. Also how time grows with the number of images
+and of masks. Writes benchmarks/results/cost[-quick].md and .json. Timings are measured, never
+asserted by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, markdown_table, write_results  # noqa: E402
+
+
+def threat_model(backbone: str, side: int, device: torch.device):
+    from solo_poisoncam.models.backbones import create_backbone
+    from solo_poisoncam.models.threat_model import ThreatModel
+
+    torch.manual_seed(0)
+    kwargs = {"cifar_stem": True} if backbone == "resnet18-cifar" else {}
+    name = "resnet18" if backbone.startswith("resnet18") else backbone
+    cfg = {"backbone": {"name": name, "kwargs": kwargs}, "data": {"image_size": side}}
+    return ThreatModel(create_backbone(name, **kwargs), (0.5,) * 3, (0.25,) * 3, cfg, "random-init").eval().to(device)
+
+
+def data(n: int, side: int):
+    from solo_poisoncam.data import build_dataset
+
+    resize = "pad" if side == 32 else "resize"
+    return build_dataset("fashion-mnist", num_samples=n, size=side, resize=resize)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def pure_forward_seconds(model, head, count: int, side: int, chunk: int, device) -> float:
+    """Plain forward passes of ``count`` images through backbone + head, chunked like the masking stage."""
+    from solo_poisoncam.detect.cam import ClusterActivation
+
+    act = ClusterActivation(model, head.to(device)).eval()
+    x = torch.rand(min(chunk, count), 3, side, side, device=device)
+    c = torch.zeros(len(x), dtype=torch.long, device=device)
+    act(x, c)
+    sync(device)
+    start = time.perf_counter()
+    done = 0
+    while done < count:
+        b = min(chunk, count - done)
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            act(x[:b], c[:b])
+        done += b
+    sync(device)
+    return time.perf_counter() - start
+
+
+def one(backbone: str, side: int, n: int, stride: float, device, forward_batch: int) -> Dict[str, Any]:
+    from solo_poisoncam.detect.cam import cluster_activation_masking
+    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.detect.pipeline import build_masks, fill_value, run_detection
+    from solo_poisoncam.detect.runner import Runner
+
+    model = threat_model(backbone, side, device)
+    ds = data(n, side)
+    cfg = DetectConfig.from_dict({"occluder_stride": stride, "remove": "none", "score": "drop",
+                                  "forward_batch": forward_batch})
+    runner = Runner(device, progress=False)
+    r = run_detection(model, ds, cfg, runner)
+    t = r.timings
+    masks = build_masks(cfg, side)
+    m = masks.shape[0]
+    from solo_poisoncam.detect.pipeline import cluster_activation
+
+    act = cluster_activation(model, r.head_state, cfg.head_temperature).to(device)
+    pure = pure_forward_seconds(model, act.head, n * (m + 2), side, forward_batch, device)
+    return {"backbone": backbone, "side": side, "images": n, "masks": m, "features_s": t["features_s"],
+            "features_images_per_s": t.get("features_images_per_s"), "kmeans_s": t["kmeans_s"],
+            "masking_s": t["masking_s"], "masked_forwards_per_s": t["masked_forwards_per_s"],
+            "mask_apply_over_forward": t["masking_overhead"], "pure_forward_s": round(pure, 3),
+            "masking_stage_over_pure_forward": round(t["masking_s"] / pure, 3), "total_s": t["total_s"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default=None)
+    args = p.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.quick:
+        sizes, grid, backbones, fb = [1000, 2000, 4000], [1 / 4, 1 / 8, 1 / 16], [("cnn_small", 32)], 2048
+    else:
+        sizes, grid, backbones, fb = [5000, 10000, 20000], [1 / 4, 1 / 8, 1 / 16], \
+            [("cnn_small", 32), ("resnet18-cifar", 32), ("resnet18", 224)], 4096
+    env = environment()
+    rows: List[Dict[str, Any]] = []
+    for backbone, side in backbones:
+        for n in sizes:  # growth with the number of images, at the default 49 masks
+            rows.append(one(backbone, side, n, 1 / 8, device, fb))
+            print(rows[-1], flush=True)
+        for stride in (grid[0], grid[2]):  # growth with the number of masks
+            rows.append(one(backbone, side, sizes[0], stride, device, fb))
+            print(rows[-1], flush=True)
+    head = ["backbone", "px", "images", "masks", "features s", "features img/s", "k-means s", "masking s",
+            "masked fwd/s", "mask apply / fwd", "masking stage / pure fwd", "total s"]
+    table = [[r["backbone"], str(r["side"]), str(r["images"]), str(r["masks"]), f"{r['features_s']:.2f}",
+              f"{r['features_images_per_s'] or 0:.0f}", f"{r['kmeans_s']:.2f}", f"{r['masking_s']:.1f}",
+              f"{r['masked_forwards_per_s']:.0f}", f"{r['mask_apply_over_forward']:.3f}",
+              f"{r['masking_stage_over_pure_forward']:.3f}x", f"{r['total_s']:.1f}"] for r in rows]
+    tables = {f"PoisonCAM detection cost on {env['device']} (random-init backbones; remove=none, score=drop)":
+              markdown_table(head, table)}
+    name = "cost-quick" if args.quick else "cost"
+    path = write_results(name, env, {"sizes": sizes, "strides": grid, "backbones": backbones,
+                                     "forward_batch": fb, "device": str(device)}, tables, rows)
+    print(markdown_table(head, table))
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

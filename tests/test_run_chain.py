@@ -1,0 +1,72 @@
+"""The one-command chain on tiny real data: end to end, report, and resume after an interruption."""
+
+import json
+
+import pytest
+from helpers import needs_fashion_mnist
+
+from solo_poisoncam import PoisonCamError
+from solo_poisoncam.cli import main
+from solo_poisoncam.pipeline.config import load_run_config
+
+TINY = ["data.num_samples=300", "pretrain.epochs=1", "pretrain.batch_size=64", "detect.settings.flip_images=20",
+        "detect.settings.flip_top=20", "detect.settings.num_clusters=20", "detect.settings.classifier.models=1",
+        "detect.settings.classifier.iters=40", "eval.label_fractions=[0.1]", "eval.val_images=200"]
+
+
+def test_run_config_layers_and_errors(tmp_path):
+    cfg = load_run_config()
+    assert cfg["data"]["dataset"] == "fashion-mnist" and cfg["detect"]["methods"] == ["poisoncam", "patchsearch"]
+    quick = load_run_config(quick=True)
+    assert quick["data"]["num_samples"] == 3000 and quick["quick"] is True
+    over = load_run_config(overrides=["pretrain.epochs=2", "poison.rate=1.0"])
+    assert over["pretrain"]["epochs"] == 2 and over["poison"]["rate"] == 1.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("detector: {}\n")
+    with pytest.raises(PoisonCamError, match="unknown sections"):
+        load_run_config(str(bad))
+    with pytest.raises(PoisonCamError, match="detect.methods"):
+        load_run_config(overrides=["detect.methods=[strip]"])
+
+
+@needs_fashion_mnist
+def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeypatch):
+    from solo_poisoncam.pipeline import run as run_module
+
+    out = tmp_path / "run"
+    calls = {"detect": 0}
+    real_detect = run_module.Chain.detect
+
+    def counting_detect(self, method, ckpt):
+        calls["detect"] += 1
+        return real_detect(self, method, ckpt)
+
+    def interrupted_retrain(self, method):
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(run_module.Chain, "detect", counting_detect)
+    monkeypatch.setattr(run_module.Chain, "retrain", interrupted_retrain)
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", "--out", str(out), "--quiet"] + TINY)
+    assert (out / "threat" / "args.json").is_file() and (out / "detect-poisoncam" / "metrics.json").is_file()
+    assert calls["detect"] == 1 and not (out / "report.html").exists()
+    ckpt_mtime = next((out / "threat").glob("*-ep=0.ckpt")).stat().st_mtime
+    monkeypatch.undo()
+    monkeypatch.setattr(run_module.Chain, "detect", counting_detect)
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), "--quiet"] + TINY) == 0
+    # resumed: the threat model and the first detection were reused, the rest ran
+    assert next((out / "threat").glob("*-ep=0.ckpt")).stat().st_mtime == ckpt_mtime
+    stdout = capsys.readouterr().out
+    assert "method" in stdout and "poisoncam" in stdout and "patchsearch" in stdout and "report:" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"undefended", "poisoncam", "patchsearch", "clean-data"}
+    assert set(results["evaluations"]["undefended"]["budgets"]["0.1"]["linear"]) >= {"clean_acc1", "asr", "fp"}
+    assert isinstance(results["backdoor"]["learned"], bool)
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and "data:image/png;base64," in page and "<svg" in page
+    assert 'src="http' not in page and "Downstream" in page and "Backdoor strength" in page
+    md = (out / "report.md").read_text()
+    assert "| poisoncam |" in md and "| undefended |" in md
+    # other settings in the same folder are refused
+    assert main(["run", "--out", str(out), "--quiet", "pretrain.epochs=2"] + TINY[:1]) == 2
