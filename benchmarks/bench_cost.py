@@ -70,9 +70,8 @@ def pure_forward_seconds(model, head, count: int, side: int, chunk: int, device)
 
 
 def one(backbone: str, side: int, n: int, stride: float, device, forward_batch: int) -> Dict[str, Any]:
-    from solo_poisoncam.detect.cam import cluster_activation_masking
     from solo_poisoncam.detect.config import DetectConfig
-    from solo_poisoncam.detect.pipeline import build_masks, fill_value, run_detection
+    from solo_poisoncam.detect.pipeline import build_masks, run_detection
     from solo_poisoncam.detect.runner import Runner
 
     model = threat_model(backbone, side, device)

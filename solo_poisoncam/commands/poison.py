@@ -8,7 +8,6 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-import numpy as np
 from PIL import Image
 
 from solo_poisoncam.commands.common import add_dataset_arguments, dataset_kwargs

@@ -8,8 +8,6 @@ processed together: one paste and a few large forward chunks per size, no per-ca
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import torch
 

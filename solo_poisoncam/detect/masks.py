@@ -10,7 +10,6 @@ import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from kornia.filters import gaussian_blur2d
 from torch import nn

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
-import torch
 
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.cam import ClusterActivation, maps_for

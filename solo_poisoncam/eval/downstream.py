@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
 from solo_poisoncam.data.base import ImageDataset

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist
 

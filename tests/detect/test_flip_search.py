@@ -10,7 +10,6 @@ from solo_poisoncam.detect.flip import flip_scores, flip_set
 from solo_poisoncam.detect.patchsearch import gradcam_windows, iterative_search
 from solo_poisoncam.detect.runner import Runner
 from solo_poisoncam.models.heads import CosineClusterHead
-from solo_poisoncam.poison import box_iou
 
 
 def test_flip_set_takes_the_images_closest_to_each_centroid():

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist, tiny_dataset
 
 from solo_poisoncam import PoisonCamError

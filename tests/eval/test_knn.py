@@ -9,15 +9,6 @@ from solo_poisoncam.checks import PoisonCamError
 from solo_poisoncam.eval.knn import knn_accuracy, knn_predict
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _unit(deg, scale=1.0):
     r = math.radians(deg)
     return [scale * math.cos(r), scale * math.sin(r)]

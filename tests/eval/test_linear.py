@@ -8,15 +8,6 @@ from solo_poisoncam.checks import PoisonCamError
 from solo_poisoncam.eval.linear import LinearProbe, label_budget_indexes, train_linear_probe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP contention when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _blobs(n_per_class=100, dim=16, classes=3, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(classes, dim)) * 3
