@@ -65,7 +65,8 @@ def _resnet(arch: str, cifar_stem: bool = False, **kwargs: Any) -> nn.Module:
     if cifar_stem:
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
         model.maxpool = nn.Identity()
-    model.feature_layer = model.layer4
+    # an alias, not a second registered child: state_dict keys stay exactly solo-learn's
+    object.__setattr__(model, "feature_layer", model.layer4)
     return model
 
 

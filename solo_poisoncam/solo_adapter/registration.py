@@ -1,0 +1,142 @@
+"""How solo-poisoncam plugs into solo-learn, which has no plugin mechanism.
+
+Verified extension points (notes/solo-learn-internals.md, section 9): the ``METHODS`` dict is
+mutated in place; ``solo.args.pretrain.parse_cfg`` and ``solo.data.pretrain_dataloader.prepare_datasets``
+are replaced on their modules (``main_pretrain.py`` binds them with ``from ... import``, so an
+already-running script also needs its globals rebound); ``BaseMethod.configure_callbacks`` is a
+late-bound class attribute, so every solo method (and subclass) picks our callbacks up.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, Optional
+
+from solo_poisoncam.checks import PoisonCamError
+
+WRAPPED = "__poisoncam_wrapped__"  # attribute of our wrappers: the solo function they wrap
+
+STATE = SimpleNamespace(registered=False, cfg=None)
+
+
+def import_solo():
+    try:
+        import solo  # noqa: F401
+        import solo.args.pretrain  # noqa: F401
+        import solo.data.pretrain_dataloader  # noqa: F401
+        import solo.methods  # noqa: F401
+    except ImportError as e:
+        from solo_poisoncam.solo_adapter import SOLO_INSTALL_HELP
+
+        raise PoisonCamError(f"{SOLO_INSTALL_HELP}\n(import error: {e})") from e
+    return solo
+
+
+def wrap_parse_cfg(parse_cfg: Callable) -> Callable:
+    """solo's ``parse_cfg``, then our ``poison.*`` / ``detect.*`` defaults and checks; the parsed cfg
+    is remembered for the dataset wrapper (``prepare_datasets`` gets no cfg)."""
+
+    @functools.wraps(parse_cfg)
+    def wrapper(cfg):
+        from solo_poisoncam.solo_adapter.config import add_and_assert_detect_cfg, add_and_assert_poison_cfg
+
+        cfg = parse_cfg(cfg)
+        cfg = add_and_assert_poison_cfg(cfg)
+        cfg = add_and_assert_detect_cfg(cfg)
+        STATE.cfg = cfg
+        return cfg
+
+    setattr(wrapper, WRAPPED, parse_cfg)
+    return wrapper
+
+
+def wrap_prepare_datasets(prepare_datasets: Callable) -> Callable:
+    """solo's ``prepare_datasets`` (including its ``data.fraction`` subsetting), then the poison
+    wrapper when the last parsed cfg has ``poison.enabled``."""
+
+    @functools.wraps(prepare_datasets)
+    def wrapper(dataset, *args, **kwargs):
+        from solo_poisoncam.solo_adapter.config import poison_enabled
+        from solo_poisoncam.solo_adapter.dataset import poison_solo_dataset
+
+        train_dataset = prepare_datasets(dataset, *args, **kwargs)
+        cfg = STATE.cfg
+        if cfg is None or not poison_enabled(cfg):
+            return train_dataset
+        if dataset != cfg.data.dataset:
+            raise PoisonCamError(f"prepare_datasets('{dataset}') does not match the parsed config "
+                                 f"(data.dataset={cfg.data.dataset}); call parse_cfg on this run's config first")
+        poisoned = poison_solo_dataset(train_dataset, cfg)
+        cfg.poison.num_poisons = poisoned.manifest.num_poisons  # lands in args.json
+        _info(poisoned.manifest.summary())
+        return poisoned
+
+    setattr(wrapper, WRAPPED, prepare_datasets)
+    return wrapper
+
+
+def configure_callbacks(self):
+    """``BaseMethod.configure_callbacks``: the poison record / manifest writer, and the detector when
+    ``detect.enabled``."""
+    from solo_poisoncam.solo_adapter.callbacks import DetectionCallback, ManifestCallback
+    from solo_poisoncam.solo_adapter.config import detect_enabled
+
+    previous = getattr(configure_callbacks, WRAPPED)
+    callbacks = list(previous(self) or []) if previous is not None else []
+    cfg = getattr(self, "cfg", None)
+    if cfg is None:
+        return callbacks
+    callbacks.append(ManifestCallback())
+    if detect_enabled(cfg):
+        callbacks.append(DetectionCallback(cfg))
+    return callbacks
+
+
+setattr(configure_callbacks, WRAPPED, None)  # the BaseMethod.configure_callbacks we chain to, set by register()
+
+
+def _info(message: str) -> None:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print(f"[solo-poisoncam] {message}")
+
+
+def _is_ours(fn) -> bool:
+    return getattr(fn, WRAPPED, None) is not None
+
+
+def register(main_globals: Optional[Dict[str, Any]] = None) -> None:
+    """See :func:`solo_poisoncam.solo_adapter.register`."""
+    import_solo()
+    import solo.args.pretrain as solo_args
+    import solo.data.pretrain_dataloader as solo_data
+    from solo.methods import METHODS
+    from solo.methods.base import BaseMethod
+
+    from solo_poisoncam.solo_adapter.cluster_head import ClusterHead
+
+    current = METHODS.get("cluster_head")
+    if current is not None and current is not ClusterHead and current.__module__ != ClusterHead.__module__:
+        raise PoisonCamError(f"solo.methods.METHODS['cluster_head'] is already taken by {current.__module__}."
+                             f"{current.__name__}")
+    METHODS["cluster_head"] = ClusterHead
+
+    if not _is_ours(solo_args.parse_cfg):
+        solo_args.parse_cfg = wrap_parse_cfg(solo_args.parse_cfg)
+    if not _is_ours(solo_data.prepare_datasets):
+        solo_data.prepare_datasets = wrap_prepare_datasets(solo_data.prepare_datasets)
+    if BaseMethod.__dict__.get("configure_callbacks") is not configure_callbacks:
+        setattr(configure_callbacks, WRAPPED, BaseMethod.__dict__.get("configure_callbacks"))
+        BaseMethod.configure_callbacks = configure_callbacks
+
+    if main_globals is not None:  # Option B: main_pretrain.py already ran its `from ... import`s
+        for name, module in (("parse_cfg", solo_args), ("prepare_datasets", solo_data)):
+            ours = getattr(module, name)
+            if main_globals.get(name) is getattr(ours, WRAPPED):
+                main_globals[name] = ours
+    STATE.registered = True
+
+
+__all__ = ["register", "wrap_parse_cfg", "wrap_prepare_datasets", "configure_callbacks", "STATE", "import_solo"]

@@ -1,0 +1,160 @@
+import numpy as np
+import pytest
+
+pytest.importorskip("solo.methods", reason="solo-learn is not importable: see docs/solo-learn.md")
+
+import solo.args.pretrain as solo_args  # noqa: E402
+import solo.data.pretrain_dataloader as solo_data  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from solo_testing import image_folder, raw_cfg, solo_transform  # noqa: E402
+
+from solo_poisoncam.checks import PoisonCamError  # noqa: E402
+from solo_poisoncam.data import dataset_from_spec  # noqa: E402
+from solo_poisoncam.poison import PoisonedDataset  # noqa: E402
+from solo_poisoncam.solo_adapter import register  # noqa: E402
+from solo_poisoncam.solo_adapter.dataset import PoisonedSoloDataset, SoloImageView  # noqa: E402
+
+NUM_CLASSES, PER_CLASS = 4, 6
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return image_folder(tmp_path_factory.mktemp("data") / "train", NUM_CLASSES, PER_CLASS)
+
+
+def solo_train_set(folder, fraction=-1.0, no_labels=False, **poison):
+    """parse_cfg then prepare_datasets, both as main_pretrain.py calls them (after register())."""
+    register()
+    cfg = raw_cfg(dataset="custom", train_path=folder, poison=poison or {"enabled": False})
+    cfg.data.fraction, cfg.data.no_labels = fraction, no_labels
+    cfg = solo_args.parse_cfg(cfg)
+    ds = solo_data.prepare_datasets("custom", solo_transform(), train_data_path=str(folder), data_format="image_folder",
+                                    no_labels=no_labels, data_fraction=fraction)
+    return ds, cfg
+
+
+def test_wrapper_poisons_the_raw_image_before_solo_augmentation(folder):
+    ds, cfg = solo_train_set(folder, rate=0.5, target=2, attack={"name": "patch", "size": 8})
+    assert isinstance(ds, PoisonedSoloDataset) and len(ds) == NUM_CLASSES * PER_CLASS
+    m = ds.manifest
+    assert m.num_poisons == round(0.5 * PER_CLASS) == cfg.poison.num_poisons
+    assert set(ds.view.targets[m.indexes]) == {2}
+    assert ds.samples is ds.base.samples and ds.classes == [f"class{c}" for c in range(NUM_CLASSES)]  # forwarded
+
+    # solo's item format, with solo's transform still applied: two normalised 32x32 crops
+    index, crops, target = ds[int(m.indexes[0])]
+    assert index == int(m.indexes[0]) and target == 2
+    assert isinstance(crops, list) and len(crops) == 2 and crops[0].shape == (3, 32, 32)
+    assert crops[0].dtype == torch.float32 and crops[0].min() < 0  # Normalize ran
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
+    assert batch[0].tolist() == [0, 1, 2, 3, 4] and len(batch[1]) == 2 and batch[1][0].shape == (5, 3, 32, 32)
+
+    # pixels change inside the manifest's boxes only, and only for the poisoned indexes
+    clean, poisoned = ds.view, ds.eval_view()
+    for i in range(len(ds)):
+        a, b = clean.get_array(i), poisoned.get_array(i)
+        if i in set(m.indexes.tolist()):
+            x0, y0, x1, y1 = m.box_map()[i]
+            inside = np.zeros(a.shape[:2], dtype=bool)
+            inside[y0:y1, x0:x1] = True
+            assert (x1 - x0, y1 - y0) == (8, 8)
+            assert np.array_equal(a[~inside], b[~inside]) and not np.array_equal(a[inside], b[inside])
+        else:
+            assert np.array_equal(a, b)
+    # __getitem__ serves exactly these poisoned pixels to the augmentation
+    seen = []
+    ds.transform = lambda img: seen.append(np.asarray(img)) or 0
+    ds[int(m.indexes[0])]
+    assert np.array_equal(seen[0], poisoned.get_array(int(m.indexes[0])))
+
+
+def test_manifest_is_rebuildable_by_our_dataset_registry(folder):
+    ds, _ = solo_train_set(folder, rate=0.5)
+    spec = ds.manifest.dataset
+    assert spec == {"name": "folder", "split": "train", "root": str(folder), "size": None}
+    ours = dataset_from_spec(spec)
+    ds.manifest.check_matches(ours)  # same images, order and fingerprint as `poisoncam detect --manifest` sees
+    assert np.array_equal(ours.targets, ds.view.targets)
+    assert isinstance(ds.eval_view(), PoisonedDataset)
+
+
+def test_poisons_are_drawn_after_solo_fraction_subsetting(folder):
+    ds, cfg = solo_train_set(folder, fraction=0.5, rate=1.0, target=1)
+    assert len(ds) == NUM_CLASSES * PER_CLASS // 2 == ds.manifest.num_samples
+    assert ds.manifest.num_poisons == PER_CLASS // 2  # the whole subset's class 1
+    labels = np.array([y for _, y in ds.samples])  # .samples (not .targets) is what solo subsets
+    assert (labels[ds.manifest.indexes] == 1).all() and (labels == 1).sum() == PER_CLASS // 2
+    assert ds.manifest.dataset["name"] == "solo-learn" and ds.manifest.dataset["fraction"] == 0.5
+
+
+def test_replaying_a_manifest_gives_the_same_poisons(folder, tmp_path):
+    ds, _ = solo_train_set(folder, rate=0.5, seed=3)
+    path = ds.manifest.save(tmp_path / "manifest.json")
+    again, _ = solo_train_set(folder, rate=0.9, seed=99, manifest=str(path))  # rate and seed ignored: replayed
+    assert np.array_equal(again.manifest.indexes, ds.manifest.indexes)
+    assert np.array_equal(again.manifest.boxes, ds.manifest.boxes)
+    other = image_folder(tmp_path / "other", NUM_CLASSES, PER_CLASS, seed=1)
+    with pytest.raises(PoisonCamError, match="manifest was made for other data"):
+        solo_train_set(other, rate=0.5, manifest=str(path))
+
+
+def test_unlabelled_folder_takes_untargeted_poisoning(tmp_path):
+    flat = image_folder(tmp_path / "flat", num_classes=3, per_class=4, labelled=False)
+    ds, _ = solo_train_set(flat, no_labels=True, rate=0.25, targeted=False, rate_of="all")
+    assert type(ds.base).__mro__[1].__name__ == "CustomDatasetWithoutLabels"
+    assert ds.manifest.num_poisons == 3 and (ds.view.targets == -1).all()
+    index, crops, target = ds[int(ds.manifest.indexes[0])]
+    assert target == -1 and len(crops) == 2
+
+
+def test_without_poisoning_prepare_datasets_is_solo_own(folder):
+    ds, _ = solo_train_set(folder)
+    assert not isinstance(ds, PoisonedSoloDataset) and ds.transform is not None
+
+
+def test_view_reads_raw_images_whatever_the_transform(folder, monkeypatch):
+    from solo_poisoncam.solo_adapter.registration import STATE
+
+    register()
+    monkeypatch.setattr(STATE, "cfg", None)  # no parsed run config: solo's prepare_datasets, unwrapped
+    ds = solo_data.prepare_datasets("custom", solo_transform(), train_data_path=str(folder))
+    cfg = OmegaConf.create({"data": {"dataset": "custom", "train_path": str(folder), "format": "image_folder",
+                                     "no_labels": False, "fraction": -1}})
+    from solo_poisoncam.solo_adapter.dataset import view_from_cfg
+
+    view = view_from_cfg(ds, cfg)
+    assert isinstance(view, SoloImageView) and ds.transform is not None  # the training set is untouched
+    assert view.image_size(0) == (32, 32) and view.get_array(0).shape == (32, 32, 3)
+    assert view[0][1] == 0 and view.num_classes == NUM_CLASSES
+
+
+def test_resume_with_other_poisons_is_refused(folder, tmp_path):
+    from types import SimpleNamespace
+
+    from solo_poisoncam.solo_adapter.callbacks import ManifestCallback
+
+    ds, _ = solo_train_set(folder, rate=0.5, seed=1)
+    other, _ = solo_train_set(folder, rate=0.5, seed=2)
+
+    def trainer(dataset, ckpt_path):
+        return SimpleNamespace(train_dataloader=SimpleNamespace(dataset=dataset), ckpt_path=ckpt_path,
+                               is_global_zero=False, callbacks=[])
+
+    saved = ManifestCallback()
+    saved.on_train_start(trainer(ds, None), None)
+    state = saved.state_dict()
+    assert state["poisoned"] and state["num_poisons"] == 3
+    assert all(isinstance(v, (bool, int, str)) for v in state.values())  # weights_only-loadable
+
+    same = ManifestCallback()
+    same.load_state_dict(state)
+    same.on_train_start(trainer(ds, "last.ckpt"), None)  # same poisons: fine
+    for dataset in (other, ds.base):  # other poisons, or none at all
+        cb = ManifestCallback()
+        cb.load_state_dict(state)
+        with pytest.raises(PoisonCamError, match="refusing to resume from 'last.ckpt'"):
+            cb.on_train_start(trainer(dataset, "last.ckpt"), None)
+    unknown = ManifestCallback()  # a checkpoint made without solo-poisoncam: no record, a warning
+    with pytest.warns(UserWarning, match="holds no poison record"):
+        unknown.on_train_start(trainer(ds, "last.ckpt"), None)

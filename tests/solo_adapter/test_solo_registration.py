@@ -1,0 +1,110 @@
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("solo.methods", reason="solo-learn is not importable: see docs/solo-learn.md")
+
+import solo.args.pretrain as solo_args  # noqa: E402
+import solo.data.pretrain_dataloader as solo_data  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from solo.methods import METHODS  # noqa: E402
+from solo.methods.base import BaseMethod  # noqa: E402
+
+import solo_poisoncam  # noqa: E402
+from solo_poisoncam.checks import PoisonCamError  # noqa: E402
+from solo_poisoncam.solo_adapter import is_registered, register  # noqa: E402
+from solo_poisoncam.solo_adapter.registration import WRAPPED, import_solo  # noqa: E402
+
+
+def test_register_is_idempotent():
+    solo_poisoncam.register()
+    parse_cfg, prepare_datasets = solo_args.parse_cfg, solo_data.prepare_datasets
+    configure_callbacks = BaseMethod.configure_callbacks
+    register()
+    register()
+    assert is_registered()
+    assert solo_args.parse_cfg is parse_cfg and solo_data.prepare_datasets is prepare_datasets
+    assert BaseMethod.configure_callbacks is configure_callbacks
+    # one layer of wrapping around solo's own functions, never two
+    assert getattr(getattr(parse_cfg, WRAPPED), WRAPPED, None) is None
+    assert getattr(parse_cfg, WRAPPED).__module__ == "solo.args.pretrain"
+    assert getattr(prepare_datasets, WRAPPED).__module__ == "solo.data.pretrain_dataloader"
+
+    from solo_poisoncam.solo_adapter.cluster_head import ClusterHead
+
+    assert METHODS["cluster_head"] is ClusterHead
+    assert issubclass(ClusterHead, BaseMethod)
+    assert {"simclr", "byol", "barlow_twins", "swav", "dino"} <= set(METHODS)  # solo's own untouched
+
+
+def test_register_rebinds_main_globals_once():
+    """Option B: main_pretrain.py imported the originals before Hydra started."""
+    register()
+    originals = {"parse_cfg": getattr(solo_args.parse_cfg, WRAPPED),
+                 "prepare_datasets": getattr(solo_data.prepare_datasets, WRAPPED),
+                 "METHODS": METHODS, "other": len}
+    main_globals = dict(originals)
+    register(main_globals=main_globals)
+    assert main_globals["parse_cfg"] is solo_args.parse_cfg
+    assert main_globals["prepare_datasets"] is solo_data.prepare_datasets
+    assert main_globals["METHODS"] is METHODS and main_globals["other"] is len
+    register(main_globals=main_globals)  # no double wrapping
+    assert main_globals["parse_cfg"] is solo_args.parse_cfg
+
+
+def test_missing_solo_raises_install_help(monkeypatch):
+    monkeypatch.setitem(sys.modules, "solo", None)
+    with pytest.raises(PoisonCamError, match="github.com/vturrisi/solo-learn") as e:
+        import_solo()
+    assert "setuptools<81" in str(e.value)
+
+
+def test_importing_our_package_never_imports_solo():
+    code = ("import sys, solo_poisoncam, solo_poisoncam.solo_adapter; "
+            "import solo_poisoncam.solo_adapter.config, solo_poisoncam.solo_adapter.dataset; "
+            "print(sorted(m for m in sys.modules if m == 'solo' or m.startswith('solo.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stdout.strip() == "[]"
+
+
+def test_hydra_plugin_adds_our_config_groups(tmp_path):
+    """The SearchPathPlugin (hydra_plugins/solo_poisoncam) exposes pkg://solo_poisoncam.conf; the primary
+    config here does not name that search path itself."""
+    (tmp_path / "run.yaml").write_text("name: test\nmethod: simclr\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.2"):
+        cfg = compose("run", overrides=["+poison=patch", "poison.rate=0.25", "+detect=poisoncam",
+                                        "+method_kwargs=cluster_head", "method_kwargs.num_clusters=7"])
+    assert cfg.poison.enabled and cfg.poison.rate == 0.25 and cfg.poison.attack.name == "patch"
+    assert cfg.detect.method == "poisoncam" and cfg.detect.enabled
+    assert cfg.method_kwargs.num_clusters == 7 and cfg.method_kwargs.relabel
+    for group, option in (("poison", "blend"), ("poison", "frequency"), ("detect", "patchsearch")):
+        with initialize_config_dir(config_dir=str(tmp_path), version_base="1.2"):
+            assert compose("run", overrides=[f"+{group}={option}"])[group].enabled
+
+
+def test_option_b_guard_is_inert_elsewhere():
+    code = ("import sys, hydra_plugins.solo_poisoncam.solo_main, hydra_plugins.solo_poisoncam as p; "
+            "print('solo' in sys.modules, p.SoloPoisonCamSearchPathPlugin.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stdout.split() == ["False", "SoloPoisonCamSearchPathPlugin"]
+
+
+def test_detect_groups_list_every_detect_config_field():
+    """So that every DetectConfig field is overridable as plain detect.<field>=... (no '+')."""
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.solo_adapter.config import DETECT_ADAPTER_KEYS
+
+    conf = Path(solo_poisoncam.__file__).parent / "conf" / "detect"
+    fields = {f.name for f in dataclasses.fields(DetectConfig)}
+    for option in ("poisoncam", "patchsearch"):
+        node = OmegaConf.load(conf / f"{option}.yaml")
+        assert set(node) == fields | set(DETECT_ADAPTER_KEYS), option
+        assert set(node.classifier) == {f.name for f in dataclasses.fields(DetectConfig().classifier)}
+        d = {k: v for k, v in OmegaConf.to_container(node).items() if k not in DETECT_ADAPTER_KEYS}
+        assert DetectConfig.from_dict(d).method == option

@@ -1,0 +1,114 @@
+"""Script level: the real, unmodified solo-learn entry scripts on a tiny Fashion-MNIST export."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("solo.methods", reason="solo-learn is not importable: see docs/solo-learn.md")
+
+import torch  # noqa: E402
+from helpers import needs_fashion_mnist  # noqa: E402
+from solo_testing import SOLO_LEARN_ROOT, needs_solo_root  # noqa: E402
+
+from solo_poisoncam.solo_adapter.scripts import absolute_config_path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+ZOO = REPO / "zoo_configs" / "pretrain" / "fashion-mnist"
+
+# the CPU gotchas of notes/solo-learn-internals.md section 8, plus a tiny BYOL
+CPU = ["accelerator=cpu", 'devices="1"', "strategy=auto", "sync_batchnorm=False", "precision=32", "max_epochs=1",
+       "optimizer.batch_size=16", "wandb.enabled=False", "auto_resume.enabled=False", "data.num_workers=0",
+       "backbone.name=resnet18"]
+
+
+def run(cmd, cwd, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "disabled", "SOLO_LEARN_ROOT": SOLO_LEARN_ROOT, "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": "1"}
+    start = time.time()
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+    return proc, time.time() - start
+
+
+def only(pattern_dir: Path, glob: str) -> Path:
+    found = sorted(pattern_dir.glob(glob))
+    assert len(found) == 1, f"{glob} in {pattern_dir}: {found}"
+    return found[0]
+
+
+@needs_solo_root
+@needs_fashion_mnist
+def test_main_pretrain_poison_detect_then_cluster_head_and_linear(tmp_path):
+    data = tmp_path / "fashion-mnist-32"
+    run([sys.executable, REPO / "scripts" / "export_fashion_mnist.py", "--out", data, "--classes", "0-5",
+         "--num-samples", "72", "--num-val-samples", "24"], cwd=tmp_path)
+    models = tmp_path / "trained_models"
+    common = CPU + [f"data.train_path={data / 'train'}", f"checkpoint.dir={models}"]
+
+    # Option B: the unmodified main_pretrain.py; the Hydra plugin registers solo-poisoncam
+    proc, seconds = run([sys.executable, Path(SOLO_LEARN_ROOT) / "main_pretrain.py", "--config-path", ZOO,
+                         "--config-name", "byol.yaml", *common, "method_kwargs.proj_hidden_dim=64",
+                         "method_kwargs.pred_hidden_dim=64", "+poison=patch", "poison.rate=0.5", "poison.target=3",
+                         "+detect=poisoncam", "detect.num_clusters=6", "detect.flip_images=8", "detect.flip_top=16",
+                         "detect.progress=False", "detect.classifier.iters=10", "detect.classifier.models=1"],
+                        cwd=tmp_path)
+    run_dir = only(models / "byol", "*")
+    ckpt = only(run_dir, "*.ckpt")
+    args = json.loads((run_dir / "args.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())  # beside the checkpoint and args.json
+    assert manifest["num_samples"] == 72 and manifest["num_poisons"] == 6 == args["poison"]["num_poisons"]
+    assert manifest["target_name"] == "3_Dress" and manifest["dataset"]["name"] == "folder"
+    assert "[solo-poisoncam] poisoned 6/72 images" in proc.stdout
+
+    out = run_dir / "detect-poisoncam"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "poisoncam" and metrics["metrics"]["num_samples"] == 72
+    assert {"precision", "recall", "auroc", "trigger_detection_accuracy"} <= set(metrics["metrics"])
+    assert metrics["solo"]["method"] == "byol" and metrics["manifest"] == str(run_dir / "manifest.json")
+    assert len(np.load(out / "scores.npy")) == 72
+    removed = (out / "removed.txt").read_text().split()
+    kept = (out / "kept.txt").read_text().split()
+    assert sorted(map(int, removed + kept)) == list(range(72))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)  # still main_linear-loadable
+    record = state["callbacks"]["ManifestCallback"]
+    assert record["poisoned"] and record["num_poisons"] == 6
+
+    # Option A: the wrapper entry point trains cluster_head from that checkpoint, replaying the poisons
+    _, seconds_a = run([sys.executable, "-m", "solo_poisoncam.solo_adapter.pretrain", "--config-path", ZOO,
+                        "--config-name", "cluster_head.yaml", *common, f"method_kwargs.threat_checkpoint='{ckpt}'",
+                        "method_kwargs.num_clusters=6", "method_kwargs.kmeans_iters=5", "+poison=patch",
+                        f"poison.manifest={run_dir / 'manifest.json'}"], cwd=tmp_path)
+    head_dir = only(models / "cluster_head", "*")
+    head_args = json.loads((head_dir / "args.json").read_text())
+    assert head_args["method"] == "cluster_head" and head_args["method_kwargs"]["threat_checkpoint"] == str(ckpt)
+    replay = json.loads((head_dir / "manifest.json").read_text())
+    assert replay["poisons"] == manifest["poisons"] and replay["fingerprint"] == manifest["fingerprint"]
+    head_state = torch.load(only(head_dir, "*.ckpt"), map_location="cpu", weights_only=True)["state_dict"]
+    assert head_state["head.weight"].shape[0] == 6 and head_state["pseudo_labels"].shape == (72,)
+
+    # main_linear.py through the wrapper (no registration needed, but it must not get in the way)
+    _, seconds_l = run([sys.executable, "-m", "solo_poisoncam.solo_adapter.linear", "--config-path",
+                        REPO / "zoo_configs" / "linear" / "fashion-mnist", "--config-name", "byol.yaml",
+                        *common, f"data.val_path={data / 'val'}", f"pretrained_feature_extractor='{ckpt}'"],
+                       cwd=tmp_path)
+    assert only(only(models / "linear", "*"), "*.ckpt").name.startswith("byol-fashion-mnist-linear")
+    print(f"main_pretrain byol+detect {seconds:.0f}s, wrapper cluster_head {seconds_a:.0f}s, "
+          f"wrapper linear {seconds_l:.0f}s")
+
+
+def test_relative_config_path_resolves_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "zoo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    solo_root = tmp_path / "solo"
+    solo_root.mkdir()
+    (solo_root / "scripts").mkdir()
+    assert absolute_config_path(["--config-path", "zoo", "x=1"], solo_root) == ["--config-path", str(tmp_path / "zoo"),
+                                                                                "x=1"]
+    assert absolute_config_path(["--config-path=zoo"], solo_root) == [f"--config-path={tmp_path / 'zoo'}"]
+    assert absolute_config_path(["-cp", "scripts"], solo_root) == ["-cp", "scripts"]  # solo's own: untouched
