@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--no-backdoor-check", action="store_true")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (CSV logs always)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          crop_scale=(args.crop_min_scale, 1.0), method_kwargs=method_kwargs, seed=args.seed,
                          accelerator=args.accelerator, devices=devices, num_workers=args.num_workers,
-                         progress=not args.quiet)
+                         progress=not args.quiet, wandb=args.wandb)
     ckpt = pretrain(cfg)
     line = f"trained {args.method}/{args.backbone} for {args.epochs} epochs -> {ckpt}"
     if args.poison is not None and not args.no_backdoor_check:

@@ -39,6 +39,8 @@ class DetectConfig:
     # candidate window (both methods)
     window: Union[str, float] = "auto"          # auto | side in px (>= 1) | share of the side (< 1)
     window_range: Tuple[float, float] = (0.1, 0.5)
+    refine: float = 0.1                         # share of top-scored images whose window is sharpened by exact masking
+    refine_tau: float = 0.97                    # smallest side whose drop reaches this share of the best (measured)
     # poison score
     score: str = "drop+flip"                    # poisoncam: drop | flip | drop+flip
     flip_images: int = 100
@@ -66,6 +68,7 @@ class DetectConfig:
         check(self.window == "auto" or float(self.window) > 0, f"window must be 'auto' or positive, got {self.window}")
         check(self.num_clusters is None or self.num_clusters >= 1, "num_clusters must be >= 1")
         check(self.flip_images >= 1 and self.flip_top >= 0, "flip_images must be >= 1 and flip_top >= 0")
+        check(0 <= self.refine <= 1 and 0 < self.refine_tau <= 1, "refine must be in [0, 1] and refine_tau in (0, 1]")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,7 +17,8 @@ from solo_poisoncam.cluster import kmeans
 from solo_poisoncam.cluster.head import fit_cluster_head
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.cache import StageCache
-from solo_poisoncam.detect.cam import CamResult, ClusterActivation, cluster_activation_masking, window_sizes
+from solo_poisoncam.detect.cam import (CamResult, ClusterActivation, cluster_activation_masking, refine_windows,
+                                       window_sizes)
 from solo_poisoncam.detect.classifier import poison_classifier
 from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.features import extract_features
@@ -186,6 +187,18 @@ def _poisoncam(act, images, cfg, fill, side, runner, cache, key, clock, km):
             clock=clock).__dict__)
     cam = CamResult(**cam)
     clock.counts["masked_forwards"] = clock.counts.get("forward", 0)
+    if cfg.refine > 0:
+        top = np.sort(np.argsort(-cam.window_drop.numpy(), kind="stable")[: int(np.ceil(cfg.refine * n))])
+        sub = IndexedImages(images.dataset, images.indexes[top], size=side)
+        lo, hi = (max(1, round(f * side)) for f in cfg.window_range)
+        rkey = {**key, "refine": [cfg.refine, cfg.refine_tau, 2]}  # 2: plateau-centre refinement
+        with clock("refine", len(top)):
+            windows, drops = cache.get_or_compute("refine", rkey, lambda: refine_windows(
+                act, sub, cam.windows[torch.as_tensor(top)], fill, runner, (lo, hi), cfg.refine_tau,
+                forward_batch=cfg.forward_batch))
+        cam.windows[torch.as_tensor(top)] = windows
+        cam.window_drop[torch.as_tensor(top)] = drops
+        key = rkey
     drop = cam.window_drop.numpy().astype(np.float64)
     scores = drop.copy() if cfg.score != "flip" else np.zeros(n)
     scored = np.ones(n, dtype=bool)

@@ -21,7 +21,7 @@ def _pretrain_cfg(cfg: Dict[str, Any], out: Path, **kw):
     p = cfg["pretrain"]
     return PretrainConfig(out=str(out), method=p["method"], backbone=p["backbone"], max_epochs=p["epochs"],
                           batch_size=p["batch_size"], lr=p["lr"], seed=cfg["seed"],
-                          method_kwargs=p.get("method_kwargs", {}), **kw)
+                          method_kwargs=p.get("method_kwargs", {}), wandb=p.get("wandb", False), **kw)
 
 
 def data_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -96,14 +96,15 @@ class Chain:
         from solo_poisoncam.detect.cache import StageCache
         from solo_poisoncam.detect.config import DetectConfig
         from solo_poisoncam.detect.outputs import write_detection_outputs
-        from solo_poisoncam.detect.pipeline import cluster_activation, run_detection
+        from solo_poisoncam.detect.pipeline import STAGE_VERSION, cluster_activation, run_detection
         from solo_poisoncam.detect.runner import Runner
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
         folder = self.out / f"detect-{method}"
         settings = {**self.cfg["detect"].get("settings", {}), "method": method, "seed": self.cfg["seed"]}
-        key = {"ckpt": hash_file(ckpt), "settings": settings}
+        # the resolved settings (defaults included) and the stage version: a changed default reruns
+        key = {"ckpt": hash_file(ckpt), "settings": DetectConfig.from_dict(settings).to_dict(), "v": STAGE_VERSION}
         if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:
             return read_json(folder / "metrics.json")
         dcfg = DetectConfig.from_dict(settings)

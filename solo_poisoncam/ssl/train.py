@@ -49,6 +49,8 @@ class PretrainConfig:
     precision: Optional[str] = None
     num_workers: int = 0
     progress: bool = True
+    wandb: bool = False                 # also log to Weights & Biases (CSV always); not part of the run identity
+    wandb_project: str = "solo-poisoncam"
 
 
 def _load_data(cfg: PretrainConfig):
@@ -146,13 +148,29 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ckpt_cb = ModelCheckpoint(dirpath=out, filename=f"{run_cfg['name']}-ep={{epoch}}", auto_insert_metric_name=False,
                               save_last=True, save_top_k=1, monitor="epoch", mode="max", every_n_epochs=1)
     precision = cfg.precision or ("16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true")
+    loggers = [CSVLogger(out, name="", version="logs")]
+    if cfg.wandb:
+        loggers.append(_wandb_logger(cfg, run_cfg, out))
     trainer = pl.Trainer(max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
-                         precision=precision, logger=CSVLogger(out, name="", version="logs"),
+                         precision=precision, logger=loggers,
                          callbacks=[ckpt_cb], enable_progress_bar=cfg.progress, enable_model_summary=False,
                          log_every_n_steps=10, num_sanity_val_steps=0)
     trainer.fit(model, loader, ckpt_path=resume)
     check(final.exists(), f"training ended without writing '{final}'")
     return final
+
+
+def _wandb_logger(cfg: PretrainConfig, run_cfg: Dict[str, Any], out: Path):
+    try:
+        import wandb  # noqa: F401
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError as e:
+        from solo_poisoncam.checks import PoisonCamError
+
+        raise PoisonCamError("--wandb needs Weights & Biases: pip install 'solo-poisoncam[wandb]'") from e
+    logger = WandbLogger(project=cfg.wandb_project, name=run_cfg["name"], save_dir=str(out))
+    logger.log_hyperparams(run_cfg)
+    return logger
 
 
 def config_from_dict(d: Dict[str, Any]) -> PretrainConfig:

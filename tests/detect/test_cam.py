@@ -51,3 +51,26 @@ def test_masking_finds_the_trigger_of_a_backdoored_model():
     # same answer with another batching (no per-batch randomness, order kept)
     again = cluster_activation_masking(act, images, masks, fill, runner, window="auto", batch_size=37)
     assert torch.equal(again.windows, cam.windows) and torch.allclose(again.window_drop, cam.window_drop, atol=1e-5)
+
+
+@needs_fashion_mnist
+def test_refinement_sharpens_coarse_windows_to_the_trigger():
+    from solo_poisoncam.detect.cam import refine_windows
+
+    data, manifest = poisoned_fashion_mnist(600, patch_size=8)
+    model = SaturationNet()
+    runner = Runner(progress=False)
+    images = IndexedImages(data)
+    km = kmeans(extract_features(model, images, runner), 10, seed=0)
+    act = ClusterActivation(model, CosineClusterHead(km.centroids, 0.1))
+    fill = torch.zeros(3)
+    # deliberately coarse: a 1/4-side occluder at stride 8 and one fixed 12 px window size
+    cam = cluster_activation_masking(act, images, occlusion_masks(32, 32, 8, 8)[0], fill, runner, window=12)
+    pos = manifest.indexes
+    coarse = box_iou(cam.windows.numpy()[pos], manifest.boxes)
+    sub = IndexedImages(data, pos)
+    windows, drops = refine_windows(act, sub, cam.windows[torch.as_tensor(pos)], fill, runner, (3, 16))
+    fine = box_iou(windows.numpy(), manifest.boxes)
+    assert (coarse >= 0.5).mean() < 0.6 and (fine >= 0.5).mean() >= 0.9 and fine.mean() > coarse.mean() + 0.2
+    assert ((windows[:, 2] - windows[:, 0]) == (windows[:, 3] - windows[:, 1])).all()  # square
+    assert (windows >= 0).all() and (windows <= 32).all() and (drops > 0.3).float().mean() >= 0.9
