@@ -159,7 +159,7 @@ class Chain:
         run_file = self.out / "run.json"
         if run_file.is_file():
             old = read_json(run_file)
-            check(hash_obj(old.get("config")) == hash_obj(cfg),
+            check(hash_obj(_identity(old.get("config"))) == hash_obj(_identity(cfg)),
                   f"'{self.out}' holds a run with other settings; use another --out or delete it")
         write_json(run_file, {"config": cfg})
         manifest = self.stage("poison", self.poison)
@@ -186,6 +186,14 @@ class Chain:
 
         self.stage("report", lambda: write_report(self.results, self.out))
         return self.results
+
+
+def _identity(cfg: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The settings that define a run's results (logging switches are not among them)."""
+    if cfg is None:
+        return None
+    out = {**cfg, "pretrain": {k: v for k, v in cfg.get("pretrain", {}).items() if k != "wandb"}}
+    return out
 
 
 def run_chain(cfg: Dict[str, Any], out, progress: bool = True, log: Optional[Callable[[str], None]] = None):

@@ -118,6 +118,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    _quiet_lightning()
+
     out = Path(cfg.out)
     base, data, manifest = _load_data(cfg)
     run_cfg = run_config(cfg, base, manifest)
@@ -154,10 +156,22 @@ def pretrain(cfg: PretrainConfig) -> Path:
     trainer = pl.Trainer(max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                          precision=precision, logger=loggers,
                          callbacks=[ckpt_cb], enable_progress_bar=cfg.progress, enable_model_summary=False,
-                         log_every_n_steps=10, num_sanity_val_steps=0)
+                         log_every_n_steps=max(1, min(10, len(loader))), num_sanity_val_steps=0)
     trainer.fit(model, loader, ckpt_path=resume)
     check(final.exists(), f"training ended without writing '{final}'")
     return final
+
+
+def _quiet_lightning() -> None:
+    """Lightning's start-up chatter (accelerator lines, tips) and two expected warnings: the run
+    folder is reused on purpose (resume), and a pytree deprecation inside Lightning itself."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def _wandb_logger(cfg: PretrainConfig, run_cfg: Dict[str, Any], out: Path):
