@@ -6,7 +6,8 @@
 The masking overhead is the time of the whole cluster-activation-masking stage divided by the
 time of plain forward passes over the same number of images in the same chunk sizes (the
 unavoidable model cost): the target is < 1.1x. Also how time grows with the number of images
-and of masks. Writes benchmarks/results/cost[-quick].md and .json. Timings are measured, never
+and of masks, and PoisonCAM's scoring time against PatchSearch's on the same model and images.
+Writes benchmarks/results/cost[-quick].md and .json. Timings are measured, never
 asserted by tests.
 """
 
@@ -94,6 +95,24 @@ def one(backbone: str, side: int, n: int, stride: float, device, forward_batch: 
             "masking_stage_over_pure_forward": round(t["masking_s"] / pure, 3), "total_s": t["total_s"]}
 
 
+def versus(backbone: str, side: int, n: int, device, forward_batch: int) -> Dict[str, Any]:
+    """Both detectors at their defaults up to the poison score (no classifier), same model and images."""
+    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.detect.pipeline import run_detection
+    from solo_poisoncam.detect.runner import Runner
+
+    model = threat_model(backbone, side, device)
+    ds = data(n, side)
+    row: Dict[str, Any] = {"backbone": backbone, "side": side, "images": n}
+    for method in ("poisoncam", "patchsearch"):
+        cfg = DetectConfig.from_dict({"method": method, "remove": "none", "forward_batch": forward_batch})
+        t = run_detection(model, ds, cfg, Runner(device, progress=False), progress=False).timings
+        shared = t["features_s"] + t["kmeans_s"] + t["cluster_head_s"]
+        row[method] = {"total_s": t["total_s"], "scoring_s": round(t["total_s"] - shared, 3),
+                       "stages": {k: v for k, v in t.items() if k.endswith("_s") and "per_s" not in k}}
+    return row
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
@@ -114,6 +133,9 @@ def main() -> int:
         for stride in (grid[0], grid[2]):  # growth with the number of masks
             rows.append(one(backbone, side, sizes[0], stride, device, fb))
             print(rows[-1], flush=True)
+    vs = [versus(backbone, side, n, device, fb) for backbone, side in backbones[:1] for n in sizes]
+    for r in vs:
+        print(r, flush=True)
     head = ["backbone", "px", "images", "masks", "features s", "features img/s", "k-means s", "masking s",
             "masked fwd/s", "mask apply / fwd", "masking stage / pure fwd", "total s"]
     table = [[r["backbone"], str(r["side"]), str(r["images"]), str(r["masks"]), f"{r['features_s']:.2f}",
@@ -122,10 +144,21 @@ def main() -> int:
               f"{r['masking_stage_over_pure_forward']:.3f}x", f"{r['total_s']:.1f}"] for r in rows]
     tables = {f"PoisonCAM detection cost on {env['device']} (random-init backbones; remove=none, score=drop)":
               markdown_table(head, table)}
+    vs_head = ["backbone", "px", "images", "PoisonCAM scoring s", "PatchSearch scoring s", "ratio",
+               "PoisonCAM stages (s)", "PatchSearch stages (s)"]
+    stages = lambda r: ", ".join(f"{k[:-2]} {v:.1f}" for k, v in r["stages"].items()  # noqa: E731
+                                 if k not in ("features_s", "kmeans_s", "cluster_head_s", "mask_s", "forward_s", "total_s"))
+    vs_table = [[r["backbone"], str(r["side"]), str(r["images"]), f"{r['poisoncam']['scoring_s']:.1f}",
+                 f"{r['patchsearch']['scoring_s']:.1f}",
+                 f"{r['poisoncam']['scoring_s'] / max(r['patchsearch']['scoring_s'], 1e-9):.1f}x",
+                 stages(r["poisoncam"]), stages(r["patchsearch"])] for r in vs]
+    tables[f"PoisonCAM vs PatchSearch on {env['device']}: time to score every image (defaults; after the shared "
+           "features, k-means and head; no poison classifier)"] = markdown_table(vs_head, vs_table)
     name = "cost-quick" if args.quick else "cost"
     path = write_results(name, env, {"sizes": sizes, "strides": grid, "backbones": backbones,
-                                     "forward_batch": fb, "device": str(device)}, tables, rows)
+                                     "forward_batch": fb, "device": str(device)}, tables, {"rows": rows, "versus": vs})
     print(markdown_table(head, table))
+    print(markdown_table(vs_head, vs_table))
     print(f"-> {path}")
     return 0
 
