@@ -269,6 +269,8 @@ def _timings(clock: StageClock, runner: Runner, cache: StageCache, n: int, side:
     t["images"] = n
     t["image_side"] = side
     t["cache_hits"] = dict(cache.hits)
+    # what each stage cost when it was computed, also for stages this run read from the cache
+    t["stage_compute_s"] = dict(cache.compute_seconds)
     if not cache.hits.get("features"):
         t["features_images_per_s"] = clock.rate("features")
     if "forward" in clock.seconds:
