@@ -141,7 +141,9 @@ def write_report(results: Dict[str, Any], out: Path) -> Dict[str, Path]:
             hist_html.append(f"<h3>{html.escape(method)}</h3>{svg}")
     add("Poison scores: poisoned vs clean", "\n\n".join(hist_md), "".join(hist_html))
     tt = T.timing_table(results.get("timings", {}))
-    add("Time per stage", T.markdown(tt), _html_table(tt))
+    t_note = ("Wall time of this invocation: a stage resumed from an earlier one shows only its loading time; "
+              "detect-*/metrics.json keeps what each detection stage took when computed (stage_compute_s).")
+    add("Time per stage", T.markdown(tt) + "\n\n" + t_note, _html_table(tt) + f"<p>{html.escape(t_note)}</p>")
 
     title = f"solo-poisoncam report: {cfg.get('name', 'run')}"
     banner_md = "".join(f"> **Warning.** {w}\n\n" for w in (warn, note) if w)
