@@ -109,7 +109,8 @@ def versus(backbone: str, side: int, n: int, device, forward_batch: int) -> Dict
         t = run_detection(model, ds, cfg, Runner(device, progress=False), progress=False).timings
         shared = t["features_s"] + t["kmeans_s"] + t["cluster_head_s"]
         row[method] = {"total_s": t["total_s"], "scoring_s": round(t["total_s"] - shared, 3),
-                       "stages": {k: v for k, v in t.items() if k.endswith("_s") and "per_s" not in k}}
+                       "stages": {k: v for k, v in t.items() if k.endswith("_s") and isinstance(v, (int, float))
+                                  and "per_s" not in k}}
     return row
 
 
