@@ -39,8 +39,9 @@ def mean_std(values: Sequence[Any], digits: int = 3, pct: bool = False) -> str:
 
 
 def markdown_table(head: List[str], rows: List[List[str]]) -> str:
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                     ["| " + " | ".join(r) + " |" for r in rows])
+    from solo_poisoncam.report.tables import markdown
+
+    return markdown((head, rows))
 
 
 def write_results(name: str, env: Dict[str, str], settings: Dict[str, Any], tables: Dict[str, str],

@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     from solo_poisoncam.detect.cache import StageCache
     from solo_poisoncam.detect.config import DetectConfig
-    from solo_poisoncam.detect.outputs import write_detection_outputs
-    from solo_poisoncam.detect.pipeline import cluster_activation, run_detection
+    from solo_poisoncam.detect.outputs import summary_line, write_detection_outputs
+    from solo_poisoncam.detect.pipeline import run_detection
     from solo_poisoncam.detect.runner import Runner
     from solo_poisoncam.models.threat_model import load_threat_model
 
@@ -117,21 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if runner.is_main:
         from solo_poisoncam.data.indexed import IndexedImages
 
-        images = IndexedImages(dataset, size=model.image_size)
-        act = cluster_activation(model, result.head_state, cfg.head_temperature).to(runner.device)
-        write_detection_outputs(result, out, images, act, model, extra)
+        write_detection_outputs(result, out, IndexedImages(dataset, size=model.image_size), model, extra)
         print(summary_line(result, extra.get("backdoor")) + f" -> {out / 'metrics.json'}")
     return 0
 
-
-def summary_line(result, backdoor=None) -> str:
-    m = result.metrics
-    parts = [f"{result.config['method']}: removed {m['num_removed']}/{m['num_samples']}"]
-    if "precision" in m:
-        rec = "n/a" if m.get("recall") is None else f"{m['recall']:.3f}"
-        auroc = "n/a" if m.get("auroc") is None else f"{m['auroc']:.3f}"
-        parts.append(f"precision {m['precision']:.3f} recall {rec} AUROC {auroc} "
-                     f"trigger-detection acc {m['trigger_detection_accuracy'] if m['trigger_detection_accuracy'] is None else round(m['trigger_detection_accuracy'], 3)}")
-    if backdoor is not None:
-        parts.append(f"backdoor {'learned' if backdoor['learned'] else 'NOT learned (detection numbers are not meaningful)'}")
-    return " | ".join(parts)

@@ -68,14 +68,13 @@ def run(args: argparse.Namespace) -> int:
     ckpt = pretrain(cfg)
     line = f"trained {args.method}/{args.backbone} for {args.epochs} epochs -> {ckpt}"
     if args.poison is not None and not args.no_backdoor_check:
-        from solo_poisoncam.data import dataset_from_spec
         from solo_poisoncam.detect.runner import Runner
         from solo_poisoncam.eval.backdoor import backdoor_report, format_backdoor
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
         manifest = PoisonManifest.load(args.poison)
-        poisoned = PoisonedDataset(dataset_from_spec(manifest.dataset), manifest)
+        poisoned = PoisonedDataset.from_manifest(manifest)
         report = backdoor_report(ckpt, load_threat_model(ckpt), poisoned, Runner(progress=not args.quiet), seed=args.seed)
         print(format_backdoor(report))
         line += f" | backdoor {'learned' if report['learned'] else 'NOT learned'} ({Path(ckpt).parent / 'backdoor.json'})"

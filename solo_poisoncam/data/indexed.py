@@ -33,9 +33,7 @@ class IndexedImages(torch.utils.data.Dataset):
 
     def as_tensor(self) -> torch.Tensor:
         """All images as uint8 (N, 3, S, S), row j for ``indexes[j]`` (decoded now if not in memory)."""
-        if self._tensor is None:
-            return torch.stack([self[j][1] for j in range(len(self))])
-        return self._tensor
+        return self._tensor if self._tensor is not None else self.take(range(len(self)))
 
     def take(self, positions) -> torch.Tensor:
         """uint8 (len(positions), 3, S, S) images at the given positions."""

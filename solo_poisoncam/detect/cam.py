@@ -9,7 +9,7 @@ trigger window on that map; and the drop when only that window is hidden (the po
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,12 @@ class ClusterActivation(nn.Module):
         out = [F.softmax(self.logits(x[s:s + chunk]), 1).gather(1, clusters[s:s + chunk, None])[:, 0]
                for s in range(0, len(x), chunk)]
         return torch.cat(out)
+
+    def own_cluster(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(c, a_c(x)): each unmasked image's own cluster and its activation there."""
+        logits = self.logits(x)
+        clusters = logits.argmax(1)
+        return clusters, F.softmax(logits, 1).gather(1, clusters[:, None])[:, 0]
 
 
 @dataclass
@@ -99,9 +105,7 @@ def cluster_activation_masking(act: ClusterActivation, images: IndexedImages, ma
 
     def fn(_, x):
         x = x.float() / 255
-        logits = act.logits(x)
-        clusters = logits.argmax(1)
-        base = F.softmax(logits, 1).gather(1, clusters[:, None])[:, 0]
+        clusters, base = act.own_cluster(x)
         maps = masked_maps(act, x, clusters, base, masks, fill, forward_batch, clock)
         boxes = best_window(maps, sizes)[0] if len(sizes) > 1 else max_sum_window(maps, sizes[0])
         only = apply_masks(x, box_masks(boxes, side, side)[:, None], fill=fill)
@@ -119,9 +123,7 @@ def maps_for(act: ClusterActivation, x_uint8: torch.Tensor, masks: torch.Tensor,
     """Activation maps (B, H, W) for a few images (the report's gallery)."""
     act = act.to(device).eval()
     x = x_uint8.to(device).float() / 255
-    logits = act.logits(x)
-    clusters = logits.argmax(1)
-    base = F.softmax(logits, 1).gather(1, clusters[:, None])[:, 0]
+    clusters, base = act.own_cluster(x)
     return masked_maps(act, x, clusters, base, masks.to(device), _to(fill, device), forward_batch).cpu()
 
 
@@ -157,8 +159,7 @@ def _plateau_centre(boxes: torch.Tensor, drops: torch.Tensor, rel: float = 0.99)
     """(B, 2) mean centre of the candidate boxes whose drop is within ``rel`` of the best: a window
     larger than the trigger hides it from a square of positions, whose centre is the trigger's."""
     best = drops.max(1, keepdim=True).values
-    near = (drops >= best * rel) if rel < 1 else (drops == best)
-    near = near | (drops == best)
+    near = (drops >= best * rel) | (drops == best)  # the best itself also when the drops are negative
     centres = (boxes[..., :2] + boxes[..., 2:]).float() / 2  # (B, P, 2)
     w = near.float()[..., None]
     return (centres * w).sum(1) / w.sum(1)
@@ -188,9 +189,7 @@ def refine_windows(act: ClusterActivation, images: IndexedImages, windows: torch
         step = max(1, side // 32)
         rows = torch.as_tensor([by_index[int(i)] for i in idx.tolist()], device=x.device)
         x = x.float() / 255
-        logits = act.logits(x)
-        clusters = logits.argmax(1)
-        base = F.softmax(logits, 1).gather(1, clusters[:, None])[:, 0]
+        clusters, base = act.own_cluster(x)
         coarse = windows_dev[rows].float()
         centre = (coarse[:, :2] + coarse[:, 2:]) / 2
         size = coarse[:, 2] - coarse[:, 0]

@@ -8,9 +8,9 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.cam import ClusterActivation, maps_for
+from solo_poisoncam.detect.cam import maps_for
 from solo_poisoncam.detect.config import DetectConfig
-from solo_poisoncam.detect.pipeline import DetectionResult, build_masks, fill_value
+from solo_poisoncam.detect.pipeline import DetectionResult, build_masks, cluster_activation, fill_value
 from solo_poisoncam.io import save_npy, write_json, write_lines
 from solo_poisoncam.viz import PRED_COLOUR, TRUE_COLOUR, heat_overlay, save_png, tile
 
@@ -36,10 +36,24 @@ def metrics_document(result: DetectionResult, extra: Optional[Dict[str, Any]] = 
     }
 
 
-def write_detection_outputs(result: DetectionResult, out: Path, images: IndexedImages,
-                            act: Optional[ClusterActivation] = None, model=None,
+def summary_line(result: DetectionResult, backdoor: Optional[Dict[str, Any]] = None) -> str:
+    """One line a person reads after a detection (CLI and the solo-learn hook)."""
+    m = result.metrics
+    text = f"{result.config['method']}: removed {m['num_removed']}/{m['num_samples']}"
+    if "precision" in m:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        text += (f" | precision {fmt(m.get('precision'))} recall {fmt(m.get('recall'))} "
+                 f"AUROC {fmt(m.get('auroc'))} trigger-detection acc {fmt(m.get('trigger_detection_accuracy'))}")
+    if backdoor is not None:
+        text += f" | backdoor {'learned' if backdoor['learned'] else 'NOT learned (detection numbers are not meaningful)'}"
+    return text
+
+
+def write_detection_outputs(result: DetectionResult, out: Path, images: IndexedImages, model=None,
                             extra: Optional[Dict[str, Any]] = None) -> Path:
-    """Write every output file (each atomically); metrics.json last, so its presence marks completeness."""
+    """Write every output file (each atomically); metrics.json last, so its presence marks completeness.
+
+    ``model`` (the threat model) lets the gallery show PoisonCAM's activation maps."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     removed = result.indexes[result.removed]
@@ -52,12 +66,12 @@ def write_detection_outputs(result: DetectionResult, out: Path, images: IndexedI
     if result.probability is not None:
         save_npy(out / "probability.npy", result.probability.astype(np.float32))
     if result.config.get("gallery", 0) > 0:
-        save_png(gallery(result, images, act, model), out / "gallery.png")
+        save_png(gallery(result, images, model), out / "gallery.png")
     write_json(out / "metrics.json", metrics_document(result, extra))
     return out / "metrics.json"
 
 
-def gallery(result: DetectionResult, images: IndexedImages, act: Optional[ClusterActivation], model):
+def gallery(result: DetectionResult, images: IndexedImages, model=None):
     """The top flagged images, in pairs: the image with the true trigger box (green, when known), and
     the activation map overlaid (PoisonCAM) with the candidate window (red)."""
     cfg = DetectConfig.from_dict(result.config)
@@ -66,8 +80,9 @@ def gallery(result: DetectionResult, images: IndexedImages, act: Optional[Cluste
     side = x.shape[-1]
     plain = [x[i].permute(1, 2, 0).numpy() for i in range(len(order))]
     heat = plain
-    if act is not None and cfg.method == "poisoncam":
-        device = next(act.parameters()).device
+    if model is not None and cfg.method == "poisoncam" and result.head_state is not None:
+        device = next(model.parameters()).device
+        act = cluster_activation(model, result.head_state, cfg.head_temperature).to(device)
         maps = maps_for(act, x, build_masks(cfg, side, cfg.seed), fill_value(cfg, model), device, cfg.forward_batch)
         heat = [heat_overlay(p, m.numpy(), alpha=0.6) for p, m in zip(plain, maps)]
     true = {}

@@ -189,15 +189,16 @@ def _poisoncam(act, images, cfg, fill, side, runner, cache, key, clock, km):
     clock.counts["masked_forwards"] = clock.counts.get("forward", 0)
     if cfg.refine > 0:
         top = np.sort(np.argsort(-cam.window_drop.numpy(), kind="stable")[: int(np.ceil(cfg.refine * n))])
+        rows = torch.as_tensor(top)
         sub = IndexedImages(images.dataset, images.indexes[top], size=side)
         lo, hi = (max(1, round(f * side)) for f in cfg.window_range)
         rkey = {**key, "refine": [cfg.refine, cfg.refine_tau, 2]}  # 2: plateau-centre refinement
         with clock("refine", len(top)):
             windows, drops = cache.get_or_compute("refine", rkey, lambda: refine_windows(
-                act, sub, cam.windows[torch.as_tensor(top)], fill, runner, (lo, hi), cfg.refine_tau,
+                act, sub, cam.windows[rows], fill, runner, (lo, hi), cfg.refine_tau,
                 forward_batch=cfg.forward_batch))
-        cam.windows[torch.as_tensor(top)] = windows
-        cam.window_drop[torch.as_tensor(top)] = drops
+        cam.windows[rows] = windows
+        cam.window_drop[rows] = drops
         key = rkey
     drop = cam.window_drop.numpy().astype(np.float64)
     scores = drop.copy() if cfg.score != "flip" else np.zeros(n)

@@ -58,8 +58,3 @@ def evaluate_backbone(model: torch.nn.Module, train: ImageDataset, val: ImageDat
     return {"num_train": len(train), "num_val": len(val), "num_classes": num_classes, "target": target,
             "knn_k": knn_k, "seed": seed, "budgets": results}
 
-
-def flat_summary(ev: Dict[str, Any], fraction: str, head: str = "linear") -> Dict[str, Optional[float]]:
-    """clean_acc1, patched_acc1, asr, fp of one budget and head, for tables."""
-    m = ev["budgets"][fraction][head]
-    return {k: m.get(k) for k in ("clean_acc1", "patched_acc1", "asr", "fp")}

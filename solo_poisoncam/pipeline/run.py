@@ -79,42 +79,37 @@ class Chain:
                                       progress=self.progress))
 
     def backdoor(self, ckpt):
-        from solo_poisoncam.data import dataset_from_spec
         from solo_poisoncam.detect.runner import Runner
         from solo_poisoncam.eval.backdoor import backdoor_report
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
-        m = PoisonManifest.load(self.out / "poison")
-        poisoned = PoisonedDataset(dataset_from_spec(m.dataset), m)
+        poisoned = PoisonedDataset.from_manifest(PoisonManifest.load(self.out / "poison"))
         return backdoor_report(ckpt, load_threat_model(ckpt), poisoned, Runner(progress=False),
                                val_images=self.cfg["eval"].get("val_images"), seed=self.cfg["seed"])
 
     def detect(self, method: str, ckpt):
-        from solo_poisoncam.data import dataset_from_spec
         from solo_poisoncam.data.indexed import IndexedImages
         from solo_poisoncam.detect.cache import StageCache
         from solo_poisoncam.detect.config import DetectConfig
         from solo_poisoncam.detect.outputs import write_detection_outputs
-        from solo_poisoncam.detect.pipeline import STAGE_VERSION, cluster_activation, run_detection
+        from solo_poisoncam.detect.pipeline import STAGE_VERSION, run_detection
         from solo_poisoncam.detect.runner import Runner
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
         folder = self.out / f"detect-{method}"
-        settings = {**self.cfg["detect"].get("settings", {}), "method": method, "seed": self.cfg["seed"]}
+        dcfg = DetectConfig.from_dict({**self.cfg["detect"].get("settings", {}), "method": method,
+                                       "seed": self.cfg["seed"]})
         # the resolved settings (defaults included) and the stage version: a changed default reruns
-        key = {"ckpt": hash_file(ckpt), "settings": DetectConfig.from_dict(settings).to_dict(), "v": STAGE_VERSION}
+        key = {"ckpt": hash_file(ckpt), "settings": dcfg.to_dict(), "v": STAGE_VERSION}
         if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:
             return read_json(folder / "metrics.json")
-        dcfg = DetectConfig.from_dict(settings)
         m = PoisonManifest.load(self.out / "poison")
-        data = PoisonedDataset(dataset_from_spec(m.dataset), m)
+        data = PoisonedDataset.from_manifest(m)
         model = load_threat_model(ckpt)
-        runner = Runner(progress=self.progress)
-        result = run_detection(model, data, dcfg, runner, StageCache(self.out / "cache"), m)
-        act = cluster_activation(model, result.head_state, dcfg.head_temperature).to(runner.device)
-        write_detection_outputs(result, folder, IndexedImages(data, size=model.image_size), act, model,
+        result = run_detection(model, data, dcfg, Runner(progress=self.progress), StageCache(self.out / "cache"), m)
+        write_detection_outputs(result, folder, IndexedImages(data, size=model.image_size), model,
                                 {"key": key, "checkpoint": str(ckpt)})
         return read_json(folder / "metrics.json")
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from solo_poisoncam.checks import check, check_rate
 from solo_poisoncam.data.base import ArrayImageDataset, ImageDataset
+from solo_poisoncam.data.registry import dataset_from_spec
 from solo_poisoncam.poison.attacks import EVAL_REGION, TRAIN_REGION, Attack, build_attack
 from solo_poisoncam.poison.manifest import PoisonManifest, select_poison_indexes
 
@@ -55,6 +56,11 @@ class PoisonedDataset(torch.utils.data.Dataset):
         self.targets = base.targets
         self.classes = base.classes
         self.mean, self.std = base.mean, base.std
+
+    @classmethod
+    def from_manifest(cls, manifest: PoisonManifest, **kwargs: Any) -> "PoisonedDataset":
+        """The poisoned set a manifest describes, its base dataset rebuilt from the manifest's spec."""
+        return cls(dataset_from_spec(manifest.dataset), manifest, **kwargs)
 
     def __len__(self) -> int:
         return len(self.base)

@@ -57,7 +57,7 @@ def score_histogram_svg(scores: np.ndarray, is_poison: np.ndarray, bins: int = 4
     return "".join(parts)
 
 
-def _scores_and_truth(out: Path, method: str, num_samples: int, poison_indexes: List[int]):
+def _scores_and_truth(out: Path, method: str, poison_indexes: List[int]):
     folder = out / f"detect-{method}"
     if not (folder / "scores.npy").is_file():
         return None
@@ -133,7 +133,7 @@ def write_report(results: Dict[str, Any], out: Path) -> Dict[str, Path]:
     add("Detected triggers", legend + "\n\n" + "\n\n".join(gal_md), f"<p>{legend}</p>" + "".join(gal_html))
     hist_md, hist_html = [], []
     for method in results["detections"]:
-        st = _scores_and_truth(out, method, manifest.num_samples, manifest.indexes.tolist())
+        st = _scores_and_truth(out, method, manifest.indexes.tolist())
         if st is not None:
             svg = score_histogram_svg(*st)
             write_text(out / f"detect-{method}" / "scores.svg", svg)

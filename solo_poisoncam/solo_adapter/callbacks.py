@@ -155,8 +155,8 @@ class DetectionCallback(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         from solo_poisoncam.data.indexed import IndexedImages
         from solo_poisoncam.detect.cache import StageCache
-        from solo_poisoncam.detect.outputs import write_detection_outputs
-        from solo_poisoncam.detect.pipeline import cluster_activation, run_detection
+        from solo_poisoncam.detect.outputs import summary_line, write_detection_outputs
+        from solo_poisoncam.detect.pipeline import run_detection
         from solo_poisoncam.detect.runner import Runner
         from solo_poisoncam.solo_adapter.config import detect_config
 
@@ -172,12 +172,11 @@ class DetectionCallback(Callback):
         self.result, self.out = result, out
         if trainer.is_global_zero:
             images = IndexedImages(data, size=model.image_size)
-            act = cluster_activation(model, result.head_state, dcfg.head_temperature).to(runner.device)
             extra = {"solo": {"method": cfg.method, "name": cfg.name, "epoch": int(trainer.current_epoch),
                               "global_step": int(trainer.global_step), "checkpoint": _last_checkpoint(trainer)},
                      "manifest": str(output_dir(trainer) / MANIFEST_NAME) if manifest is not None else None}
-            path = write_detection_outputs(result, out, images, act, model, extra)
-            print(f"[solo-poisoncam] {_summary(result)} -> {path}")
+            path = write_detection_outputs(result, out, images, model, extra)
+            print(f"[solo-poisoncam] {summary_line(result)} -> {path}")
         self._log(trainer, result.metrics)
 
     @staticmethod
@@ -186,16 +185,6 @@ class DetectionCallback(Callback):
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
-
-
-def _summary(result) -> str:
-    m = result.metrics
-    text = f"{result.config['method']}: removed {m['num_removed']}/{m['num_samples']}"
-    if "precision" in m:
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        text += (f" | precision {fmt(m.get('precision'))} recall {fmt(m.get('recall'))} "
-                 f"AUROC {fmt(m.get('auroc'))} trigger-detection acc {fmt(m.get('trigger_detection_accuracy'))}")
-    return text
 
 
 __all__ = ["ManifestCallback", "DetectionCallback", "threat_model_from_module", "detection_data", "poison_record",

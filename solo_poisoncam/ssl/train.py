@@ -57,8 +57,8 @@ def _load_data(cfg: PretrainConfig):
     manifest = None
     if cfg.manifest is not None:
         manifest = PoisonManifest.load(cfg.manifest)
-        base = dataset_from_spec(manifest.dataset)
-        data = PoisonedDataset(base, manifest)
+        data = PoisonedDataset.from_manifest(manifest)
+        base = data.base
     else:
         check(cfg.dataset is not None, "pretrain needs a poison manifest or a dataset spec")
         base = dataset_from_spec(cfg.dataset) if "name" in cfg.dataset else build_dataset(**cfg.dataset)
