@@ -136,21 +136,31 @@ class FolderImageDataset(ImageDataset):
     def image_size(self, index: int) -> Tuple[int, int]:
         if self.size is not None:
             return self.size, self.size
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as img:
-                return img.size
-        except Exception as e:
-            raise PoisonCamError(f"cannot read image '{path}': {e}") from e
+        return header_size(self.samples[index][0])
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            stats = []
-            for p, c in self.samples:
-                st = Path(p).stat()
-                stats.append([str(Path(p).relative_to(self.root)), c, st.st_size, int(st.st_mtime)])
-            self._fingerprint = hash_obj("folder", self.split, self.size, stats)
+            self._fingerprint = hash_obj("folder", self.split, self.size, file_stats(self.samples, self.root))
         return self._fingerprint
+
+
+def header_size(path) -> Tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as e:  # PIL raises many types for bad files
+        raise PoisonCamError(f"cannot read image '{path}': {e}") from e
+
+
+def file_stats(samples, root) -> List[List[Any]]:
+    """[relative path, class, size, mtime] per ``(path, class)`` sample: a folder's fingerprint
+    (cheap, and any edited, added or removed file changes it)."""
+    stats = []
+    for path, c in samples:
+        st = Path(path).stat()
+        stats.append([str(Path(path).relative_to(root)), int(c), st.st_size, int(st.st_mtime)])
+    return stats
 
 
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from solo_poisoncam.checks import PoisonCamError, check
-from solo_poisoncam.data.base import ImageDataset
+from solo_poisoncam.data.base import ImageDataset, file_stats, header_size
 from solo_poisoncam.io import hash_obj
 from solo_poisoncam.models.threat_model import run_mean_std
 from solo_poisoncam.poison.attacks import Attack, build_attack
@@ -28,14 +28,6 @@ from solo_poisoncam.poison.dataset import PoisonedDataset, make_manifest
 from solo_poisoncam.poison.manifest import PoisonManifest
 
 UNLABELLED = "unlabelled"
-
-
-def _header_size(path) -> Tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception as e:  # PIL raises many types for bad files
-        raise PoisonCamError(f"cannot read image '{path}': {e}") from e
 
 
 class SoloImageView(ImageDataset):
@@ -91,9 +83,9 @@ class SoloImageView(ImageDataset):
         if self.kind == "stl10":
             return int(self.dataset.data.shape[3]), int(self.dataset.data.shape[2])
         if self.kind == "folder":
-            return _header_size(self.dataset.samples[index][0])
+            return header_size(self.dataset.samples[index][0])
         if self.kind == "no_labels":
-            return _header_size(Path(self.dataset.root) / self.dataset.images[index])
+            return header_size(Path(self.dataset.root) / self.dataset.images[index])
         return self[index][0].size
 
     def fingerprint(self) -> str:
@@ -139,11 +131,7 @@ def _targets(ds, kind: str) -> np.ndarray:
 def _fingerprint(view: SoloImageView) -> str:
     ds, kind = view.dataset, view.kind
     if kind == "folder":
-        root = Path(ds.root)
-        stats = []
-        for path, c in ds.samples:
-            st = Path(path).stat()
-            stats.append([str(Path(path).relative_to(root)), int(c), st.st_size, int(st.st_mtime)])
+        stats = file_stats(ds.samples, ds.root)
         if view.spec.get("name") == "folder":  # FolderImageDataset's formula: `poisoncam detect` can rebuild it
             return hash_obj("folder", view.split, None, stats)
         return hash_obj("solo-learn", view.spec, stats)
