@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -95,6 +97,12 @@ def test_replaying_a_manifest_gives_the_same_poisons(folder, tmp_path):
     assert np.array_equal(again.manifest.indexes, ds.manifest.indexes)
     assert np.array_equal(again.manifest.boxes, ds.manifest.boxes)
     other = image_folder(tmp_path / "other", NUM_CLASSES, PER_CLASS, seed=1)
+    # folder fingerprints are file stats (name, size, mtime), not content; these noise PNGs have
+    # the sizes and names of the first set, so make their mtimes differ as files written at
+    # another time do (written within the same second they would be taken for the same data)
+    for f in other.rglob("*.png"):
+        st = f.stat()
+        os.utime(f, (st.st_atime, st.st_mtime + 10))
     with pytest.raises(PoisonCamError, match="manifest was made for other data"):
         solo_train_set(other, rate=0.5, manifest=str(path))
 
