@@ -8,7 +8,7 @@ Each (setting, seed) is one run folder of the chain (poison -> threat model -> b
 detect -> [retrain -> evaluate]); folders are reused, so an interrupted benchmark resumes.
 Every row states its threat model's backdoor strength beside a random-init reference. The
 "clean" setting trains on unpoisoned data and reports how much each defence removes when there
-is nothing to find. Writes benchmarks/results/detection[-quick].md and .json.
+is nothing to find. Writes benchmarks/results/detection-<scale>.md and .json (or --name).
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ def run_clean(chain) -> Dict[str, Any]:
     """Unpoisoned data: train on it, detect without ground truth, count what each defence removes."""
     from solo_poisoncam.data import dataset_from_spec
     from solo_poisoncam.detect.cache import StageCache
-    from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.pipeline import run_detection
     from solo_poisoncam.detect.runner import Runner
     from solo_poisoncam.models.threat_model import load_threat_model
@@ -78,9 +77,8 @@ def run_clean(chain) -> Dict[str, Any]:
     data = dataset_from_spec(data_spec(chain.cfg))
     out = {}
     for method in chain.cfg["detect"]["methods"]:
-        settings = {**chain.cfg["detect"].get("settings", {}), "method": method, "seed": chain.cfg["seed"]}
-        r = chain.stage(f"detect {method}", lambda s=settings: run_detection(
-            load_threat_model(ckpt), data, DetectConfig.from_dict(s), Runner(progress=False),
+        r = chain.stage(f"detect {method}", lambda m=method: run_detection(
+            load_threat_model(ckpt), data, chain.detect_config(m), Runner(progress=False),
             StageCache(chain.out / "cache")))
         out[method] = {"num_removed": r.metrics["num_removed"], "num_samples": r.metrics["num_samples"]}
     return {"clean": out}
@@ -147,7 +145,7 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--downstream", action="store_true", help="also retrain on kept sets and evaluate (slower)")
     p.add_argument("--root", default="runs/bench", help="run folders (reused: the benchmark resumes)")
-    p.add_argument("--name", default=None, help="results file name (default detection[-quick])")
+    p.add_argument("--name", default=None, help="results file name (default detection-<scale>: quick, demo or full)")
     args = p.parse_args()
     scale = "demo" if args.demo_scale else ("quick" if args.quick else "full")
     base = {"demo": {}, "quick": QUICK, "full": FULL}[scale]

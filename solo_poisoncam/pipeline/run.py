@@ -88,10 +88,16 @@ class Chain:
         return backdoor_report(ckpt, load_threat_model(ckpt), poisoned, Runner(progress=False),
                                val_images=self.cfg["eval"].get("val_images"), seed=self.cfg["seed"])
 
+    def detect_config(self, method: str):
+        """The run's detector settings for ``method`` (defaults resolved), seeded by the run seed."""
+        from solo_poisoncam.detect.config import DetectConfig
+
+        return DetectConfig.from_dict({**self.cfg["detect"].get("settings", {}), "method": method,
+                                       "seed": self.cfg["seed"]})
+
     def detect(self, method: str, ckpt):
         from solo_poisoncam.data.indexed import IndexedImages
         from solo_poisoncam.detect.cache import StageCache
-        from solo_poisoncam.detect.config import DetectConfig
         from solo_poisoncam.detect.outputs import write_detection_outputs
         from solo_poisoncam.detect.pipeline import STAGE_VERSION, run_detection
         from solo_poisoncam.detect.runner import Runner
@@ -99,8 +105,7 @@ class Chain:
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
         folder = self.out / f"detect-{method}"
-        dcfg = DetectConfig.from_dict({**self.cfg["detect"].get("settings", {}), "method": method,
-                                       "seed": self.cfg["seed"]})
+        dcfg = self.detect_config(method)
         # the resolved settings (defaults included) and the stage version: a changed default reruns
         key = {"ckpt": hash_file(ckpt), "settings": dcfg.to_dict(), "v": STAGE_VERSION}
         if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:

@@ -275,7 +275,8 @@ def load_threat_backbone(backbone: torch.nn.Module, ckpt: str, cfg: omegaconf.Di
         raise PoisonCamError(f"cannot load threat checkpoint '{ckpt}': {e}") from e
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     own = backbone.state_dict()
-    # built-in checkpoints alias the Grad-CAM layer as `feature_layer.*`: the same tensors again
+    # built-in checkpoints written before feature_layer became an unregistered alias repeat the
+    # Grad-CAM layer as `feature_layer.*`: the same tensors again
     sub = {k[len("backbone."):]: v for k, v in state.items()
            if k.startswith("backbone.") and not k.startswith("backbone.feature_layer.")}
     missing = [k for k in own if k not in sub]
