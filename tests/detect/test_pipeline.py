@@ -34,8 +34,10 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path):
     again = run_detection(SaturationNet(), data, DetectConfig.from_dict(FAST), Runner(progress=False),
                           StageCache(tmp_path / "cache"), manifest)
     assert all(again.timings["cache_hits"].values())
-    assert again.timings["stage_compute_s"] == r.timings["stage_compute_s"]  # the cost of the run that computed them
-    assert r.timings["stage_compute_s"]["cam"] > again.timings["masking_s"]
+    # each stage's compute time travels with its cache entry: read back, not re-measured
+    assert set(r.timings["stage_compute_s"]) == set(again.timings["cache_hits"])
+    assert all(isinstance(v, float) for v in r.timings["stage_compute_s"].values())
+    assert again.timings["stage_compute_s"] == r.timings["stage_compute_s"]
     assert np.array_equal(again.scores, r.scores) and np.array_equal(again.removed, r.removed)
     # another setting misses only from the stage it changes
     other = run_detection(SaturationNet(), data, DetectConfig.from_dict({**FAST, "score": "drop", "remove": "none"}),
