@@ -10,8 +10,8 @@ def add_dataset_arguments(p: argparse.ArgumentParser, split: bool = True,
                           default_dataset: Optional[str] = "fashion-mnist") -> None:
     g = p.add_argument_group("dataset")
     g.add_argument("--dataset", default=default_dataset,
-                   help="registered dataset: fashion-mnist, cifar10, cifar100, stl10, folder")
-    g.add_argument("--root", default=None, help="dataset root (folder: an ImageFolder tree)")
+                   help="registered dataset: fashion-mnist, cifar10, cifar100, stl10, npz, folder")
+    g.add_argument("--root", default=None, help="dataset root (folder: an ImageFolder tree; npz: the .npz file)")
     if split:
         g.add_argument("--split", default="train")
     g.add_argument("--size", type=int, default=None, help="serve images at this side (fashion-mnist: 32)")

@@ -161,6 +161,68 @@ _register_torchvision("cifar100", "CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673,
 _register_torchvision("stl10", "STL10", (0.4408, 0.4279, 0.3867), (0.2682, 0.2610, 0.2686))
 
 
+NPZ_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test"), "val": ("x_val", "y_val")}
+
+
+def _npz_images(arr: np.ndarray, path: str, key: str) -> np.ndarray:
+    """uint8 (N, H, W, 3) from (N, H, W, 3), (N, 3, H, W) or grayscale (N, H, W[, 1]) arrays."""
+    check(arr.dtype == np.uint8, f"'{path}': '{key}' must be uint8, got {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    check(arr.ndim == 4, f"'{path}': '{key}' must be (N, H, W, C) or (N, C, H, W), got shape {arr.shape}")
+    if arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(0, 2, 3, 1)
+    check(arr.shape[-1] in (1, 3), f"'{path}': '{key}' must have 1 or 3 channels, got shape {arr.shape}")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return np.ascontiguousarray(arr)
+
+
+def _read_npz(path: str):
+    check(path is not None, "the 'npz' dataset needs root=<path to a .npz file>")
+    check(Path(path).is_file(), f"npz file '{path}' does not exist or is not a file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise PoisonCamError(f"cannot read npz file '{path}': {e}") from e
+
+
+@DATASETS.register("npz")
+def npz(split: str = "train", root: Optional[str] = None, size: Optional[int] = None, resize: str = "resize",
+        num_samples: Optional[int] = None, subset_seed: int = 0) -> ArrayImageDataset:
+    """Images in one ``.npz`` file, CIFAR/Keras layout: ``x_train``, ``y_train``, ``x_test``, ``y_test``
+    (``x_val``/``y_val`` optional; ``val`` falls back to the test arrays), uint8 images HWC or CHW,
+    RGB or grayscale; optional ``classes`` (names). Mean and std come from the train images, so
+    both splits are normalised alike.
+    """
+    data = _read_npz(root)
+    if split == "val" and "x_val" not in data.files:
+        split_keys = NPZ_KEYS["test"]
+    else:
+        split_keys = NPZ_KEYS[split]
+    missing = [k for k in split_keys + ("x_train",) if k not in data.files]
+    check(not missing, f"npz file '{root}' lacks {missing}; it has {sorted(data.files)}")
+    try:
+        images = _npz_images(data[split_keys[0]], root, split_keys[0])
+        targets = np.asarray(data[split_keys[1]]).astype(np.int64).reshape(-1)
+        train = images if split == "train" else _npz_images(data["x_train"], root, "x_train")
+        classes = [str(c) for c in data["classes"]] if "classes" in data.files else None
+    except (OSError, ValueError) as e:
+        raise PoisonCamError(f"cannot read npz file '{root}': {e}") from e
+    check(len(targets) == len(images), f"npz file '{root}': {len(images)} images but {len(targets)} labels")
+    check(len(targets) > 0 and targets.min() >= 0, f"npz file '{root}': labels must be non-negative class ids")
+    if classes is None:
+        classes = [str(c) for c in range(int(targets.max()) + 1)]
+    check(int(targets.max()) < len(classes), f"npz file '{root}': label {int(targets.max())} but {len(classes)} classes")
+    sample = train[:: max(1, len(train) // 10000)].reshape(-1, 3).astype(np.float64) / 255.0
+    mean, std = tuple(sample.mean(0).round(4).tolist()), tuple(sample.std(0).round(4).tolist())
+    images, targets = _subsample(images, targets, num_samples, subset_seed)
+    images = _fit_size(images, size, resize)
+    spec = dict(name="npz", split=split, root=str(root), size=size, resize=resize,
+                num_samples=num_samples, subset_seed=subset_seed)
+    return ArrayImageDataset(images, targets, classes, "npz", split, spec, mean=mean, std=std)
+
+
 @DATASETS.register("folder")
 def folder(split: str = "train", root: Optional[str] = None, size: Optional[int] = None,
            num_samples: Optional[int] = None, subset_seed: int = 0) -> FolderImageDataset:

@@ -11,7 +11,7 @@ from solo_poisoncam.data import DATASETS, build_dataset, dataset_from_spec, read
 
 
 def test_registry_lists_the_datasets():
-    assert set(DATASETS.names()) >= {"fashion-mnist", "cifar10", "cifar100", "stl10", "folder"}
+    assert set(DATASETS.names()) >= {"fashion-mnist", "cifar10", "cifar100", "stl10", "npz", "folder"}
     with pytest.raises(PoisonCamError, match="unknown dataset 'mnist'.*fashion-mnist"):
         build_dataset("mnist")
 
@@ -114,3 +114,60 @@ def test_folder_stratified_subset(tmp_path):
     assert len(ds) == 4 and ds.targets.tolist() == [0, 0, 1, 1]
     again = dataset_from_spec(ds.spec)
     assert [p for p, _ in again.samples] == [p for p, _ in ds.samples] and again.fingerprint() == ds.fingerprint()
+
+
+def _write_npz(path, chw=False, gray=False, classes=True, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (n, 8, 8) if gray else ((n, 3, 8, 8) if chw else (n, 8, 8, 3))
+    x_train = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    x_test = rng.integers(0, 256, size=(10,) + shape[1:], dtype=np.uint8)
+    arrays = dict(x_train=x_train, y_train=np.arange(n) % 4, x_test=x_test, y_test=np.arange(10) % 4)
+    if classes:
+        arrays["classes"] = np.array(["a", "b", "c", "d"])
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_npz_dataset_reads_cifar_style_arrays(tmp_path):
+    arrays = _write_npz(tmp_path / "d.npz")
+    train = build_dataset("npz", root=str(tmp_path / "d.npz"))
+    assert len(train) == 40 and train.classes == ["a", "b", "c", "d"] and train.targets.tolist()[:5] == [0, 1, 2, 3, 0]
+    assert (train.get_array(7) == arrays["x_train"][7]).all()
+    flat = arrays["x_train"].reshape(-1, 3) / 255.0
+    assert np.allclose(train.mean, flat.mean(0), atol=1e-4) and np.allclose(train.std, flat.std(0), atol=1e-4)
+    val = build_dataset("npz", split="val", root=str(tmp_path / "d.npz"))  # no x_val: the test arrays
+    assert len(val) == 10 and (val.get_array(3) == arrays["x_test"][3]).all()
+    assert val.mean == train.mean  # both splits normalised with the train statistics
+    test = build_dataset("npz", split="test", root=str(tmp_path / "d.npz"))
+    assert (test.images == val.images).all()
+    assert dataset_from_spec(test.spec).fingerprint() == test.fingerprint() != train.fingerprint()
+
+
+def test_npz_dataset_channel_first_grayscale_resize_and_subset(tmp_path):
+    arrays = _write_npz(tmp_path / "chw.npz", chw=True, classes=False)
+    ds = build_dataset("npz", root=str(tmp_path / "chw.npz"))
+    assert (ds.get_array(0) == arrays["x_train"][0].transpose(1, 2, 0)).all()
+    assert ds.classes == ["0", "1", "2", "3"]
+    _write_npz(tmp_path / "g.npz", gray=True)
+    g = build_dataset("npz", root=str(tmp_path / "g.npz"), size=16, num_samples=20)
+    assert g.images.shape == (20, 16, 16, 3) and np.bincount(g.targets).tolist() == [5] * 4
+    assert (g.images[..., 0] == g.images[..., 2]).all()
+
+
+def test_npz_dataset_bad_input_errors(tmp_path):
+    with pytest.raises(PoisonCamError, match="needs root="):
+        build_dataset("npz")
+    with pytest.raises(PoisonCamError, match="does not exist or is not a file"):
+        build_dataset("npz", root=str(tmp_path))
+    np.savez(tmp_path / "nokey.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+    with pytest.raises(PoisonCamError, match=r"lacks \['x_train', 'y_train'"):
+        build_dataset("npz", root=str(tmp_path / "nokey.npz"))
+    np.savez(tmp_path / "f.npz", x_train=np.zeros((2, 4, 4, 3), np.float32), y_train=np.zeros(2))
+    with pytest.raises(PoisonCamError, match="'x_train' must be uint8, got float32"):
+        build_dataset("npz", root=str(tmp_path / "f.npz"))
+    np.savez(tmp_path / "n.npz", x_train=np.zeros((3, 4, 4, 3), np.uint8), y_train=np.zeros(2))
+    with pytest.raises(PoisonCamError, match="3 images but 2 labels"):
+        build_dataset("npz", root=str(tmp_path / "n.npz"))
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(PoisonCamError, match="cannot read npz file"):
+        build_dataset("npz", root=str(tmp_path / "bad.npz"))
