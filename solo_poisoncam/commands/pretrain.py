@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--scheduler", choices=["none", "cosine"], default="none",
+                   help="learning-rate schedule: constant, or cosine decay per step")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up before the cosine decay")
     p.add_argument("--crop-min-scale", type=float, default=0.2)
     p.add_argument("--method-kwargs", default="{}", help='JSON, e.g. \'{"temperature": 0.2}\'')
     p.add_argument("--seed", type=int, default=0)
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(out=args.out, method=args.method, backbone=args.backbone, manifest=args.poison, dataset=dataset,
                          keep=read_indexes(args.keep) if args.keep else None, max_epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         scheduler=args.scheduler, warmup_epochs=args.warmup_epochs,
                          crop_scale=(args.crop_min_scale, 1.0), method_kwargs=method_kwargs, seed=args.seed,
                          accelerator=args.accelerator, devices=devices, num_workers=args.num_workers,
                          progress=not args.quiet, wandb=args.wandb)
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     line = f"trained {args.method}/{args.backbone} for {args.epochs} epochs -> {ckpt}"
     if args.poison is not None and not args.no_backdoor_check:
         from solo_poisoncam.detect.runner import Runner
-        from solo_poisoncam.eval.backdoor import backdoor_report, format_backdoor
+        from solo_poisoncam.eval.backdoor import backdoor_report, describe_verdict, format_backdoor
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
@@ -77,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
         poisoned = PoisonedDataset.from_manifest(manifest)
         report = backdoor_report(ckpt, load_threat_model(ckpt), poisoned, Runner(progress=not args.quiet), seed=args.seed)
         print(format_backdoor(report))
-        line += f" | backdoor {'learned' if report['learned'] else 'NOT learned'} ({Path(ckpt).parent / 'backdoor.json'})"
+        line += f" | backdoor {describe_verdict(report)} ({Path(ckpt).parent / 'backdoor.json'})"
     print(line)
     return 0

@@ -7,8 +7,8 @@ evaluation images, for the threat model and a random-init reference of the same 
     poison-majority k-means clusters (``purity``), and the share of patched / control images
     whose nearest centroid is such a cluster;
 (b) kNN-ASR (cosine, k=20) against the training features as trained on;
-(c) the linear probe's ASR (the attack's own success metric), probe trained on the clean
-    training images with a stated label budget.
+(c) the linear probe's ASR (the attack's own success metric), probe trained on the features of
+    the clean (un-poisoned) training images with a stated label budget.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from solo_poisoncam.poison import PatchedDataset, PoisonedDataset, build_attack
 
 # A margin (patched minus control) this large, and this much above the reference's, counts as learned.
 LEARNED_MARGIN = 0.2
+# The attacker's own criterion (a targeted backdoor): probe ASR this far above the control and the reference.
+TARGETED_MARGIN = 0.3
 
 
 def poison_clusters(assignments: np.ndarray, is_poison: np.ndarray, num_clusters: int) -> np.ndarray:
@@ -64,27 +66,30 @@ def knn_view(train: torch.Tensor, labels: torch.Tensor, patched: torch.Tensor, c
     return out
 
 
-def probe_view(train: torch.Tensor, labels: torch.Tensor, clean_mask: np.ndarray, val: torch.Tensor,
+def probe_view(clean_train: torch.Tensor, labels: torch.Tensor, val: torch.Tensor,
                val_labels: torch.Tensor, patched: torch.Tensor, patched_labels: torch.Tensor, control: torch.Tensor,
                target: int, num_classes: int, fraction: float, seed: int) -> Dict[str, Any]:
-    clean = np.flatnonzero(clean_mask)
-    pick = clean[label_budget_indexes(labels.numpy()[clean], fraction, seed)]
-    probe = train_linear_probe(train[pick], labels[pick], num_classes, seed=seed)
+    """The attacker's criterion: a probe on the features of the *clean* training images (the
+    un-poisoned originals, every class present even when all target images were poisoned)."""
+    pick = label_budget_indexes(labels.numpy(), fraction, seed)
+    probe = train_linear_probe(clean_train[pick], labels[pick], num_classes, seed=seed)
     m = attack_metrics(probe.predict(patched), patched_labels, target, probe.predict(val), val_labels)
     mc = attack_metrics(probe.predict(control), patched_labels, target)
     return {"probe_asr_patched": m["asr"], "probe_asr_control": mc["asr"], "probe_fp_patched": m["fp"],
             "probe_clean_acc1": m["clean_acc1"], "probe_label_fraction": fraction}
 
 
-def measure(model: torch.nn.Module, train: IndexedImages, is_poison: np.ndarray, val: IndexedImages,
-            patched: IndexedImages, control: IndexedImages, target: int, num_classes: int, num_clusters: int,
-            runner: Runner, probe_fraction: float, seed: int, train_feats: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+def measure(model: torch.nn.Module, train: IndexedImages, clean_train: IndexedImages, is_poison: np.ndarray,
+            val: IndexedImages, patched: IndexedImages, control: IndexedImages, target: int, num_classes: int,
+            num_clusters: int, runner: Runner, probe_fraction: float, seed: int,
+            train_feats: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     f_train = train_feats if train_feats is not None else extract_features(model, train, runner)
-    f_val, f_patched, f_control = (extract_features(model, x, runner) for x in (val, patched, control))
+    f_clean, f_val, f_patched, f_control = (extract_features(model, x, runner)
+                                            for x in (clean_train, val, patched, control))
     labels = train.targets
     out = cluster_view(f_train, is_poison, f_patched, f_control, num_clusters, seed)
     out.update(knn_view(f_train, labels, f_patched, f_control, target, num_classes))
-    out.update(probe_view(f_train, labels, ~is_poison, f_val, val.targets, f_patched, patched.targets, f_control,
+    out.update(probe_view(f_clean, clean_train.targets, f_val, val.targets, f_patched, patched.targets, f_control,
                           target, num_classes, probe_fraction, seed))
     return out
 
@@ -96,12 +101,25 @@ def _margins(m: Dict[str, Any]) -> Dict[str, float]:
 
 
 def verdict(threat: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
-    """Learned when the cluster or probe margin (patched - control) is >= LEARNED_MARGIN and beats the
-    random-init reference's margin by as much. A heuristic summary; the numbers are what count."""
+    """Which criteria hold. A criterion (cluster, kNN, probe) holds when its margin (patched - control)
+    is >= LEARNED_MARGIN and beats the random-init reference's margin by as much; ``learned`` = the
+    cluster or the probe criterion. ``targeted`` is the attacker's own criterion: probe-ASR margin
+    >= TARGETED_MARGIN and that much above the reference's. A heuristic summary; the numbers count."""
     t, r = _margins(threat), _margins(reference)
-    learned = any(t[k] >= LEARNED_MARGIN and t[k] - r[k] >= LEARNED_MARGIN for k in ("cluster", "probe"))
-    return {"learned": bool(learned), "margins": t, "reference_margins": r,
-            "rule": f"cluster or probe margin (patched - control) >= {LEARNED_MARGIN} and >= reference + {LEARNED_MARGIN}"}
+    criteria = {k: bool(t[k] >= LEARNED_MARGIN and t[k] - r[k] >= LEARNED_MARGIN) for k in ("cluster", "knn", "probe")}
+    targeted = bool(t["probe"] >= TARGETED_MARGIN and t["probe"] - r["probe"] >= TARGETED_MARGIN)
+    return {"learned": criteria["cluster"] or criteria["probe"], "criteria": criteria, "targeted": targeted,
+            "margins": t, "reference_margins": r,
+            "rule": f"a criterion holds when its margin (patched - control) >= {LEARNED_MARGIN} and >= reference + "
+                    f"{LEARNED_MARGIN}; learned = cluster or probe; targeted = probe margin >= {TARGETED_MARGIN} "
+                    f"and >= reference + {TARGETED_MARGIN}"}
+
+
+def describe_verdict(b: Dict[str, Any]) -> str:
+    """'LEARNED (cluster, kNN; targeted: no)' - the verdict with the criteria that hold."""
+    held = [{"knn": "kNN"}.get(k, k) for k, v in b.get("criteria", {}).items() if v]
+    head = "LEARNED" if b["learned"] else "NOT learned"
+    return f"{head} ({', '.join(held) or 'no criterion'}; targeted: {'yes' if b.get('targeted') else 'no'})"
 
 
 def random_reference(model: ThreatModel, seed: int = 0) -> ThreatModel:
@@ -124,11 +142,12 @@ def backdoor_strength(model: ThreatModel, poisoned: PoisonedDataset, val_base: I
     num_classes = len(poisoned.classes)
     k = num_clusters or 10 * num_classes
     train = IndexedImages(poisoned, size=size)
+    clean_train = IndexedImages(poisoned.base, size=size)
     val = IndexedImages(val_base, size=size)
     patched = IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed), size=size)
     control = IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed, control=True), size=size)
     is_poison = manifest.is_poison()
-    args = (train, is_poison, val, patched, control, manifest.target, num_classes, k, runner, probe_fraction, seed)
+    args = (train, clean_train, is_poison, val, patched, control, manifest.target, num_classes, k, runner, probe_fraction, seed)
     threat = measure(model, *args, train_feats=train_feats)
     ref_model = reference if reference is not None else random_reference(model, seed)
     ref = measure(ref_model, *args)
@@ -149,7 +168,7 @@ def format_backdoor(b: Dict[str, Any]) -> str:
                      f"(control {m['control_to_poison_cluster']:.0%}) | kNN-ASR {m['knn_asr_patched']:.0%} "
                      f"(control {m['knn_asr_control']:.0%}) | probe ASR {m['probe_asr_patched']:.0%} "
                      f"(control {m['probe_asr_control']:.0%}), clean acc {m['probe_clean_acc1']:.1%}")
-    return (f"backdoor {'LEARNED' if b['learned'] else 'NOT learned'}\n  threat model: {row(t)}\n"
+    return (f"backdoor {describe_verdict(b)}\n  threat model: {row(t)}\n"
             f"  reference ({r['kind']}): {row(r)}")
 
 
@@ -174,7 +193,7 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
 
     manifest = poisoned.manifest
     key = {"ckpt": hash_file(ckpt), "poisons": hash_obj(manifest.attack, manifest.indexes, manifest.boxes),
-           "val_images": val_images, "seed": seed, "v": 1}
+           "val_images": val_images, "seed": seed, "v": 2}
     path = Path(ckpt).parent / "backdoor.json"
     if path.is_file():
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from solo_poisoncam.checks import check
+from solo_poisoncam.eval.backdoor import describe_verdict
 from solo_poisoncam.io import hash_file, hash_obj, read_json, write_json
 
 
@@ -19,9 +20,17 @@ def _pretrain_cfg(cfg: Dict[str, Any], out: Path, **kw):
     from solo_poisoncam.ssl import PretrainConfig
 
     p = cfg["pretrain"]
+    optional = {k: p[k] for k in PRETRAIN_OPTIONAL if k in p}
+    if "crop_scale" in optional:
+        optional["crop_scale"] = tuple(optional["crop_scale"])
     return PretrainConfig(out=str(out), method=p["method"], backbone=p["backbone"], max_epochs=p["epochs"],
                           batch_size=p["batch_size"], lr=p["lr"], seed=cfg["seed"],
-                          method_kwargs=p.get("method_kwargs", {}), wandb=p.get("wandb", False), **kw)
+                          method_kwargs=p.get("method_kwargs", {}), wandb=p.get("wandb", False), **optional, **kw)
+
+
+# pretrain keys a run config may set beyond the required ones (PretrainConfig fields of the same name)
+PRETRAIN_OPTIONAL = ("backbone_kwargs", "weight_decay", "scheduler", "warmup_epochs", "crop_scale", "grayscale_p",
+                     "blur_p", "image_size")
 
 
 def data_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -166,7 +175,7 @@ class Chain:
         self.log(f"  {manifest.summary()}")
         ckpt = self.stage("threat model", self.threat)
         bd = self.stage("backdoor check", lambda: self.backdoor(ckpt))
-        self.log(f"  backdoor {'LEARNED' if bd['learned'] else 'NOT learned'} (threat margins {bd['margins']}, "
+        self.log(f"  backdoor {describe_verdict(bd)} (threat margins {bd['margins']}, "
                  f"random-init reference {bd['reference_margins']})")
         models = {"undefended": str(ckpt)}
         detections = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List
 
 import lightning.pytorch as pl
@@ -13,6 +14,14 @@ from solo_poisoncam.registry import Registry
 from solo_poisoncam.ssl.augment import SSLAugment
 
 SSL_METHODS: Registry = Registry("SSL method")
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR factor: linear warm-up over ``warmup`` steps (from 1/(warmup+1)), then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class SSLMethod(pl.LightningModule):
@@ -44,7 +53,9 @@ class SSLMethod(pl.LightningModule):
         opt_cfg = self.cfg["optimizer"]
         opt = torch.optim.AdamW(self.learnable_params(), lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
         if self.cfg.get("scheduler", "none") == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.estimated_stepping_batches))
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warmup = int(total * self.cfg.get("warmup_epochs", 0) / max(1, self.cfg["max_epochs"]))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         return opt
 

@@ -37,7 +37,8 @@ class PretrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    scheduler: str = "none"
+    scheduler: str = "none"              # "none" or "cosine" (per step, after ``warmup_epochs`` of linear warm-up)
+    warmup_epochs: float = 0.0
     method_kwargs: Dict[str, Any] = field(default_factory=dict)
     crop_scale: Tuple[float, float] = (0.2, 1.0)
     grayscale_p: float = 0.2
@@ -81,6 +82,7 @@ def run_config(cfg: PretrainConfig, base, manifest: Optional[PoisonManifest]) ->
         "method_kwargs": method_kwargs,
         "optimizer": {"name": "adamw", "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
         "scheduler": cfg.scheduler,
+        **({"warmup_epochs": cfg.warmup_epochs} if cfg.warmup_epochs else {}),  # absent at 0: older runs keep their key
         "augment": {"crop_scale": list(cfg.crop_scale), "grayscale_p": cfg.grayscale_p, "blur_p": cfg.blur_p},
         "max_epochs": cfg.max_epochs,
         "seed": cfg.seed,
