@@ -107,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     cache = StageCache(args.cache or out / "cache", enabled=not args.no_cache, runner=runner)
     result = run_detection(model, dataset, cfg, runner, cache, manifest)
-    extra = {"checkpoint": str(args.ckpt), "manifest": args.manifest}
+    extra = {"checkpoint": str(Path(args.ckpt).resolve()),
+             "manifest": str(Path(args.manifest).resolve()) if args.manifest else None}
     if manifest is not None and not args.no_backdoor_check:
-        from solo_poisoncam.eval.backdoor import backdoor_report
+        from solo_poisoncam.eval.backdoor import backdoor_report, backdoor_summary
 
-        report = backdoor_report(args.ckpt, model, dataset, runner, seed=cfg.seed)
-        extra["backdoor"] = {k: report[k] for k in ("learned", "margins", "reference_margins", "threat", "reference",
-                                                     "rule")}
+        report = backdoor_report(args.ckpt, model, dataset, runner, seed=cfg.seed, out=out)
+        extra["backdoor"] = backdoor_summary(report)
     if runner.is_main:
         from solo_poisoncam.data.indexed import IndexedImages
 

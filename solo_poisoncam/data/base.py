@@ -119,6 +119,16 @@ class FolderImageDataset(ImageDataset):
         self.name, self.split, self.spec = "folder", split, dict(spec)
         self._fingerprint: Optional[str] = None
 
+    def select_files(self, files: Sequence[str]) -> None:
+        """Keep exactly ``files`` (relative to the folder), in that order; each must exist."""
+        by_name = {str(Path(p).relative_to(self.root)): (p, c) for p, c in self.samples}
+        missing = [f for f in files if f not in by_name]
+        check(not missing, f"image folder '{self.root}' lacks {len(missing)} listed file(s), e.g. '{missing[0]}'"
+              if missing else "")
+        check(len(files) > 0, f"an empty file list selects no images of '{self.root}'")
+        self.samples = [by_name[f] for f in files]
+        self.targets = np.array([c for _, c in self.samples], dtype=np.int64)
+
     def _open(self, index: int) -> Image.Image:
         path = self.samples[index][0]
         try:

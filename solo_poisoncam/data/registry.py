@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -225,22 +225,42 @@ def npz(split: str = "train", root: Optional[str] = None, size: Optional[int] = 
 
 @DATASETS.register("folder")
 def folder(split: str = "train", root: Optional[str] = None, size: Optional[int] = None,
-           num_samples: Optional[int] = None, subset_seed: int = 0) -> FolderImageDataset:
+           num_samples: Optional[int] = None, subset_seed: int = 0,
+           files: Optional[List[str]] = None) -> FolderImageDataset:
     """Any ImageFolder tree (e.g. ImageNet-100): ``root/<split>/<class>/*.jpg`` or ``root/<class>/*.jpg``.
 
     ``size`` resizes the shorter side and centre-crops (images are poisoned after that); ``None``
-    keeps the original resolution, as SSL-Backdoor does.
+    keeps the original resolution, as SSL-Backdoor does. ``split='test'`` (or ``'val'``) takes
+    ``root/test`` or ``root/val``, or, when ``root`` is itself a ``train`` folder, its sibling
+    ``val``/``test``, or ``root`` itself when it is named ``val``/``test``; it never falls back to
+    the training images. ``files`` (paths relative to the
+    split folder, in order) restricts the set to exactly those images, e.g. the subset solo-learn's
+    ``data.fraction`` trained on.
     """
     check(root is not None, "the 'folder' dataset needs root=<path to an ImageFolder tree>")
-    path = Path(root)
-    for sub in ((split,) if split != "test" else ("test", "val")):
-        if (path / sub).is_dir():
-            path = path / sub
-            break
+    path = _split_folder(Path(root), split)
     spec = dict(name="folder", split=split, root=str(root), size=size, num_samples=num_samples, subset_seed=subset_seed)
+    if files is not None:
+        spec["files"] = list(files)
     ds = FolderImageDataset(str(path), split, spec, size=size)
+    if files is not None:
+        ds.select_files(files)
     if num_samples is not None and num_samples < len(ds):
         keep_samples, _ = _subsample(np.arange(len(ds)), ds.targets, num_samples, subset_seed)
         ds.samples = [ds.samples[i] for i in keep_samples]
         ds.targets = ds.targets[keep_samples]
     return ds
+
+
+def _split_folder(root: Path, split: str) -> Path:
+    if split == "train":
+        return root / "train" if (root / "train").is_dir() else root
+    candidates = [root / s for s in ("test", "val")]
+    if root.name in ("test", "val"):  # a held-out folder given directly (solo-learn's data.val_path)
+        return root
+    if root.name == "train":
+        candidates += [root.parent / s for s in ("val", "test")]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise PoisonCamError(f"no held-out split for image folder '{root}': expected {' or '.join(map(str, candidates))}")

@@ -13,6 +13,7 @@ evaluation images, for the threat model and a random-init reference of the same 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -155,7 +156,8 @@ def backdoor_strength(model: ThreatModel, poisoned: PoisonedDataset, val_base: I
         "checkpoint": model.checkpoint,
         "attack": manifest.attack, "target": manifest.target, "num_poisons": manifest.num_poisons,
         "settings": {"num_clusters": k, "knn_k": 20, "probe_label_fraction": probe_fraction, "seed": seed,
-                     "val_split": val_base.split, "num_patched": len(patched)},
+                     "val_split": Path(val_base.root).name if hasattr(val_base, "root") else val_base.split,
+                     "num_patched": len(patched)},
         "threat": threat,
         "reference": {"kind": getattr(ref_model, "checkpoint", "reference"), **ref},
         **verdict(threat, ref),
@@ -172,11 +174,15 @@ def format_backdoor(b: Dict[str, Any]) -> str:
             f"  reference ({r['kind']}): {row(r)}")
 
 
-def validation_split(spec: Dict[str, Any], max_images: Optional[int] = None):
-    """The held-out split of the dataset a manifest was made on (test split, same geometry)."""
+def validation_split(spec: Dict[str, Any], max_images: Optional[int] = None, root: Optional[str] = None):
+    """The held-out split of the dataset a manifest was made on (test split, same geometry); ``root``
+    points a folder dataset at another held-out folder (solo-learn's ``data.val_path``)."""
     from solo_poisoncam.data import dataset_from_spec
 
     spec = dict(spec, split="test")
+    spec.pop("files", None)  # a training subset's file list says nothing about the held-out split
+    if root is not None:
+        spec["root"] = str(root)
     if "num_samples" in spec:
         spec["num_samples"] = max_images
     return dataset_from_spec(spec)
@@ -184,17 +190,18 @@ def validation_split(spec: Dict[str, Any], max_images: Optional[int] = None):
 
 def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner: Optional[Runner] = None,
                     val_images: Optional[int] = 5000, seed: int = 0, write: bool = True,
-                    train_feats: Optional[torch.Tensor] = None) -> Dict[str, Any]:
-    """``backdoor.json`` beside the checkpoint: reused when its key (checkpoint bytes, poisons,
-    settings) matches, otherwise measured and written (atomically)."""
-    from pathlib import Path
-
+                    train_feats: Optional[torch.Tensor] = None, val_root: Optional[str] = None,
+                    out: Optional[Path] = None) -> Dict[str, Any]:
+    """``backdoor.json`` in ``out`` (default: beside the checkpoint): reused when its key (checkpoint
+    bytes, or the model's weight hash when ``ckpt`` is no file; poisons; settings) matches, otherwise
+    measured and written (atomically). ``val_root``: another held-out image folder."""
     from solo_poisoncam.io import hash_file, hash_obj, read_json, write_json
 
     manifest = poisoned.manifest
-    key = {"ckpt": hash_file(ckpt), "poisons": hash_obj(manifest.attack, manifest.indexes, manifest.boxes),
-           "val_images": val_images, "seed": seed, "v": 2}
-    path = Path(ckpt).parent / "backdoor.json"
+    key = {"ckpt": hash_file(ckpt) if Path(ckpt).is_file() else str(ckpt),
+           "poisons": hash_obj(manifest.attack, manifest.indexes, manifest.boxes),
+           "val_images": val_images, "val_root": None if val_root is None else str(val_root), "seed": seed, "v": 2}
+    path = Path(out if out is not None else Path(ckpt).parent) / "backdoor.json"
     if path.is_file():
         try:
             old = read_json(path)
@@ -202,9 +209,18 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
                 return old
         except ValueError:
             pass
-    val = validation_split(manifest.dataset, val_images)
+    val = validation_split(manifest.dataset, val_images, val_root)
     report = backdoor_strength(model, poisoned, val, runner, seed=seed, train_feats=train_feats)
     report["key"] = key
     if write and (runner is None or runner.is_main):
         write_json(path, report)
     return report
+
+
+SUMMARY_KEYS = ("learned", "criteria", "targeted", "margins", "reference_margins", "threat", "reference", "rule",
+                "settings")
+
+
+def backdoor_summary(report: Dict[str, Any]) -> Dict[str, Any]:
+    """What a detection's metrics.json keeps of the backdoor report (CLI and solo-learn hook alike)."""
+    return {k: report[k] for k in SUMMARY_KEYS if k in report}

@@ -50,6 +50,11 @@ def _last_checkpoint(trainer) -> Optional[str]:
     return None
 
 
+def _select_val_path(cfg: DictConfig) -> Optional[str]:
+    value = OmegaConf.select(cfg, "data.val_path", default=None)
+    return None if value in (None, "None") else str(value)
+
+
 def _train_dataset(trainer):
     loader = trainer.train_dataloader
     return getattr(loader, "dataset", None)
@@ -111,7 +116,9 @@ def threat_model_from_module(pl_module, cfg: DictConfig):
     normalised with solo's mean/std of this data set). The trained module itself is untouched."""
     from solo_poisoncam.models.threat_model import ThreatModel, run_mean_std
 
-    backbone = copy.deepcopy(pl_module.backbone).float()
+    # contiguous like a backbone loaded from its checkpoint (solo trains channels_last unless
+    # performance.disable_channel_last): the other layout rounds differently, enough to flip near-ties
+    backbone = copy.deepcopy(pl_module.backbone).float().to(memory_format=torch.contiguous_format)
     backbone.num_features = int(pl_module.features_dim)
     if not hasattr(backbone, "feature_layer"):  # the Grad-CAM layer (PatchSearch)
         if hasattr(backbone, "layer4"):
@@ -170,14 +177,34 @@ class DetectionCallback(Callback):
         cache = StageCache(out / "cache", enabled=bool(cfg.detect.cache), runner=runner)
         result = run_detection(model, data, dcfg, runner, cache, manifest, progress=bool(cfg.detect.progress))
         self.result, self.out = result, out
+        backdoor = self._backdoor(model, data, runner, dcfg.seed, out) if manifest is not None else None
         if trainer.is_global_zero:
             images = IndexedImages(data, size=model.image_size)
-            extra = {"solo": {"method": cfg.method, "name": cfg.name, "epoch": int(trainer.current_epoch),
-                              "global_step": int(trainer.global_step), "checkpoint": _last_checkpoint(trainer)},
-                     "manifest": str(output_dir(trainer) / MANIFEST_NAME) if manifest is not None else None}
-            path = write_detection_outputs(result, out, images, model, extra)
-            print(f"[solo-poisoncam] {summary_line(result)} -> {path}")
+            ckpt = _last_checkpoint(trainer)
+            # current_epoch counts finished epochs at on_train_end; the last one trained is the
+            # E of solo's "<name>-ep=E.ckpt"
+            extra = {"solo": {"method": cfg.method, "name": cfg.name, "epoch": int(trainer.current_epoch) - 1,
+                              "global_step": int(trainer.global_step),
+                              "checkpoint": str(Path(ckpt).resolve()) if ckpt else None},
+                     "manifest": str((output_dir(trainer) / MANIFEST_NAME).resolve()) if manifest is not None else None}
+            if backdoor is not None:
+                extra["backdoor"] = backdoor
+            path = write_detection_outputs(result, out.resolve(), images, model, extra)
+            print(f"[solo-poisoncam] {summary_line(result, backdoor if 'learned' in (backdoor or {}) else None)} "
+                  f"-> {path}")
         self._log(trainer, result.metrics)
+
+    def _backdoor(self, model, data, runner, seed: int, out: Path) -> Dict[str, Any]:
+        """Backdoor strength, as ``poisoncam detect`` measures it, when a held-out split exists
+        (``data.val_path``, or a ``val``/``test`` folder beside ``data.train_path``)."""
+        from solo_poisoncam.eval.backdoor import backdoor_report, backdoor_summary
+
+        val_root = _select_val_path(self.cfg)
+        try:
+            report = backdoor_report(model.checkpoint, model, data, runner, seed=seed, val_root=val_root, out=out)
+        except PoisonCamError as e:
+            return {"not_measured": f"no patched validation split could be built: {e}"}
+        return backdoor_summary(report)
 
     @staticmethod
     def _log(trainer, metrics: Dict[str, Any]) -> None:

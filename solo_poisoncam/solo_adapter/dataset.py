@@ -148,15 +148,21 @@ def _fingerprint(view: SoloImageView) -> str:
     return hash_obj("solo-learn", view.spec, view.targets, [np.asarray(view[i][0]) for i in range(len(view))])
 
 
-def solo_view_spec(cfg: DictConfig) -> Dict[str, Any]:
-    """Where the data came from. Where our ``build_dataset`` rebuilds exactly the same images (a
-    whole ImageFolder, CIFAR) the spec is its keyword arguments, so the manifest works
-    with ``poisoncam detect --manifest``; otherwise it describes the solo-learn run."""
+def solo_view_spec(cfg: DictConfig, dataset=None) -> Dict[str, Any]:
+    """Where the data came from. Where our ``build_dataset`` rebuilds exactly the same images (an
+    ImageFolder, whole or the ``data.fraction`` subset solo drew, listed file by file; CIFAR) the
+    spec is its keyword arguments, so the manifest works with ``poisoncam detect --manifest``;
+    otherwise it describes the solo-learn run."""
     data = cfg.data
     whole = not (data.fraction and 0 < float(data.fraction) < 1)
-    if data.format == "image_folder" and not data.no_labels and whole and data.dataset in (
-            "custom", "imagenet", "imagenet100"):
-        return {"name": "folder", "split": "train", "root": str(data.train_path), "size": None}
+    if data.format == "image_folder" and not data.no_labels and data.dataset in ("custom", "imagenet", "imagenet100"):
+        spec = {"name": "folder", "split": "train", "root": str(data.train_path), "size": None}
+        if not whole:
+            if dataset is None or not hasattr(dataset, "samples"):
+                raise PoisonCamError("a data.fraction subset needs the dataset solo built to list its files")
+            root = Path(dataset.root)
+            spec["files"] = [str(Path(p).relative_to(root)) for p, _ in dataset.samples]
+        return spec
     if data.dataset in ("cifar10", "cifar100"):
         return {"name": data.dataset, "split": "train", "root": str(data.train_path), "size": None,
                 "resize": "resize", "num_samples": None, "subset_seed": 0}
@@ -166,7 +172,7 @@ def solo_view_spec(cfg: DictConfig) -> Dict[str, Any]:
 
 def view_from_cfg(dataset, cfg: DictConfig) -> SoloImageView:
     mean, std = run_mean_std(OmegaConf.to_container(cfg, resolve=True))
-    return SoloImageView(dataset, solo_view_spec(cfg), mean, std)
+    return SoloImageView(dataset, solo_view_spec(cfg, dataset), mean, std)
 
 
 class PoisonedSoloDataset(torch.utils.data.Dataset):

@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +172,32 @@ def test_npz_dataset_bad_input_errors(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(PoisonCamError, match="cannot read npz file"):
         build_dataset("npz", root=str(tmp_path / "bad.npz"))
+
+
+def _png_tree(root, classes=("a", "b"), per_class=2):
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_folder_held_out_split_never_falls_back_to_training_images(tmp_path):
+    _png_tree(tmp_path / "data" / "train", per_class=3)
+    with pytest.raises(PoisonCamError, match="no held-out split for image folder"):
+        build_dataset("folder", split="test", root=str(tmp_path / "data" / "train"))
+    _png_tree(tmp_path / "data" / "val", per_class=1)
+    assert len(build_dataset("folder", split="test", root=str(tmp_path / "data" / "train"))) == 2  # sibling val
+    assert len(build_dataset("folder", split="test", root=str(tmp_path / "data"))) == 2  # root/val
+    assert len(build_dataset("folder", split="test", root=str(tmp_path / "data" / "val"))) == 2  # given directly
+    assert len(build_dataset("folder", root=str(tmp_path / "data"))) == 6  # root/train
+
+
+def test_folder_file_list_selects_and_orders_a_subset(tmp_path):
+    _png_tree(tmp_path / "t", per_class=3)
+    ds = build_dataset("folder", root=str(tmp_path / "t"), files=["b/2.png", "a/0.png"])
+    assert [str(Path(p).relative_to(tmp_path / "t")) for p, _ in ds.samples] == ["b/2.png", "a/0.png"]
+    assert ds.targets.tolist() == [1, 0] and ds.classes == ["a", "b"]
+    assert dataset_from_spec(ds.spec).fingerprint() == ds.fingerprint()
+    with pytest.raises(PoisonCamError, match="lacks 1 listed file"):
+        build_dataset("folder", root=str(tmp_path / "t"), files=["a/9.png"])

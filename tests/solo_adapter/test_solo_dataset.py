@@ -87,7 +87,13 @@ def test_poisons_are_drawn_after_solo_fraction_subsetting(folder):
     assert ds.manifest.num_poisons == PER_CLASS // 2  # the whole subset's class 1
     labels = np.array([y for _, y in ds.samples])  # .samples (not .targets) is what solo subsets
     assert (labels[ds.manifest.indexes] == 1).all() and (labels == 1).sum() == PER_CLASS // 2
-    assert ds.manifest.dataset["name"] == "solo-learn" and ds.manifest.dataset["fraction"] == 0.5
+    spec = ds.manifest.dataset  # the subset, file by file: `poisoncam detect --manifest` rebuilds it
+    assert spec["name"] == "folder" and len(spec["files"]) == len(ds)
+    ours = dataset_from_spec(spec)
+    ds.manifest.check_matches(ours)
+    assert [p for p, _ in ours.samples] == [p for p, _ in ds.samples]
+    assert np.array_equal(PoisonedDataset(ours, ds.manifest).get_array(int(ds.manifest.indexes[0])),
+                          ds.eval_view().get_array(int(ds.manifest.indexes[0])))
 
 
 def test_replaying_a_manifest_gives_the_same_poisons(folder, tmp_path):

@@ -75,6 +75,23 @@ def test_main_pretrain_poison_detect_then_cluster_head_and_linear(tmp_path):
     removed = (out / "removed.txt").read_text().split()
     kept = (out / "kept.txt").read_text().split()
     assert sorted(map(int, removed + kept)) == list(range(72))
+    assert metrics["solo"]["checkpoint"] == str(ckpt.resolve()) and f"ep={metrics['solo']['epoch']}" in ckpt.name
+    assert metrics["backdoor"]["settings"]["val_split"] == "val"  # the export's val/ beside train/
+    assert set(metrics["backdoor"]["criteria"]) == {"cluster", "knn", "probe"}
+
+    # `poisoncam detect` on the saved checkpoint with the hook's settings writes the same outputs
+    cli = tmp_path / "cli-detect"
+    run([sys.executable, "-m", "solo_poisoncam.cli", "detect", "--ckpt", ckpt, "--manifest", run_dir / "manifest.json",
+         "--out", cli, "--quiet", "--set", "num_clusters=6", "--set", "flip_images=8", "--set", "flip_top=16",
+         "--set", "classifier.iters=10", "--set", "classifier.models=1"], cwd=tmp_path)
+    assert (cli / "removed.txt").read_text() == (out / "removed.txt").read_text()
+    assert np.array_equal(np.load(cli / "scores.npy"), np.load(out / "scores.npy"))
+    assert np.array_equal(np.load(cli / "windows.npy"), np.load(out / "windows.npy"))
+    cli_metrics = json.loads((cli / "metrics.json").read_text())
+    assert cli_metrics["metrics"]["num_removed"] == metrics["metrics"]["num_removed"]
+    for view in ("threat", "reference"):
+        assert cli_metrics["backdoor"][view] == pytest.approx(metrics["backdoor"][view], abs=1e-6)
+
     state = torch.load(ckpt, map_location="cpu", weights_only=True)  # still main_linear-loadable
     record = state["callbacks"]["ManifestCallback"]
     assert record["poisoned"] and record["num_poisons"] == 6
