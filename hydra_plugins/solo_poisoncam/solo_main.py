@@ -1,4 +1,5 @@
-"""Option B: no wrapper. When the running program is solo-learn's ``main_pretrain.py`` (which has
+"""Option B: no wrapper. When the running program is solo-learn's ``main_pretrain.py`` or
+``main_linear.py`` (which has
 already imported ``solo``), register solo-poisoncam and rebind the names that script imported
 before Hydra started, so that the unmodified ``python main_pretrain.py ... +poison=patch`` works.
 
@@ -11,7 +12,7 @@ import sys
 _main = sys.modules.get("__main__")
 if (
     _main is not None
-    and str(getattr(_main, "__file__", "") or "").endswith("main_pretrain.py")
+    and str(getattr(_main, "__file__", "") or "").endswith(("main_pretrain.py", "main_linear.py"))
     and "solo" in sys.modules
 ):
     import warnings

@@ -28,6 +28,7 @@ class DetectConfig:
     occlusion_area: Tuple[float, float] = (0.02, 0.25)
     occlusion_p: float = 0.5
     head_relabel: bool = True                  # occluded views take their own nearest centroid as label
+    head_checkpoint: Optional[str] = None       # a solo-learn cluster_head checkpoint: its clusters and head replace k-means + head
     # cluster activation masking (PoisonCAM)
     masks: str = "occlusion"                    # occlusion | rise | both
     occluder: float = 0.25                      # sliding occluder side, share of the image side

@@ -14,7 +14,7 @@ import torch
 from solo_poisoncam import __version__
 from solo_poisoncam.checks import check
 from solo_poisoncam.cluster import kmeans
-from solo_poisoncam.cluster.head import fit_cluster_head
+from solo_poisoncam.cluster.head import fit_cluster_head, load_cluster_head
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.cache import StageCache
 from solo_poisoncam.detect.cam import (CamResult, ClusterActivation, cluster_activation_masking, refine_windows,
@@ -119,18 +119,14 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
 
     with clock("features", n):
         feats = cache.get_or_compute("features", key, lambda: extract_features(model, images, runner, cfg.feature_batch))
-    key = {**key, "k": k, "iters": cfg.kmeans_iters, "seed": cfg.seed, "backend": cfg.kmeans_backend}
-    with clock("kmeans"):
-        km = cache.get_or_compute("kmeans", key, lambda: _kmeans(feats, k, cfg, runner))
+    temperature = cfg.head_temperature
+    if cfg.head_checkpoint:
+        km, head_state, temperature = load_cluster_head(cfg.head_checkpoint, feats)
+        key = {**key, "head_checkpoint": hash_file(cfg.head_checkpoint)}
+    else:
+        km, head_state, key = _clustering_model(model, images, feats, k, cfg, runner, cache, key, clock)
+    act = cluster_activation(model, head_state, temperature).to(runner.device)
     fill = fill_value(cfg, model)
-    key = {**key, "head": [cfg.head_temperature, cfg.head_epochs, cfg.head_steps, cfg.head_lr,
-                           list(cfg.occlusion_area), cfg.occlusion_p, cfg.head_relabel, cfg.fill]}
-    with clock("cluster_head"):
-        head_state = cache.get_or_compute("head", key, lambda: fit_cluster_head(
-            model, images, feats, km["assignments"], km["centroids"], fill, runner, cfg.head_temperature,
-            cfg.head_epochs, cfg.head_steps, cfg.head_lr, cfg.occlusion_area, cfg.occlusion_p, cfg.seed,
-            cfg.feature_batch, cfg.head_relabel).state_dict())
-    act = cluster_activation(model, head_state, cfg.head_temperature).to(runner.device)
 
     if cfg.method == "poisoncam":
         out = _poisoncam(act, images, cfg, fill, side, runner, cache, key, clock, km)
@@ -149,7 +145,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
 
     result = DetectionResult(indexes=images.indexes.copy(), scores=scores, windows=windows, clusters=clusters,
                              removed=removed, scored=scored, probability=probability, true_boxes=None,
-                             config=cfg.to_dict(), head_state=head_state)
+                             config={**cfg.to_dict(), "head_temperature": temperature}, head_state=head_state)
     result.timings = _timings(clock, runner, cache, n, side)
     result.timings["total_s"] = round(time.perf_counter() - started, 3)
     if manifest is not None:
@@ -157,6 +153,22 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     result.metrics["num_removed"] = int(removed.sum())
     result.metrics["num_samples"] = n
     return result
+
+
+def _clustering_model(model, images, feats, k, cfg: DetectConfig, runner, cache, key, clock):
+    """k-means, then the cosine head (fine-tuned when ``head_epochs`` > 0); cached stages."""
+    key = {**key, "k": k, "iters": cfg.kmeans_iters, "seed": cfg.seed, "backend": cfg.kmeans_backend}
+    with clock("kmeans"):
+        km = cache.get_or_compute("kmeans", key, lambda: _kmeans(feats, k, cfg, runner))
+    fill = fill_value(cfg, model)
+    key = {**key, "head": [cfg.head_temperature, cfg.head_epochs, cfg.head_steps, cfg.head_lr,
+                           list(cfg.occlusion_area), cfg.occlusion_p, cfg.head_relabel, cfg.fill]}
+    with clock("cluster_head"):
+        head_state = cache.get_or_compute("head", key, lambda: fit_cluster_head(
+            model, images, feats, km["assignments"], km["centroids"], fill, runner, cfg.head_temperature,
+            cfg.head_epochs, cfg.head_steps, cfg.head_lr, cfg.occlusion_area, cfg.occlusion_p, cfg.seed,
+            cfg.feature_batch, cfg.head_relabel).state_dict())
+    return km, head_state, key
 
 
 def cluster_activation(model, head_state: Dict[str, torch.Tensor], temperature: float) -> ClusterActivation:

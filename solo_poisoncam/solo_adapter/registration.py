@@ -17,7 +17,7 @@ from solo_poisoncam.checks import PoisonCamError
 
 WRAPPED = "__poisoncam_wrapped__"  # attribute of our wrappers: the solo function they wrap
 
-STATE = SimpleNamespace(registered=False, cfg=None)
+STATE = SimpleNamespace(registered=False, cfg=None, linear_cfg=None)
 
 
 def import_solo():
@@ -76,6 +76,56 @@ def wrap_prepare_datasets(prepare_datasets: Callable) -> Callable:
     return wrapper
 
 
+def wrap_linear_parse_cfg(parse_cfg: Callable) -> Callable:
+    """solo's linear ``parse_cfg``; remembers the cfg so the custom-data pipeline can follow
+    ``data.image_size`` / ``data.mean`` / ``data.std`` (see :func:`wrap_build_custom_pipeline`)."""
+
+    @functools.wraps(parse_cfg)
+    def wrapper(cfg):
+        cfg = parse_cfg(cfg)
+        STATE.linear_cfg = cfg
+        return cfg
+
+    setattr(wrapper, WRAPPED, parse_cfg)
+    return wrapper
+
+
+def custom_pipeline(size: int, mean, std) -> Dict[str, Any]:
+    """solo-learn's custom-data linear pipeline at ``size`` px with the data's own statistics
+    (solo's own is fixed at 224 px with ImageNet statistics: a 32 px model then sees 7x upsampled
+    images, normalised for other data)."""
+    from torchvision import transforms
+
+    norm = transforms.Normalize(mean=list(mean), std=list(std))
+    return {
+        "T_train": transforms.Compose([transforms.RandomResizedCrop(size=size, scale=(0.08, 1.0)),
+                                       transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm]),
+        "T_val": transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(), norm]),
+    }
+
+
+def wrap_build_custom_pipeline(build: Callable) -> Callable:
+    """``build_custom_pipeline`` (solo's documented place for custom-data transforms): ours when the
+    linear cfg sets ``data.image_size``, solo's otherwise."""
+
+    @functools.wraps(build)
+    def wrapper():
+        from omegaconf import OmegaConf
+
+        cfg = getattr(STATE, "linear_cfg", None)
+        size = None if cfg is None else OmegaConf.select(cfg, "data.image_size", default=None)
+        if size is None:
+            return build()
+        from solo_poisoncam.models.threat_model import IMAGENET_MEAN_STD
+
+        mean = OmegaConf.select(cfg, "data.mean", default=None) or IMAGENET_MEAN_STD[0]
+        std = OmegaConf.select(cfg, "data.std", default=None) or IMAGENET_MEAN_STD[1]
+        return custom_pipeline(int(size), mean, std)
+
+    setattr(wrapper, WRAPPED, build)
+    return wrapper
+
+
 def configure_callbacks(self):
     """``BaseMethod.configure_callbacks``: the poison record / manifest writer, and the detector when
     ``detect.enabled``."""
@@ -110,7 +160,9 @@ def _is_ours(fn) -> bool:
 def register(main_globals: Optional[Dict[str, Any]] = None) -> None:
     """See :func:`solo_poisoncam.solo_adapter.register`."""
     import_solo()
+    import solo.args.linear as solo_linear_args
     import solo.args.pretrain as solo_args
+    import solo.data.classification_dataloader as solo_cls_data
     import solo.data.pretrain_dataloader as solo_data
     from solo.methods import METHODS
     from solo.methods.base import BaseMethod
@@ -123,6 +175,10 @@ def register(main_globals: Optional[Dict[str, Any]] = None) -> None:
                              f"{current.__name__}")
     METHODS["cluster_head"] = ClusterHead
 
+    if not _is_ours(solo_linear_args.parse_cfg):
+        solo_linear_args.parse_cfg = wrap_linear_parse_cfg(solo_linear_args.parse_cfg)
+    if not _is_ours(solo_cls_data.build_custom_pipeline):
+        solo_cls_data.build_custom_pipeline = wrap_build_custom_pipeline(solo_cls_data.build_custom_pipeline)
     if not _is_ours(solo_args.parse_cfg):
         solo_args.parse_cfg = wrap_parse_cfg(solo_args.parse_cfg)
     if not _is_ours(solo_data.prepare_datasets):
@@ -131,12 +187,14 @@ def register(main_globals: Optional[Dict[str, Any]] = None) -> None:
         setattr(configure_callbacks, WRAPPED, BaseMethod.__dict__.get("configure_callbacks"))
         BaseMethod.configure_callbacks = configure_callbacks
 
-    if main_globals is not None:  # Option B: main_pretrain.py already ran its `from ... import`s
-        for name, module in (("parse_cfg", solo_args), ("prepare_datasets", solo_data)):
+    if main_globals is not None:  # Option B: main_pretrain.py / main_linear.py already ran their `from ... import`s
+        for name, module in (("parse_cfg", solo_args), ("parse_cfg", solo_linear_args),
+                             ("prepare_datasets", solo_data)):
             ours = getattr(module, name)
             if main_globals.get(name) is getattr(ours, WRAPPED):
                 main_globals[name] = ours
     STATE.registered = True
 
 
-__all__ = ["register", "wrap_parse_cfg", "wrap_prepare_datasets", "configure_callbacks", "STATE", "import_solo"]
+__all__ = ["register", "wrap_parse_cfg", "wrap_prepare_datasets", "wrap_linear_parse_cfg", "wrap_build_custom_pipeline",
+           "custom_pipeline", "configure_callbacks", "STATE", "import_solo"]

@@ -108,3 +108,30 @@ def test_detect_groups_list_every_detect_config_field():
         assert set(node.classifier) == {f.name for f in dataclasses.fields(DetectConfig().classifier)}
         d = {k: v for k, v in OmegaConf.to_container(node).items() if k not in DETECT_ADAPTER_KEYS}
         assert DetectConfig.from_dict(d).method == option
+
+
+def test_linear_custom_pipeline_follows_data_image_size():
+    """main_linear on 32 px custom data: solo's pipeline is 224 px with ImageNet statistics; with
+    data.image_size (our zoo linear configs) prepare_transforms gives 32 px, the data's mean/std."""
+    import numpy as np
+    import solo.args.linear as solo_linear_args
+    import solo.data.classification_dataloader as cls_data
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from solo_poisoncam.solo_adapter.registration import STATE
+
+    register()
+    assert getattr(solo_linear_args.parse_cfg, WRAPPED).__module__ == "solo.args.linear"
+    img = Image.fromarray(np.full((32, 32, 3), 128, np.uint8))
+    STATE.linear_cfg = None
+    _, t_val = cls_data.prepare_transforms("custom")
+    assert t_val(img).shape == (3, 224, 224)  # solo's own, untouched without data.image_size
+    STATE.linear_cfg = OmegaConf.create({"data": {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}})
+    try:
+        t_train, t_val = cls_data.prepare_transforms("custom")
+        x = t_val(img)
+        assert x.shape == (3, 32, 32) and abs(float(x.mean()) - (128 / 255 - 0.5) / 0.25) < 1e-5
+        assert t_train(img).shape == (3, 32, 32)
+    finally:
+        STATE.linear_cfg = None

@@ -109,6 +109,17 @@ def test_main_pretrain_poison_detect_then_cluster_head_and_linear(tmp_path):
     head_state = torch.load(only(head_dir, "*.ckpt"), map_location="cpu", weights_only=True)["state_dict"]
     assert head_state["head.weight"].shape[0] == 6 and head_state["pseudo_labels"].shape == (72,)
 
+    # that cluster head as the detector's clustering model
+    via_head = tmp_path / "detect-with-head"
+    head_ckpt = only(head_dir, "*.ckpt")
+    run([sys.executable, "-m", "solo_poisoncam.cli", "detect", "--ckpt", ckpt, "--manifest", run_dir / "manifest.json",
+         "--out", via_head, "--quiet", "--no-backdoor-check", "--set", f"head_checkpoint='{head_ckpt}'",
+         "--set", "flip_images=8", "--set", "flip_top=16", "--set", "classifier.iters=10",
+         "--set", "classifier.models=1"], cwd=tmp_path)
+    head_metrics = json.loads((via_head / "metrics.json").read_text())
+    assert head_metrics["config"]["head_checkpoint"] == str(head_ckpt)
+    assert len(np.load(via_head / "scores.npy")) == 72
+
     # main_linear.py through the wrapper (no registration needed, but it must not get in the way)
     _, seconds_l = run([sys.executable, "-m", "solo_poisoncam.solo_adapter.linear", "--config-path",
                         REPO / "zoo_configs" / "linear" / "fashion-mnist", "--config-name", "byol.yaml",
