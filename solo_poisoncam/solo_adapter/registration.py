@@ -153,6 +153,32 @@ def _info(message: str) -> None:
         print(f"[solo-poisoncam] {message}")
 
 
+# our CPU-sized backbones, offered to every solo method as backbone.name=<name>
+SOLO_BACKBONES = ("cnn_small", "cnn")
+
+
+def solo_backbone(name: str) -> Callable:
+    """solo's backbone factory signature, ``fn(method, **kwargs)``, for one of ours (same modules and
+    state_dict keys, so its checkpoints load with our loader)."""
+    from solo_poisoncam.models.backbones import create_backbone
+
+    def build(method: str, **kwargs: Any):
+        return create_backbone(name, **kwargs)
+
+    build.__name__ = name
+    setattr(build, WRAPPED, name)
+    return build
+
+
+def register_backbones(base_method) -> None:
+    for name in SOLO_BACKBONES:
+        current = base_method._BACKBONES.get(name)
+        if current is None:
+            base_method._BACKBONES[name] = solo_backbone(name)
+        elif not _is_ours(current):
+            raise PoisonCamError(f"solo-learn already has a backbone named '{name}'")
+
+
 def _is_ours(fn) -> bool:
     return getattr(fn, WRAPPED, None) is not None
 
@@ -174,6 +200,7 @@ def register(main_globals: Optional[Dict[str, Any]] = None) -> None:
         raise PoisonCamError(f"solo.methods.METHODS['cluster_head'] is already taken by {current.__module__}."
                              f"{current.__name__}")
     METHODS["cluster_head"] = ClusterHead
+    register_backbones(BaseMethod)
 
     if not _is_ours(solo_linear_args.parse_cfg):
         solo_linear_args.parse_cfg = wrap_linear_parse_cfg(solo_linear_args.parse_cfg)

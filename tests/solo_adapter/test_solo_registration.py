@@ -135,3 +135,23 @@ def test_linear_custom_pipeline_follows_data_image_size():
         assert t_train(img).shape == (3, 32, 32)
     finally:
         STATE.linear_cfg = None
+
+
+def test_cpu_backbones_are_offered_to_solo_methods():
+    import torch
+    from solo_testing import gen_base_cfg
+
+    register()
+    register()  # idempotent
+    assert {"cnn_small", "cnn"} <= set(BaseMethod._BACKBONES)
+    cfg = gen_base_cfg("byol", batch_size=4, momentum=True, proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32)
+    cfg.backbone.name = "cnn_small"
+    cfg.backbone.kwargs = {}
+    model = METHODS["byol"](cfg)
+    assert model.features_dim == 128 and model.backbone.num_features == 128
+    out = model.backbone(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 128)
+    # the checkpoint's keys are what our loader expects of cnn_small
+    from solo_poisoncam.models.backbones import create_backbone
+
+    assert set(create_backbone("cnn_small").state_dict()) == set(model.backbone.state_dict())
