@@ -42,6 +42,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     except PoisonCamError as e:
         print(f"poisoncam {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted_line(args, sys.argv[1:] if argv is None else argv), file=sys.stderr)
+        return 130
+
+
+# where each command keeps what it finished (what a re-run of the same command reuses)
+KEPT = {"pretrain": "checkpoints (last.ckpt)", "detect": "stage cache", "run": "finished stages",
+        "demo": "finished stages", "eval": "nothing (re-run from the start)", "poison": "nothing (no partial output)"}
+
+
+def interrupted_line(args: argparse.Namespace, argv: List[str]) -> str:
+    """One line on Ctrl-C: what is kept, where, and the command that resumes."""
+    import shlex
+
+    out = getattr(args, "cache", None) or getattr(args, "out", None)
+    kept = KEPT.get(args.command, "finished work")
+    where = f" in '{out}'" if out and not kept.startswith("nothing") else ""
+    return f"poisoncam {args.command}: interrupted; kept: {kept}{where}; resume with: poisoncam {shlex.join(argv)}"
 
 
 if __name__ == "__main__":

@@ -50,3 +50,63 @@ def test_poison_cli_unreadable_trigger_file(tmp_path, capsys):
     rc = main(["poison", "--num-samples", "200", "--trigger", str(bad), "--out", str(tmp_path / "p")])
     assert rc == 2 and "cannot read trigger file" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+@needs_fashion_mnist
+def test_poison_cli_refuses_to_overwrite_other_settings_and_reruns_the_same(tmp_path, capsys):
+    out = tmp_path / "p"
+    base = ["poison", "--num-samples", "200", "--out", str(out)]
+    assert main(base + ["--rate", "0.5"]) == 0
+    before = (out / "manifest.json").read_text()
+    assert main(base + ["--rate", "0.5"]) == 0  # same settings: the same manifest again
+    assert json.loads((out / "manifest.json").read_text())["poisons"] == json.loads(before)["poisons"]
+    capsys.readouterr()
+    assert main(base + ["--rate", "0.2"]) == 2
+    assert "holds a poison manifest of other settings" in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["rate"] == 0.5  # untouched
+
+
+def test_poison_cli_corrupt_image_writes_nothing(tmp_path, capsys):
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((32, 32, 3), 50 * i, np.uint8)).save(root / c / f"{i}.png")
+    (root / "a" / "0.png").write_bytes((root / "a" / "0.png").read_bytes()[:60])  # truncated: header only
+    out = tmp_path / "p"
+    rc = main(["poison", "--dataset", "folder", "--root", str(root), "--target", "0", "--rate", "1.0",
+               "--out", str(out)])
+    assert rc == 2 and "cannot read image" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_poison_cli_trigger_directory_and_resize_note(tmp_path, capsys):
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((32, 32, 3), 50 * i, np.uint8)).save(root / c / f"{i}.png")
+    rc = main(["poison", "--dataset", "folder", "--root", str(root), "--trigger", str(tmp_path), "--out",
+               str(tmp_path / "p")])
+    assert rc == 2 and "is a directory" in capsys.readouterr().err
+    trig = tmp_path / "t.png"
+    Image.fromarray(np.full((80, 80, 3), 200, np.uint8)).save(trig)
+    rc = main(["poison", "--dataset", "folder", "--root", str(root), "--trigger", str(trig), "--out",
+               str(tmp_path / "p")])
+    assert rc == 0 and "80x80 px trigger is pasted at 7x7 px" in capsys.readouterr().out
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    import solo_poisoncam.commands.detect as detect_cmd
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detect_cmd, "run", interrupted)
+    argv = ["detect", "--ckpt", "m.ckpt", "--dataset", "folder", "--root", "x y", "--out", str(tmp_path / "o")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("poisoncam detect: interrupted; kept: stage cache in ")
+    assert err[0].endswith("resume with: poisoncam detect --ckpt m.ckpt --dataset folder --root 'x y' --out "
+                           f"{tmp_path / 'o'}")

@@ -45,6 +45,7 @@ def htba_trigger(seed: int = 10, size: int = 64, grid: int = 4, smooth: bool = T
 def png_trigger(path: str) -> np.ndarray:
     """A user trigger image (any format PIL reads), converted to RGB uint8 (h, w, 3)."""
     p = Path(path)
+    check(not p.is_dir(), f"trigger file '{path}' is a directory; give an image file")
     check(p.is_file(), f"trigger file '{path}' does not exist")
     try:
         with Image.open(p) as img:
