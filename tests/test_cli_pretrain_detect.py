@@ -29,8 +29,12 @@ def test_pretrain_writes_solo_layout_backdoor_report_and_resumes(trained, capsys
     assert args["method"] == "byol" and args["backbone"]["name"] == "cnn_small" and args["backend"] == "builtin"
     assert args["poison"]["num_poisons"] == 15 and args["data"]["num_samples"] == 300
     assert (root / "tm" / "manifest.json").is_file() and (root / "tm" / "last.ckpt").is_file()
-    assert (root / "tm" / "logs" / "metrics.csv").read_text().startswith("epoch") or \
-        "train_byol_loss" in (root / "tm" / "logs" / "metrics.csv").read_text()
+    import csv
+
+    rows = list(csv.DictReader(open(root / "tm" / "logs" / "metrics.csv")))
+    losses = [float(r["train_byol_loss_epoch"]) for r in rows if r.get("train_byol_loss_epoch")]
+    assert len(losses) == 1 and np.isfinite(losses[0])  # one epoch, its mean BYOL loss
+    assert {int(r["epoch"]) for r in rows} == {0}
     report = json.loads((root / "tm" / "backdoor.json").read_text())
     assert set(report["threat"]) >= {"purity", "patched_to_poison_cluster", "knn_asr_patched", "probe_asr_patched"}
     assert report["reference"]["kind"] == "random-init" and isinstance(report["learned"], bool)
@@ -44,9 +48,29 @@ def test_pretrain_writes_solo_layout_backdoor_report_and_resumes(trained, capsys
                  "--out", str(root / "tm"), "--quiet"]) == 0
     assert str(ckpt) in capsys.readouterr().out
     # other settings in the same folder are refused
-    assert main(["pretrain", "--poison", str(root / "poison"), "--epochs", "2", "--batch-size", "64",
+    assert main(["pretrain", "--poison", str(root / "poison"), "--epochs", "1", "--lr", "0.01", "--batch-size", "64",
                  "--out", str(root / "tm"), "--quiet"]) == 2
     assert "holds a run with other settings" in capsys.readouterr().err
+
+
+@needs_fashion_mnist
+def test_pretrain_extends_a_finished_run_to_more_epochs(trained, tmp_path, capsys):
+    import csv
+    import shutil
+
+    root, _ = trained
+    tm = tmp_path / "tm"
+    shutil.copytree(root / "tm", tm)
+    assert main(["pretrain", "--poison", str(root / "poison"), "--epochs", "2", "--batch-size", "64",
+                 "--out", str(tm), "--quiet", "--no-backdoor-check"]) == 0
+    assert (tm / "byol-fashion-mnist-poisoned-ep=1.ckpt").is_file()
+    assert "byol-fashion-mnist-poisoned-ep=1.ckpt" in capsys.readouterr().out
+    assert json.loads((tm / "args.json").read_text())["max_epochs"] == 2
+    epochs = {int(r["epoch"]) for r in csv.DictReader(open(tm / "logs" / "metrics.csv")) if r.get("epoch")}
+    assert epochs == {0, 1}  # trained on from epoch 1, the first epoch's log kept
+    capsys.readouterr()
+    assert main(["pretrain", "--poison", str(root / "poison"), "--epochs", "3", "--batch-size", "64",
+                 "--scheduler", "cosine", "--out", str(tm), "--quiet"]) == 2  # other settings: still refused
 
 
 @needs_fashion_mnist

@@ -105,6 +105,19 @@ def _same_run(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
     return hash_obj(strip(a)) == hash_obj(strip(b))
 
 
+def _extends(old: Dict[str, Any], new: Dict[str, Any]) -> bool:
+    """``new`` trains the run ``old`` for more epochs (nothing else differs): resume it. Refused under
+    a cosine schedule, whose learning rate at every step depends on the total."""
+    if new["max_epochs"] <= old.get("max_epochs", new["max_epochs"]):
+        return False
+    if not _same_run({**old, "max_epochs": new["max_epochs"]}, new):
+        return False
+    check(new.get("scheduler", "none") == "none",
+          f"cannot extend a run with a cosine schedule from {old['max_epochs']} to {new['max_epochs']} epochs: its "
+          "learning rate depends on the total; train a new run (another --out)")
+    return True
+
+
 def final_checkpoint(out: Path, run_cfg: Dict[str, Any]) -> Path:
     return out / f"{run_cfg['name']}-ep={run_cfg['max_epochs'] - 1}.ckpt"
 
@@ -114,7 +127,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     ``out`` holds ``args.json``, ``last.ckpt`` (resume point), ``<name>-ep=<E>.ckpt`` per epoch
     (previous ones removed), ``metrics.csv`` and a copy of the poison manifest. Re-running with
-    the same settings resumes; other settings in the same folder are refused.
+    the same settings resumes, and more ``max_epochs`` (nothing else changed) trains on from the
+    last epoch; other settings in the same folder are refused.
     """
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -130,12 +144,14 @@ def pretrain(cfg: PretrainConfig) -> Path:
     resume = None
     if args_path.exists():
         old = read_json(args_path)
-        check(_same_run(old, run_cfg), f"'{out}' holds a run with other settings; choose another --out "
-                                       "or delete it")
+        extend = _extends(old, run_cfg)
+        check(_same_run(old, run_cfg) or extend, f"'{out}' holds a run with other settings; choose another --out "
+                                                 "or delete it")
         if final.exists():
             return final
         if (out / "last.ckpt").exists():
             resume = str(out / "last.ckpt")
+        check(not extend or resume is not None, f"'{out}' has no last.ckpt to train on from")
     out.mkdir(parents=True, exist_ok=True)
     write_json(args_path, run_cfg)
     if manifest is not None:
@@ -159,9 +175,40 @@ def pretrain(cfg: PretrainConfig) -> Path:
                          precision=precision, logger=loggers,
                          callbacks=[ckpt_cb], enable_progress_bar=cfg.progress, enable_model_summary=False,
                          log_every_n_steps=max(1, min(10, len(loader))), num_sanity_val_steps=0)
+    history = _read_csv(out / "logs" / "metrics.csv") if resume else []
     trainer.fit(model, loader, ckpt_path=resume)
+    if history:  # Lightning's CSVLogger starts the file anew on resume: put the earlier epochs back
+        _merge_csv(out / "logs" / "metrics.csv", history)
     check(final.exists(), f"training ended without writing '{final}'")
     return final
+
+
+def _read_csv(path: Path):
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _merge_csv(path: Path, history) -> None:
+    """metrics.csv = the rows of the epochs before the resume + the new rows (union of columns)."""
+    import csv
+    import io
+
+    from solo_poisoncam.io import write_text
+
+    new = _read_csv(path)
+    first = min((int(r["epoch"]) for r in new if r.get("epoch")), default=None)
+    old = [r for r in history if first is None or (r.get("epoch") and int(r["epoch"]) < first)]
+    rows = old + new
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def _quiet_lightning() -> None:
