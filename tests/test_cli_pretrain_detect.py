@@ -62,9 +62,13 @@ def test_pretrain_extends_a_finished_run_to_more_epochs(trained, tmp_path, capsy
     tm = tmp_path / "tm"
     shutil.copytree(root / "tm", tm)
     assert main(["pretrain", "--poison", str(root / "poison"), "--epochs", "2", "--batch-size", "64",
-                 "--out", str(tm), "--quiet", "--no-backdoor-check"]) == 0
+                 "--out", str(tm), "--no-backdoor-check"]) == 0
     assert (tm / "byol-fashion-mnist-poisoned-ep=1.ckpt").is_file()
-    assert "byol-fashion-mnist-poisoned-ep=1.ckpt" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "byol-fashion-mnist-poisoned-ep=1.ckpt" in printed
+    # stdout is no terminal here: one plain line for the one epoch trained, no progress bar
+    lines = [line for line in printed.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 1 and lines[0].startswith("epoch 2/2: train_byol_loss ") and "\r" not in printed
     assert json.loads((tm / "args.json").read_text())["max_epochs"] == 2
     epochs = {int(r["epoch"]) for r in csv.DictReader(open(tm / "logs" / "metrics.csv")) if r.get("epoch")}
     assert epochs == {0, 1}  # trained on from epoch 1, the first epoch's log kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -36,7 +37,9 @@ class StageCache:
             return None
         try:
             blob = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception:  # a torn or foreign file is a miss, not an error
+        except Exception as e:  # a torn or foreign file is a miss, not an error, but said
+            warnings.warn(f"stage cache file '{p}' could not be read ({type(e).__name__}: {e}); recomputing "
+                          f"'{stage}'", RuntimeWarning)
             return None
         if not isinstance(blob, dict) or hash_obj(blob.get("key")) != hash_obj(key):
             return None

@@ -10,6 +10,7 @@ early stopping. The ensemble's averaged logits label every training image.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -139,8 +140,11 @@ def poison_classifier(images: IndexedImages, scores: np.ndarray, windows: np.nda
         pool = order[int(math.ceil(cfg.top_p * n)): n - k]
         if len(pool) == 0:
             pool = order[k:]
-        state = [train_one(all_x, pool, patches, val_x, val_y, cfg, cfg.seed + m, device).state_dict()
-                 for m in range(cfg.models)]
+        state = []
+        for m in range(cfg.models):
+            start = time.perf_counter()
+            state.append(train_one(all_x, pool, patches, val_x, val_y, cfg, cfg.seed + m, device).state_dict())
+            runner.info(f"poison classifier: model {m + 1}/{cfg.models} trained in {time.perf_counter() - start:.1f} s")
     state = runner.broadcast_object(state)
     nets = []
     for sd in state:

@@ -109,7 +109,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     num_classes = len(getattr(dataset, "classes", [])) or 10
     k = cfg.num_clusters or 10 * num_classes
     check(k <= n, f"K={k} clusters is larger than the number of images N={n}; lower num_clusters")
-    clock = StageClock(runner.device)
+    clock = StageClock(runner.device, log=runner.info)
     model = model.to(runner.device).eval()
     fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else dataset.base.fingerprint()
     poisons = None if manifest is None else hash_obj(manifest.attack, manifest.indexes, manifest.boxes)

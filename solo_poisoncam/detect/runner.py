@@ -8,6 +8,7 @@ every rank.
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, Optional
 
 import numpy as np
@@ -33,6 +34,11 @@ class Runner:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def info(self, message: str) -> None:
+        """One plain line on stderr (rank 0): each stage says when it is done, bars or not, TTY or not."""
+        if self.is_main:
+            print(f"[poisoncam] {message}", file=sys.stderr, flush=True)
 
     @property
     def amp(self) -> bool:
@@ -74,7 +80,7 @@ class Runner:
         subset = torch.utils.data.Subset(images, mine.tolist())
         loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         outs = []
-        for idx, x, _ in tqdm(loader, desc=desc, disable=not self.progress, leave=False):
+        for idx, x, _ in tqdm(loader, desc=desc, disable=not (self.progress and sys.stderr.isatty()), leave=False):
             with torch.autocast(self.device.type, enabled=self.amp):
                 y = fn(idx.to(self.device), x.to(self.device, non_blocking=True))
             outs.append(y.float().cpu() if y.is_floating_point() else y.cpu())
