@@ -156,7 +156,8 @@ def solo_view_spec(cfg: DictConfig, dataset=None) -> Dict[str, Any]:
     data = cfg.data
     whole = not (data.fraction and 0 < float(data.fraction) < 1)
     if data.format == "image_folder" and not data.no_labels and data.dataset in ("custom", "imagenet", "imagenet100"):
-        spec = {"name": "folder", "split": "train", "root": str(data.train_path), "size": None}
+        # absolute: the manifest must rebuild from any working directory (the fingerprint holds relative names)
+        spec = {"name": "folder", "split": "train", "root": str(Path(data.train_path).resolve()), "size": None}
         if not whole:
             if dataset is None or not hasattr(dataset, "samples"):
                 raise PoisonCamError("a data.fraction subset needs the dataset solo built to list its files")
