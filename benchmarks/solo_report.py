@@ -1,13 +1,13 @@
 """Summarise benchmarks/solo_real_run.sh: the +detect hook beside `poisoncam detect` on the same
 checkpoint, the solo-trained cluster head beside the default head, main_linear's clean accuracy and
-ASR. Writes benchmarks/results/solo-learn-run.md and .json.
+ASR (the saved linear head evaluated on the clean and the patched val folders). Writes
+benchmarks/results/solo-learn-run.md and .json.
 
     python benchmarks/solo_report.py OUT
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -23,10 +23,30 @@ def _seconds(log: Path):
     return float(t.read_text().split()[0]) if t.is_file() else None
 
 
-def _last_metric(log: Path, name: str):
-    """The last value of ``name=...`` that Lightning's progress bar printed (no logger without W&B)."""
-    found = re.findall(rf"{name}=([0-9.]+)", log.read_text(errors="replace")) if log.is_file() else []
-    return float(found[-1]) if found else None
+def linear_accuracy(ckpt: Path, folder: Path, mean, std) -> float:
+    """Top-1 of the backbone + linear classifier that main_linear.py saved, on an ImageFolder at its
+    own size with the data's statistics (the pipeline the plugin gave main_linear; without W&B solo
+    logs its val_acc1 nowhere). Class indexes: the folders present, as torchvision numbers them."""
+    import torch
+    from torchvision import datasets, transforms
+
+    from solo_poisoncam.models.backbones import create_backbone
+    from solo_poisoncam.models.threat_model import load_backbone_state, read_run_config
+
+    cfg = read_run_config(ckpt)
+    backbone = create_backbone(cfg["backbone"]["name"])
+    load_backbone_state(backbone, ckpt)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    head = torch.nn.Linear(state["classifier.weight"].shape[1], state["classifier.weight"].shape[0])
+    head.load_state_dict({"weight": state["classifier.weight"], "bias": state["classifier.bias"]})
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(folder), tf), batch_size=512)
+    right = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            right += int((head(backbone.eval()(x)).argmax(1) == y).sum())
+            total += len(y)
+    return right / total
 
 
 def main(argv=None) -> int:
@@ -54,11 +74,13 @@ def main(argv=None) -> int:
                 f"{pct(m['knn_asr_patched'])} ({pct(m['knn_asr_control'])})",
                 f"{pct(m['probe_asr_patched'])} ({pct(m['probe_asr_control'])})", pct(m["probe_clean_acc1"])]
                for view, m in (("threat model", t), ("random-init reference", r))]
-    lin = {"clean val_acc1": _last_metric(out / "linear-clean.log", "val_acc1"),
-           "ASR (val_acc1 on the patched val, all filed as the target class)": _last_metric(out / "linear-patched.log",
-                                                                                          "val_acc1")}
+    lin_ckpt = sorted((out / "trained_models" / "linear").glob("*/byol-linear-clean-*.ckpt"))[-1]
+    mean, std = [0.219] * 3, [0.3318] * 3  # zoo_configs/linear/fashion-mnist: data.mean / data.std
+    lin = {"clean top-1 (2,000 val images)": linear_accuracy(lin_ckpt, out / "fmnist32" / "val", mean, std),
+           "ASR (1,800 patched non-target val images predicted as the target)":
+               linear_accuracy(lin_ckpt, out / "patched-val", mean, std)}
     times = {step: _seconds(out / f"{step}.log") for step in
-             ("pretrain", "cli-detect", "cluster-head", "head-detect", "linear-clean", "linear-patched")}
+             ("pretrain", "cli-detect", "cluster-head", "head-detect", "linear-clean")}
     tables = {
         "Backdoor strength of the solo-learn threat model (the hook's backdoor check)":
             f"verdict: learned={bd['learned']}, criteria {bd['criteria']}, targeted={bd['targeted']}\n\n"
