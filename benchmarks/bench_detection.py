@@ -3,6 +3,7 @@
     python benchmarks/bench_detection.py --quick              # CPU: Fashion-MNIST, small
     python benchmarks/bench_detection.py                      # full: meant for a GPU
     python benchmarks/bench_detection.py --settings patch-0.5 --seeds 0 1 2 --downstream
+    python benchmarks/bench_detection.py --quick --settings cifar-patch-1.0 --data PATH/cifar10_subset.npz
 
 Each (setting, seed) is one run folder of the chain (poison -> threat model -> backdoor check ->
 detect -> [retrain -> evaluate]); folders are reused, so an interrupted benchmark resumes.
@@ -32,6 +33,12 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     "simclr-patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}, "pretrain": {"method": "simclr"}},
     "simsiam-patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}, "pretrain": {"method": "simsiam"}},
     "clean": {},
+    # colour photographs (--data: a CIFAR-style .npz); the threat model of benchmarks/results/recipe-cifar10.md's
+    # strongest recipe: BYOL cnn_small 20 epochs, 12 px patch on 100% / 50% of class 2 (cluster-level backdoor)
+    "cifar-patch-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                        "poison": {"attack": "patch", "size": 12, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},
+    "cifar-patch-0.5": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                        "poison": {"attack": "patch", "size": 12, "rate": 0.5, "target": 2}, "pretrain": {"epochs": 20}},
 }
 QUICK = {"data": {"num_samples": 5000}, "pretrain": {"epochs": 5, "batch_size": 256},
          "detect": {"settings": {"classifier": {"models": 2, "iters": 500}}},
@@ -146,7 +153,13 @@ def main() -> int:
     p.add_argument("--downstream", action="store_true", help="also retrain on kept sets and evaluate (slower)")
     p.add_argument("--root", default="runs/bench", help="run folders (reused: the benchmark resumes)")
     p.add_argument("--name", default=None, help="results file name (default detection-<scale>: quick, demo or full)")
+    p.add_argument("--data", default=None, help="the .npz file of the cifar-* settings (CIFAR-style arrays)")
     args = p.parse_args()
+    colour = [s for s in args.settings if s.startswith("cifar-")]
+    if colour and (args.data is None or not Path(args.data).is_file()):
+        p.error(f"{', '.join(colour)} need --data PATH.npz (a CIFAR-style .npz file); got {args.data}")
+    for s in colour:
+        SETTINGS[s] = deep_merge(SETTINGS[s], {"data": {"root": str(Path(args.data).resolve())}})
     scale = "demo" if args.demo_scale else ("quick" if args.quick else "full")
     base = {"demo": {}, "quick": QUICK, "full": FULL}[scale]
     env = environment()

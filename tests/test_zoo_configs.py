@@ -83,3 +83,23 @@ def test_a_missing_group_fails_composition(tmp_path):
     (tmp_path / "byol.yaml").write_text(src)  # no wandb/ group beside it
     with pytest.raises(Exception, match="wandb/private"):
         _compose(tmp_path / "byol.yaml")
+
+
+RUNS = sorted((ZOO / "run").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RUNS, ids=lambda p: p.stem)
+def test_run_configs_load(path, tmp_path):
+    from solo_poisoncam import PoisonCamError
+    from solo_poisoncam.pipeline.config import load_run_config
+    from solo_poisoncam.pipeline.run import PRETRAIN_OPTIONAL
+
+    if "???" in path.read_text():  # a path the user must give
+        with pytest.raises(PoisonCamError, match="(?s)Missing mandatory value.*data.root"):
+            load_run_config(str(path))
+        cfg = load_run_config(str(path), overrides=[f"data.root={tmp_path / 'x.npz'}"])
+    else:
+        cfg = load_run_config(str(path))
+    assert cfg["name"] == path.stem
+    extra = set(cfg["pretrain"]) - {"method", "backbone", "epochs", "batch_size", "lr", "wandb", "method_kwargs"}
+    assert extra <= set(PRETRAIN_OPTIONAL)

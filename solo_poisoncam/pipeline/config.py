@@ -33,9 +33,9 @@ def load_run_config(path: Optional[str] = None, overrides: Sequence[str] = (), q
             cfg = OmegaConf.merge(cfg, cfg.quick)
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        out = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # a ??? the user must fill
     except OmegaConfBaseException as e:
         raise PoisonCamError(f"bad run config: {e}") from e
-    out = OmegaConf.to_container(cfg, resolve=True)
     out.pop("quick", None)
     out["quick"] = bool(quick)
     check(set(out["detect"]["methods"]) <= {"poisoncam", "patchsearch"},
