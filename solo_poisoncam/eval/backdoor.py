@@ -205,7 +205,7 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
     if path.is_file():
         try:
             old = read_json(path)
-            if old.get("key") == key:
+            if hash_obj(old.get("key")) == hash_obj(key):  # as JSON: lists and tuples alike
                 return old
         except ValueError:
             pass

@@ -33,6 +33,11 @@ PRETRAIN_OPTIONAL = ("backbone_kwargs", "weight_decay", "scheduler", "warmup_epo
                      "blur_p", "image_size")
 
 
+def _finished(path: Path, key: Dict[str, Any]) -> bool:
+    """A stage's output exists and was made under ``key`` (compared as JSON: tuples come back as lists)."""
+    return path.is_file() and hash_obj(read_json(path).get("key")) == hash_obj(key)
+
+
 def data_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
     d = dict(cfg["data"])
     return {"name": d.pop("dataset"), "split": "train", **d}
@@ -118,7 +123,7 @@ class Chain:
         dcfg = self.detect_config(method)
         # the resolved settings (defaults included) and the stage version: a changed default reruns
         key = {"ckpt": hash_file(ckpt), "settings": dcfg.to_dict(), "v": STAGE_VERSION}
-        if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:
+        if _finished(folder / "metrics.json", key):
             return read_json(folder / "metrics.json")
         m = PoisonManifest.load(self.out / "poison")
         data = PoisonedDataset.from_manifest(m)
@@ -152,7 +157,7 @@ class Chain:
         folder = self.out / f"eval-{name}"
         e = self.cfg["eval"]
         key = {"ckpt": hash_file(ckpt), "eval": e, "seed": self.cfg["seed"]}
-        if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:
+        if _finished(folder / "metrics.json", key):
             return read_json(folder / "metrics.json")
         m = PoisonManifest.load(self.out / "poison")
         train = dataset_from_spec(data_spec(self.cfg))
