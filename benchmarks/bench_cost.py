@@ -73,7 +73,7 @@ def pure_forward_seconds(model, head, count: int, side: int, chunk: int, device)
 def one(backbone: str, side: int, n: int, stride: float, device, forward_batch: int) -> Dict[str, Any]:
     from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.pipeline import build_masks, run_detection
-    from solo_poisoncam.detect.runner import Runner
+    from solo_poisoncam.engine.runner import Runner
 
     model = threat_model(backbone, side, device)
     ds = data(n, side)
@@ -99,7 +99,7 @@ def versus(backbone: str, side: int, n: int, device, forward_batch: int) -> Dict
     """Both detectors at their defaults up to the poison score (no classifier), same model and images."""
     from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.pipeline import run_detection
-    from solo_poisoncam.detect.runner import Runner
+    from solo_poisoncam.engine.runner import Runner
 
     model = threat_model(backbone, side, device)
     ds = data(n, side)

@@ -74,9 +74,9 @@ def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, downstrea
 def run_clean(chain) -> Dict[str, Any]:
     """Unpoisoned data: train on it, detect without ground truth, count what each defence removes."""
     from solo_poisoncam.data import dataset_from_spec
-    from solo_poisoncam.detect.cache import StageCache
     from solo_poisoncam.detect.pipeline import run_detection
-    from solo_poisoncam.detect.runner import Runner
+    from solo_poisoncam.engine.cache import StageCache
+    from solo_poisoncam.engine.runner import Runner
     from solo_poisoncam.models.threat_model import load_threat_model
     from solo_poisoncam.pipeline.run import data_spec
 

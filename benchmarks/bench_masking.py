@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from solo_poisoncam.detect.masks import apply_masks, rise_masks
+from solo_poisoncam.ops.masks import apply_masks, rise_masks
 
 # (image size, batch, masks per image, RISE grid)
 FULL = [(32, 64, 100, 4), (224, 8, 50, 7)]

@@ -29,6 +29,13 @@ def check_shape(x: torch.Tensor, dims: Sequence[str], name: str = "input") -> No
             raise PoisonCamError(f"{name} must have shape ({', '.join(dims)}), got {tuple(x.shape)}")
 
 
+def check_pair(v, name: str):
+    """An int or an (h, w) pair as a pair of positive ints."""
+    pair = (int(v), int(v)) if isinstance(v, (int, float)) else tuple(int(t) for t in v)
+    check(len(pair) == 2 and min(pair) >= 1, f"{name} must be a positive int or (h, w) pair, got {v}")
+    return pair
+
+
 def check_rate(rate: float, name: str = "rate") -> float:
     """A poisoning rate must lie in (0, 1]."""
     rate = float(rate)

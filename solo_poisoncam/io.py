@@ -53,6 +53,18 @@ def read_json(path: PathLike) -> Any:
         return json.load(f)
 
 
+def read_indexes(path: PathLike):
+    """Dataset indexes from a text file, one integer per line (kept.txt / removed.txt)."""
+    from solo_poisoncam.checks import PoisonCamError, check
+
+    p = Path(path)
+    check(p.is_file(), f"index file '{path}' does not exist")
+    try:
+        return [int(line) for line in p.read_text().split()]
+    except ValueError as e:
+        raise PoisonCamError(f"'{path}' must hold one integer index per line: {e}") from e
+
+
 def write_lines(path: PathLike, values) -> Path:
     return write_text(path, "".join(f"{v}\n" for v in values))
 

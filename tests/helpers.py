@@ -79,10 +79,11 @@ def detection_worker(rank_unused, cfg_dict, num_samples):
     """Runs detection inside a DDP process group (Fabric ddp_spawn); module-level so it pickles."""
     from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.pipeline import run_detection
-    from solo_poisoncam.detect.runner import Runner
+    from solo_poisoncam.engine.runner import Runner
+    from solo_poisoncam.eval.detection import score_detection
 
     data, manifest = poisoned_fashion_mnist(num_samples)
     runner = Runner(progress=False)
-    result = run_detection(SaturationNet(), data, DetectConfig.from_dict(cfg_dict), runner, manifest=manifest)
+    result = score_detection(run_detection(SaturationNet(), data, DetectConfig.from_dict(cfg_dict), runner), manifest)
     return {"world": runner.world_size, "scores": result.scores, "windows": result.windows,
             "clusters": result.clusters, "metrics": result.metrics}

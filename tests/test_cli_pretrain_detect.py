@@ -86,6 +86,10 @@ def test_detect_writes_every_output(trained, capsys, tmp_path):
     assert rc == 0
     line = capsys.readouterr().out
     assert line.startswith("poisoncam: removed") and "backdoor" in line
+    # the backdoor report lands in --out, and nothing new is written beside the checkpoint
+    before = (root / "tm" / "backdoor.json").stat().st_mtime_ns
+    assert json.loads((out / "backdoor.json").read_text())["settings"]["val_split"] == "test"
+    assert (root / "tm" / "backdoor.json").stat().st_mtime_ns == before
     doc = json.loads((out / "metrics.json").read_text())
     m = doc["metrics"]
     assert m["num_poisons"] == 15 and m["num_samples"] == 300
@@ -135,4 +139,11 @@ def test_detect_bad_inputs_one_error_nothing_written(trained, tmp_path, capsys):
     (bad / "args.json").write_text(json.dumps(args))
     rc = main(["detect", "--ckpt", str(bad / "x.ckpt"), "--manifest", man, "--out", str(tmp_path / "out"), "--quiet"])
     assert rc == 2 and "does not match the backbone" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # a truncated checkpoint file
+    (bad / "args.json").write_text((root / "tm" / "args.json").read_text())
+    (bad / "x.ckpt").write_bytes(ckpt.read_bytes()[:1000])
+    rc = main(["detect", "--ckpt", str(bad / "x.ckpt"), "--manifest", man, "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is truncated or not a PyTorch checkpoint" in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()

@@ -46,17 +46,23 @@ def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(run_module.Chain, "detect", counting_detect)
     monkeypatch.setattr(run_module.Chain, "retrain", interrupted_retrain)
-    with pytest.raises(KeyboardInterrupt):
-        main(["run", "--out", str(out), "--quiet"] + TINY)
+    assert main(["run", "--out", str(out), "--quiet"] + TINY) == 130  # Ctrl-C: one line, exit 130
+    assert "poisoncam run: interrupted; kept: finished stages in" in capsys.readouterr().err
     assert (out / "threat" / "args.json").is_file() and (out / "detect-poisoncam" / "metrics.json").is_file()
+    # poisoncam detected, then its retraining was interrupted: patchsearch never started
     assert calls["detect"] == 1 and not (out / "report.html").exists()
+    assert not (out / "detect-patchsearch").exists()
     ckpt_mtime = next((out / "threat").glob("*-ep=0.ckpt")).stat().st_mtime
+    detect_mtime = (out / "detect-poisoncam" / "metrics.json").stat().st_mtime_ns
     monkeypatch.undo()
     monkeypatch.setattr(run_module.Chain, "detect", counting_detect)
     capsys.readouterr()
     assert main(["run", "--out", str(out), "--quiet"] + TINY) == 0
-    # resumed: the threat model and the first detection were reused, the rest ran
+    # resumed: the threat model and the first detection were reused (read back, not rewritten), the rest ran
     assert next((out / "threat").glob("*-ep=0.ckpt")).stat().st_mtime == ckpt_mtime
+    assert calls["detect"] == 1 + 2  # asked again for both methods
+    assert (out / "detect-poisoncam" / "metrics.json").stat().st_mtime_ns == detect_mtime
+    assert (out / "detect-patchsearch" / "metrics.json").is_file() and (out / "retrain-poisoncam").is_dir()
     stdout = capsys.readouterr().out
     assert "method" in stdout and "poisoncam" in stdout and "patchsearch" in stdout and "report:" in stdout
     results = json.loads((out / "results.json").read_text())

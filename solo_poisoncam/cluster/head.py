@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from solo_poisoncam.cluster.kmeans import assign
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.masks import apply_masks
-from solo_poisoncam.detect.occlusion import box_masks, random_occlusion_boxes
-from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.losses.cluster_head import cluster_head_loss_func
 from solo_poisoncam.models.heads import CosineClusterHead
+from solo_poisoncam.ops.masks import apply_masks
+from solo_poisoncam.ops.occlusion import box_masks, random_occlusion_boxes
 
 
 @torch.no_grad()
@@ -36,6 +36,17 @@ def occluded_features(model: torch.nn.Module, images: IndexedImages, boxes: torc
         return F.normalize(model(apply_masks(x, m[:, None], fill=fill_dev)).float(), dim=1)
 
     return runner.map_images(fn, images, batch_size=batch_size, desc="occluded features")
+
+
+def occluded_view_labels(feats: torch.Tensor, centroids: torch.Tensor, clean_labels: torch.Tensor,
+                         relabel: bool = True) -> torch.Tensor:
+    """The pseudo-label of an occluded view (the detector's head fitting and solo's ``cluster_head``
+    alike): its own nearest centroid with ``relabel``, not its clean image's cluster. Hiding a
+    trigger must be allowed to move a poisoned image out of the poison cluster, or the head learns
+    to ignore the trigger."""
+    if relabel:
+        return assign(feats.detach().float(), centroids.to(feats.device))[0].long()
+    return clean_labels.long()
 
 
 def train_head_on_banks(head: CosineClusterHead, banks: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
@@ -60,7 +71,7 @@ def fit_cluster_head(model: torch.nn.Module, images: IndexedImages, features: to
                      epochs: int = 2, steps: int = 200, lr: float = 1e-2,
                      occlusion_area: Tuple[float, float] = (0.02, 0.25), occlusion_p: float = 0.5,
                      seed: int = 0, batch_size: int = 512, relabel: bool = True) -> CosineClusterHead:
-    """The clustering model of DESIGN.md step 2: centroid-initialised cosine head, fine-tuned.
+    """The clustering model of docs/design.md, method step 2: centroid-initialised cosine head, fine-tuned.
 
     ``epochs=0`` returns the head at its k-means initialisation.
     """
@@ -75,9 +86,7 @@ def fit_cluster_head(model: torch.nn.Module, images: IndexedImages, features: to
         boxes = random_occlusion_boxes(n_total, s, s, occlusion_area, occlusion_p, generator=g)
         bank = occluded_features(model, images, boxes, fill, runner, batch_size)
         banks.append(bank)
-        # the occluded view's own nearest centroid, not the clean image's: hiding a trigger must be
-        # allowed to move a poisoned image out of the poison cluster, or the head learns to ignore it
-        labels.append(assign(bank, centroids.cpu())[0].long() if relabel else assignments.cpu().long())
+        labels.append(occluded_view_labels(bank, centroids.cpu(), assignments.cpu(), relabel))
     return train_head_on_banks(head, banks, labels, steps=steps, lr=lr, seed=seed)
 
 

@@ -85,11 +85,11 @@ def resolve_data(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from solo_poisoncam.detect.cache import StageCache
     from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.outputs import summary_line, write_detection_outputs
     from solo_poisoncam.detect.pipeline import run_detection
-    from solo_poisoncam.detect.runner import Runner
+    from solo_poisoncam.engine.cache import StageCache
+    from solo_poisoncam.engine.runner import Runner
     from solo_poisoncam.models.threat_model import load_threat_model
 
     cfg = DetectConfig.from_dict(config_overrides(args))
@@ -106,7 +106,11 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(device, progress=not args.quiet)
     out = Path(args.out)
     cache = StageCache(args.cache or out / "cache", enabled=not args.no_cache, runner=runner)
-    result = run_detection(model, dataset, cfg, runner, cache, manifest)
+    result = run_detection(model, dataset, cfg, runner, cache)
+    if manifest is not None:
+        from solo_poisoncam.eval.detection import score_detection
+
+        score_detection(result, manifest)
     extra = {"checkpoint": str(Path(args.ckpt).resolve()),
              "manifest": str(Path(args.manifest).resolve()) if args.manifest else None}
     if manifest is not None and not args.no_backdoor_check:

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from solo_poisoncam.data import build_dataset, dataset_from_spec
-    from solo_poisoncam.detect.runner import Runner
+    from solo_poisoncam.engine.runner import Runner
     from solo_poisoncam.eval.downstream import evaluate_backbone
     from solo_poisoncam.io import write_json
     from solo_poisoncam.models.threat_model import load_threat_model

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from solo_poisoncam.checks import PoisonCamError, check
 from solo_poisoncam.commands.common import add_dataset_arguments, dataset_kwargs
+from solo_poisoncam.io import read_indexes
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,16 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def read_indexes(path: str):
-    """Dataset indexes from a text file, one integer per line (kept.txt / removed.txt)."""
-    p = Path(path)
-    check(p.is_file(), f"index file '{path}' does not exist")
-    try:
-        return [int(line) for line in p.read_text().split()]
-    except ValueError as e:
-        raise PoisonCamError(f"'{path}' must hold one integer index per line: {e}") from e
-
-
 def run(args: argparse.Namespace) -> int:
     from solo_poisoncam.ssl import PretrainConfig, pretrain
 
@@ -72,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
     ckpt = pretrain(cfg)
     line = f"trained {args.method}/{args.backbone} for {args.epochs} epochs -> {ckpt}"
     if args.poison is not None and not args.no_backdoor_check:
-        from solo_poisoncam.detect.runner import Runner
-        from solo_poisoncam.eval.backdoor import backdoor_report, describe_verdict, format_backdoor
+        from solo_poisoncam.engine.runner import Runner
+        from solo_poisoncam.eval.backdoor import (
+            backdoor_report,
+            describe_verdict,
+            format_backdoor,
+        )
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 

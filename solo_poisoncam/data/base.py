@@ -112,6 +112,10 @@ class FolderImageDataset(ImageDataset):
                 if p.suffix.lower() in self.EXTENSIONS:
                     samples.append((str(p), c))
         check(len(samples) > 0, f"image folder '{root}' contains no images")
+        counts = np.bincount([c for _, c in samples], minlength=len(self.classes))
+        empty = [cls for cls, n in zip(self.classes, counts) if n == 0]
+        check(not empty, f"image folder '{root}': class folder(s) {empty} hold no images; remove them or add images "
+                         "(an empty folder still counts as a class, and sets the default number of clusters)")
         self.root = str(root_path)
         self.samples = samples
         self.targets = np.array([c for _, c in samples], dtype=np.int64)

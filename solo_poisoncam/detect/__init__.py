@@ -1,15 +1,11 @@
-"""Detection: cluster activation masking, candidate trigger windows, poison scores.
+"""Detection: cluster activation masking, candidate trigger windows, poison scores (mask ops: ``solo_poisoncam.ops``).
 
 Import-light: the submodules (and kornia) load on first use of a name listed here.
 """
 
 from importlib import import_module
 
-_LAZY = {
-    "rise_masks": "masks", "occlusion_masks": "masks", "fill_values": "masks", "apply_masks": "masks",
-    "ApplyMasks": "masks", "activation_map": "masks",
-    "max_sum_window": "window", "paste_patches": "window", "crop_boxes": "window",
-}
+_LAZY = {"max_sum_window": "window", "paste_patches": "window", "crop_boxes": "window"}
 
 __all__ = sorted(_LAZY)
 

@@ -1,4 +1,4 @@
-"""Cluster activation masking (PoisonCAM, DESIGN.md steps 3-5).
+"""Cluster activation masking (PoisonCAM, docs/design.md, method steps 3-5).
 
 For every image: its cluster c under the cluster head and activation a_c(x) = p(c | x); the drop
 of a_c under each of M masks (all masked copies of a batch made in one broadcast and forwarded
@@ -16,10 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.masks import activation_map, apply_masks
-from solo_poisoncam.detect.occlusion import box_masks
-from solo_poisoncam.detect.runner import Runner
 from solo_poisoncam.detect.window import best_window, max_sum_window
+from solo_poisoncam.engine.runner import Runner
+from solo_poisoncam.ops.masks import activation_map, apply_masks
+from solo_poisoncam.ops.occlusion import box_masks
 from solo_poisoncam.timing import StageClock
 
 

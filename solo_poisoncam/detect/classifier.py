@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.runner import Runner
 from solo_poisoncam.detect.window import crop_boxes, paste_patches
+from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.models.backbones import ConvNet
 from solo_poisoncam.ssl.augment import color_jitter, random_resized_crop
 

@@ -16,23 +16,45 @@ from solo_poisoncam.checks import check
 from solo_poisoncam.cluster import kmeans
 from solo_poisoncam.cluster.head import fit_cluster_head, load_cluster_head
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.cache import StageCache
-from solo_poisoncam.detect.cam import (CamResult, ClusterActivation, cluster_activation_masking, refine_windows,
-                                       window_sizes)
+from solo_poisoncam.detect.cam import (
+    CamResult,
+    ClusterActivation,
+    cluster_activation_masking,
+    refine_windows,
+    window_sizes,
+)
 from solo_poisoncam.detect.classifier import poison_classifier
 from solo_poisoncam.detect.config import DetectConfig
-from solo_poisoncam.detect.features import extract_features
 from solo_poisoncam.detect.flip import flip_scores, flip_set
-from solo_poisoncam.detect.masks import occlusion_masks, rise_masks
 from solo_poisoncam.detect.patchsearch import gradcam_windows, iterative_search
-from solo_poisoncam.detect.runner import Runner
-from solo_poisoncam.eval.metrics import detection_metrics, localisation_metrics
+from solo_poisoncam.engine.cache import StageCache
+from solo_poisoncam.engine.features import extract_features
+from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.io import hash_file, hash_obj
 from solo_poisoncam.models.heads import CosineClusterHead
-from solo_poisoncam.poison import PoisonManifest
+from solo_poisoncam.ops.masks import occlusion_masks, rise_masks
 from solo_poisoncam.timing import StageClock
 
-STAGE_VERSION = 2  # bump when a stage's computation changes, so old caches are never reused
+# every module whose code computes a cached stage (features, clusters, head, maps, windows, scores,
+# classifier): their source is part of every cache key, so a code change never reuses a stale cache
+STAGE_SOURCES = ("detect", "cluster", "ops", "engine/features.py", "models/heads.py", "data/indexed.py")
+
+
+def stage_version() -> str:
+    """A hash of this package's version and the source of :data:`STAGE_SOURCES`."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256(__version__.encode())
+    for entry in STAGE_SOURCES:
+        path = root / entry
+        for f in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+STAGE_VERSION = stage_version()
 
 
 @dataclass
@@ -46,9 +68,10 @@ class DetectionResult:
     removed: np.ndarray
     scored: np.ndarray
     probability: Optional[np.ndarray]
-    true_boxes: Optional[np.ndarray]            # (P, 4) true boxes of the poisoned positions, in input pixels
-    is_poison: Optional[np.ndarray] = None      # (N,) ground truth, when a manifest was given
+    true_boxes: Optional[np.ndarray]            # (P, 4) true boxes of the poisoned positions (set by eval.detection)
+    is_poison: Optional[np.ndarray] = None      # (N,) ground truth, set by eval.detection.score_detection
     head_state: Optional[Dict[str, torch.Tensor]] = None  # the cluster head, for re-masking a few images
+    side: int = 0                               # the model's input side: windows are in these pixels
     metrics: Dict[str, Any] = field(default_factory=dict)
     timings: Dict[str, Any] = field(default_factory=dict)
     config: Dict[str, Any] = field(default_factory=dict)
@@ -75,15 +98,6 @@ def fill_value(cfg: DetectConfig, model: torch.nn.Module):
     return "blur"
 
 
-def true_boxes_in_input(manifest: PoisonManifest, side: int) -> Dict[int, np.ndarray]:
-    """Manifest boxes mapped to the S x S model input (images are resized to S x S)."""
-    out = {}
-    for i, b, (w, h) in zip(manifest.indexes, manifest.boxes, manifest.image_sizes):
-        sx, sy = side / w, side / h
-        out[int(i)] = np.array([b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy])
-    return out
-
-
 def _checkpoint_id(model) -> str:
     """The checkpoint's content hash (a re-trained file at the same path is another model)."""
     path = getattr(model, "checkpoint", "")
@@ -91,29 +105,29 @@ def _checkpoint_id(model) -> str:
 
 
 def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = None,
-                  cache: Optional[StageCache] = None, manifest: Optional[PoisonManifest] = None,
-                  progress: bool = True) -> DetectionResult:
+                  cache: Optional[StageCache] = None, progress: bool = True) -> DetectionResult:
     """Detect poisoned images in ``dataset`` with the frozen threat model ``model``.
 
-    With a ``manifest`` (ground truth) the result carries the detection and localisation metrics
-    of DESIGN.md; without one, everything else.
+    Predictions only: the detector never sees ground truth. Score a result against a manifest
+    with :func:`solo_poisoncam.eval.detection.score_detection` (docs/design.md, Metrics).
     """
     runner = runner or Runner(progress=progress)
     started = time.perf_counter()
     check(len(dataset) > 0, "the dataset is empty")
-    if manifest is not None:
-        manifest.check_matches(dataset.base if hasattr(dataset, "base") else dataset)
     side = model.image_size or min(dataset.image_size(0))
     images = IndexedImages(dataset, size=side)
     n = len(images)
-    num_classes = len(getattr(dataset, "classes", [])) or 10
-    k = cfg.num_clusters or 10 * num_classes
+    classes = [c for c in getattr(dataset, "classes", []) if c != "unlabelled"]  # solo's no_labels pseudo-class
+    check(cfg.num_clusters is not None or len(classes) > 1,
+          "unlabelled data: set num_clusters (K), e.g. about 10 x the number of classes you expect "
+          "(PatchSearch uses 1000 on ImageNet-100); the default 10 x classes needs class labels")
+    k = cfg.num_clusters or 10 * len(classes)
     check(k <= n, f"K={k} clusters is larger than the number of images N={n}; lower num_clusters")
     clock = StageClock(runner.device, log=runner.info)
     model = model.to(runner.device).eval()
-    fp = dataset.fingerprint() if hasattr(dataset, "fingerprint") else dataset.base.fingerprint()
-    poisons = None if manifest is None else hash_obj(manifest.attack, manifest.indexes, manifest.boxes)
-    key: Dict[str, Any] = {"v": STAGE_VERSION, "ckpt": _checkpoint_id(model), "data": fp, "poisons": poisons, "side": side}
+    # the data's content: a poisoned set's fingerprint covers its poisons (PoisonedDataset.fingerprint)
+    key: Dict[str, Any] = {"v": STAGE_VERSION, "ckpt": _checkpoint_id(model), "data": dataset.fingerprint(),
+                           "side": side}
     cache = cache or StageCache("", enabled=False)
     cache.runner = cache.runner or runner
 
@@ -145,11 +159,10 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
 
     result = DetectionResult(indexes=images.indexes.copy(), scores=scores, windows=windows, clusters=clusters,
                              removed=removed, scored=scored, probability=probability, true_boxes=None,
-                             config={**cfg.to_dict(), "head_temperature": temperature}, head_state=head_state)
+                             config={**cfg.to_dict(), "head_temperature": temperature}, head_state=head_state,
+                             side=side)
     result.timings = _timings(clock, runner, cache, n, side)
     result.timings["total_s"] = round(time.perf_counter() - started, 3)
-    if manifest is not None:
-        _ground_truth_metrics(result, manifest, side, cfg)
     result.metrics["num_removed"] = int(removed.sum())
     result.metrics["num_samples"] = n
     return result
@@ -294,21 +307,3 @@ def _timings(clock: StageClock, runner: Runner, cache: StageCache, n: int, side:
     return t
 
 
-def _ground_truth_metrics(result: DetectionResult, manifest: PoisonManifest, side: int, cfg: DetectConfig) -> None:
-    is_poison = manifest.is_poison()[result.indexes]
-    m = detection_metrics(is_poison, result.removed, result.scores)
-    boxes = true_boxes_in_input(manifest, side)
-    pos = np.flatnonzero(is_poison)
-    true = np.array([boxes[int(result.indexes[j])] for j in pos]).reshape(-1, 4)
-    result.true_boxes = true
-    result.is_poison = is_poison
-    m["localisation_all"] = localisation_metrics(result.windows[pos], true)
-    order = np.argsort(-result.scores, kind="stable")
-    for k in (20, 100):
-        top = order[:k]
-        top_pos = top[is_poison[top]]
-        tb = np.array([boxes[int(result.indexes[j])] for j in top_pos]).reshape(-1, 4)
-        m[f"localisation_top{k}"] = localisation_metrics(result.windows[top_pos], tb)
-    m["trigger_detection_accuracy"] = m["localisation_all"]["trigger_detection_accuracy"]
-    m["scored_poisons"] = int((result.scored & is_poison).sum())
-    result.metrics.update(m)

@@ -10,14 +10,7 @@ from typing import Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from solo_poisoncam.checks import check, check_shape
-
-
-def _size_pair(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    """An int or an (h, w) pair as a pair of positive ints."""
-    pair = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
-    check(len(pair) == 2 and min(pair) >= 1, f"window size must be a positive int or (h, w) pair, got {size}")
-    return pair
+from solo_poisoncam.checks import check, check_pair, check_shape
 
 
 def max_sum_window(maps: torch.Tensor, size: Union[int, Sequence[int]]) -> torch.Tensor:
@@ -39,7 +32,7 @@ def max_sum_window(maps: torch.Tensor, size: Union[int, Sequence[int]]) -> torch
     """
     check_shape(maps, ["B", "H", "W"], "maps")
     b, height, width = maps.shape
-    h, w = _size_pair(size)
+    h, w = check_pair(size, "window size")
     check(h <= height and w <= width, f"window {h}x{w} is larger than the map {height}x{width}")
     sums = _window_sums(maps, h, w)  # (B, H-h+1, W-w+1)
     out_w = width - w + 1

@@ -1,4 +1,4 @@
-"""Backdoor strength: did the attack take? The precondition of every detection number (DESIGN.md, Metrics).
+"""Backdoor strength: did the attack take? The precondition of every detection number (docs/design.md, Metrics).
 
 Three views, each for the patched (true trigger) and the control (same-size random-colour patch)
 evaluation images, for the threat model and a random-init reference of the same architecture:
@@ -22,8 +22,8 @@ import torch
 from solo_poisoncam.cluster import assign, kmeans
 from solo_poisoncam.data.base import ImageDataset
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.features import extract_features
-from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.engine.features import extract_features
+from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.knn import knn_predict
 from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
 from solo_poisoncam.eval.metrics import attack_metrics
@@ -205,7 +205,7 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
     if path.is_file():
         try:
             old = read_json(path)
-            if old.get("key") == key:
+            if hash_obj(old.get("key")) == hash_obj(key):  # as JSON: lists and tuples alike
                 return old
         except ValueError:
             pass

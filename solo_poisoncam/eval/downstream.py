@@ -13,8 +13,8 @@ import torch
 
 from solo_poisoncam.data.base import ImageDataset
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.features import extract_features
-from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.engine.features import extract_features
+from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.knn import knn_predict
 from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
 from solo_poisoncam.eval.metrics import attack_metrics

@@ -1,4 +1,4 @@
-"""Detection, localisation and attack metrics (exact definitions: DESIGN.md, Metrics).
+"""Detection, localisation and attack metrics (exact definitions: docs/design.md, Metrics).
 
 Every function accepts numpy arrays or torch tensors (CPU or CUDA) and returns plain Python
 numbers, ``None`` where a value is undefined (JSON null), so results go straight into a report.

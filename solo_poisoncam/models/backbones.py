@@ -19,7 +19,7 @@ class ConvNet(nn.Module):
     """A small CNN for CPU-sized SSL: conv-BN-ReLU blocks, stride 2 every other block, global pool.
 
     At 32x32 the default widths learn a patch backdoor with BYOL within minutes on 2 CPU cores
-    (notes/measured-on-cpu.md), where a CIFAR-stem ResNet-18 runs at ~23 img/s.
+    (benchmarks/results/detection-main.md), where a CIFAR-stem ResNet-18 runs at ~23 img/s.
     """
 
     def __init__(self, widths: Sequence[int] = (16, 32, 32, 64, 64, 128), in_chans: int = 3):

@@ -103,22 +103,31 @@ def build_run_backbone(cfg: Dict[str, Any]) -> nn.Module:
     return model
 
 
-def load_backbone_state(backbone: nn.Module, ckpt: PathLike, prefix: str = "backbone.") -> None:
+def load_backbone_state(backbone: nn.Module, ckpt: PathLike, prefix: str = "backbone.", name: Optional[str] = None) -> None:
+    """Load the ``prefix*`` weights of a built-in or solo-learn checkpoint into ``backbone``, exactly:
+    any missing, unexpected or differently shaped weight is refused, naming ``name`` when given."""
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PoisonCamError(f"cannot load checkpoint '{ckpt}': {e}") from e
+    except FileNotFoundError as e:
+        raise PoisonCamError(f"checkpoint '{ckpt}' does not exist") from e
+    except Exception as e:  # torch raises many types for a torn file
+        raise PoisonCamError(f"cannot load checkpoint '{ckpt}': the file is truncated or not a PyTorch checkpoint "
+                             f"({type(e).__name__}: {e})") from e
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     check(isinstance(state, dict), f"checkpoint '{ckpt}' holds no state_dict")
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    # built-in checkpoints written before feature_layer became an unregistered alias repeat the
+    # Grad-CAM layer as `feature_layer.*`: the same tensors again
+    sub = {k[len(prefix):]: v for k, v in state.items()
+           if k.startswith(prefix) and not k.startswith(prefix + "feature_layer.")}
     check(len(sub) > 0, f"checkpoint '{ckpt}' has no '{prefix}*' weights")
     own = backbone.state_dict()
     missing = [k for k in own if k not in sub]
     unexpected = [k for k in sub if k not in own]
     bad_shapes = [k for k, v in sub.items() if k in own and own[k].shape != v.shape]
     if missing or unexpected or bad_shapes:
+        what = f"the '{name}' backbone" if name else "the backbone"
         raise PoisonCamError(
-            f"checkpoint '{ckpt}' does not match the backbone: {len(missing)} missing (e.g. {missing[:2]}), "
+            f"checkpoint '{ckpt}' does not match {what}: {len(missing)} missing (e.g. {missing[:2]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}), {len(bad_shapes)} of another shape "
             f"(e.g. {bad_shapes[:2]})")
     backbone.load_state_dict(sub, strict=True)

@@ -33,6 +33,11 @@ PRETRAIN_OPTIONAL = ("backbone_kwargs", "weight_decay", "scheduler", "warmup_epo
                      "blur_p", "image_size")
 
 
+def _finished(path: Path, key: Dict[str, Any]) -> bool:
+    """A stage's output exists and was made under ``key`` (compared as JSON: tuples come back as lists)."""
+    return path.is_file() and hash_obj(read_json(path).get("key")) == hash_obj(key)
+
+
 def data_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
     d = dict(cfg["data"])
     return {"name": d.pop("dataset"), "split": "train", **d}
@@ -56,8 +61,8 @@ class Chain:
 
     # -- stages ---------------------------------------------------------------------------------
     def poison(self):
-        from solo_poisoncam.commands.poison import poison_dataset, write_poison_outputs
         from solo_poisoncam.poison import PoisonManifest
+        from solo_poisoncam.poison.outputs import poison_dataset, write_poison_outputs
 
         folder = self.out / "poison"
         p = self.cfg["poison"]
@@ -88,7 +93,7 @@ class Chain:
                                       progress=self.progress))
 
     def backdoor(self, ckpt):
-        from solo_poisoncam.detect.runner import Runner
+        from solo_poisoncam.engine.runner import Runner
         from solo_poisoncam.eval.backdoor import backdoor_report
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
@@ -106,10 +111,11 @@ class Chain:
 
     def detect(self, method: str, ckpt):
         from solo_poisoncam.data.indexed import IndexedImages
-        from solo_poisoncam.detect.cache import StageCache
         from solo_poisoncam.detect.outputs import write_detection_outputs
         from solo_poisoncam.detect.pipeline import STAGE_VERSION, run_detection
-        from solo_poisoncam.detect.runner import Runner
+        from solo_poisoncam.engine.cache import StageCache
+        from solo_poisoncam.engine.runner import Runner
+        from solo_poisoncam.eval.detection import score_detection
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
@@ -117,18 +123,19 @@ class Chain:
         dcfg = self.detect_config(method)
         # the resolved settings (defaults included) and the stage version: a changed default reruns
         key = {"ckpt": hash_file(ckpt), "settings": dcfg.to_dict(), "v": STAGE_VERSION}
-        if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:
+        if _finished(folder / "metrics.json", key):
             return read_json(folder / "metrics.json")
         m = PoisonManifest.load(self.out / "poison")
         data = PoisonedDataset.from_manifest(m)
         model = load_threat_model(ckpt)
-        result = run_detection(model, data, dcfg, Runner(progress=self.progress), StageCache(self.out / "cache"), m)
+        result = score_detection(run_detection(model, data, dcfg, Runner(progress=self.progress),
+                                               StageCache(self.out / "cache")), m)
         write_detection_outputs(result, folder, IndexedImages(data, size=model.image_size), model,
                                 {"key": key, "checkpoint": str(ckpt)})
         return read_json(folder / "metrics.json")
 
     def retrain(self, method: str):
-        from solo_poisoncam.commands.pretrain import read_indexes
+        from solo_poisoncam.io import read_indexes
         from solo_poisoncam.ssl import pretrain
 
         keep = read_indexes(self.out / f"detect-{method}" / "kept.txt")
@@ -142,7 +149,7 @@ class Chain:
 
     def evaluate(self, name: str, ckpt):
         from solo_poisoncam.data import dataset_from_spec
-        from solo_poisoncam.detect.runner import Runner
+        from solo_poisoncam.engine.runner import Runner
         from solo_poisoncam.eval.downstream import evaluate_backbone
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonManifest, build_attack
@@ -150,7 +157,7 @@ class Chain:
         folder = self.out / f"eval-{name}"
         e = self.cfg["eval"]
         key = {"ckpt": hash_file(ckpt), "eval": e, "seed": self.cfg["seed"]}
-        if (folder / "metrics.json").is_file() and read_json(folder / "metrics.json").get("key") == key:
+        if _finished(folder / "metrics.json", key):
             return read_json(folder / "metrics.json")
         m = PoisonManifest.load(self.out / "poison")
         train = dataset_from_spec(data_spec(self.cfg))

@@ -11,7 +11,13 @@ from PIL import Image
 from solo_poisoncam.checks import check, check_rate
 from solo_poisoncam.data.base import ArrayImageDataset, ImageDataset
 from solo_poisoncam.data.registry import dataset_from_spec
-from solo_poisoncam.poison.attacks import EVAL_REGION, TRAIN_REGION, Attack, build_attack
+from solo_poisoncam.io import hash_obj
+from solo_poisoncam.poison.attacks import (
+    EVAL_REGION,
+    TRAIN_REGION,
+    Attack,
+    build_attack,
+)
 from solo_poisoncam.poison.manifest import PoisonManifest, select_poison_indexes
 
 
@@ -64,6 +70,11 @@ class PoisonedDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def fingerprint(self) -> str:
+        """The content hash of the poisoned images: the clean data's and the poisons' (attack, indexes, boxes)."""
+        m = self.manifest
+        return hash_obj("poisoned", self.base.fingerprint(), m.attack, m.indexes, m.boxes)
 
     @property
     def is_poison(self) -> np.ndarray:

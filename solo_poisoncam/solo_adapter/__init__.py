@@ -11,10 +11,11 @@ from typing import Any, Dict, Optional
 
 SOLO_INSTALL_HELP = (
     "solo-learn is not importable. It is not usable from PyPI (only a 2021 release pinned to torch 1.9); "
-    "install it from its repository beside this package:\n"
-    "  git clone https://github.com/vturrisi/solo-learn && cd solo-learn\n"
-    "  pip install 'setuptools<81'   # its setup.py and lightning 2.1.2 import pkg_resources\n"
-    "  pip install --no-build-isolation -e .   # pins lightning==2.1.2, torchmetrics<0.12\n"
+    "install it from its repository beside this package (README, section solo-learn):\n"
+    "  git clone https://github.com/vturrisi/solo-learn ~/solo-learn\n"
+    "  pip install 'setuptools<81' wheel   # its setup.py and lightning 2.1.2 import pkg_resources\n"
+    "  echo 'setuptools<81' > /tmp/c.txt\n"
+    "  PIP_NO_BUILD_ISOLATION=0 PIP_CONSTRAINT=/tmp/c.txt pip install --no-build-isolation -e ~/solo-learn\n"
     "and set SOLO_LEARN_ROOT to that checkout (its main_pretrain.py and scripts/ are not in the wheel)."
 )
 

@@ -161,10 +161,10 @@ class DetectionCallback(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         from solo_poisoncam.data.indexed import IndexedImages
-        from solo_poisoncam.detect.cache import StageCache
         from solo_poisoncam.detect.outputs import summary_line, write_detection_outputs
         from solo_poisoncam.detect.pipeline import run_detection
-        from solo_poisoncam.detect.runner import Runner
+        from solo_poisoncam.engine.cache import StageCache
+        from solo_poisoncam.engine.runner import Runner
         from solo_poisoncam.solo_adapter.config import detect_config
 
         cfg = self.cfg
@@ -175,7 +175,11 @@ class DetectionCallback(Callback):
         runner = Runner(device, progress=bool(cfg.detect.progress))
         out = Path(cfg.detect.dir) if cfg.detect.dir else output_dir(trainer) / f"detect-{dcfg.method}"
         cache = StageCache(out / "cache", enabled=bool(cfg.detect.cache), runner=runner)
-        result = run_detection(model, data, dcfg, runner, cache, manifest, progress=bool(cfg.detect.progress))
+        result = run_detection(model, data, dcfg, runner, cache, progress=bool(cfg.detect.progress))
+        if manifest is not None:
+            from solo_poisoncam.eval.detection import score_detection
+
+            score_detection(result, manifest)
         self.result, self.out = result, out
         backdoor = self._backdoor(model, data, runner, dcfg.seed, out) if manifest is not None else None
         if trainer.is_global_zero:

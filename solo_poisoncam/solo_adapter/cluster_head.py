@@ -17,12 +17,13 @@ from solo.methods.base import BaseMethod
 from solo.utils.misc import omegaconf_select
 
 from solo_poisoncam.checks import PoisonCamError, check
-from solo_poisoncam.cluster.kmeans import assign, kmeans
-from solo_poisoncam.detect.occlusion import box_masks, random_occlusion_boxes
-from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.cluster.head import occluded_view_labels
+from solo_poisoncam.cluster.kmeans import kmeans
+from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.losses.cluster_head import cluster_head_loss_func
 from solo_poisoncam.models.heads import CosineClusterHead
-from solo_poisoncam.models.threat_model import read_run_config
+from solo_poisoncam.models.threat_model import load_backbone_state, read_run_config
+from solo_poisoncam.ops.occlusion import box_masks, random_occlusion_boxes
 
 _CIFAR = ("cifar10", "cifar100")
 
@@ -159,9 +160,7 @@ class ClusterHead(BaseMethod):
         return X * box_masks(boxes.to(X.device), h, w).to(X.dtype)
 
     def cluster_labels(self, indexes: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        if self.relabel:
-            return assign(feats.detach().float(), self.centroids)[0]
-        return self.pseudo_labels[indexes]
+        return occluded_view_labels(feats, self.centroids, self.pseudo_labels[indexes], self.relabel)
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """Training step for the cluster head (and solo's online classifier), on occluded crops.
@@ -269,25 +268,7 @@ def load_threat_backbone(backbone: torch.nn.Module, ckpt: str, cfg: omegaconf.Di
               f"threat checkpoint '{ckpt}' has the {'CIFAR' if threat_cifar else 'ImageNet'} ResNet stem but this "
               f"run builds the {'CIFAR' if ours_cifar else 'ImageNet'} one: solo-learn picks the stem by "
               f"data.dataset (CIFAR stem only for cifar10 / cifar100), here '{cfg.data.dataset}'")
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PoisonCamError(f"cannot load threat checkpoint '{ckpt}': {e}") from e
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    own = backbone.state_dict()
-    # built-in checkpoints written before feature_layer became an unregistered alias repeat the
-    # Grad-CAM layer as `feature_layer.*`: the same tensors again
-    sub = {k[len("backbone."):]: v for k, v in state.items()
-           if k.startswith("backbone.") and not k.startswith("backbone.feature_layer.")}
-    missing = [k for k in own if k not in sub]
-    unexpected = [k for k in sub if k not in own]
-    bad = [k for k, v in sub.items() if k in own and own[k].shape != v.shape]
-    if not sub or missing or unexpected or bad:
-        raise PoisonCamError(
-            f"threat checkpoint '{ckpt}' does not match the '{cfg.backbone.name}' backbone: {len(missing)} missing "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), {len(bad)} of another "
-            f"shape (e.g. {bad[:2]})")
-    backbone.load_state_dict(sub, strict=True)
+    load_backbone_state(backbone, ckpt, name=cfg.backbone.name)
 
 
 __all__ = ["ClusterHead", "load_threat_backbone"]

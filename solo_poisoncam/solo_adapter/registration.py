@@ -1,6 +1,6 @@
 """How solo-poisoncam plugs into solo-learn, which has no plugin mechanism.
 
-Verified extension points (notes/solo-learn-internals.md, section 9): the ``METHODS`` dict is
+Verified extension points (docs/solo-learn.md, "How it plugs in"): the ``METHODS`` dict is
 mutated in place; ``solo.args.pretrain.parse_cfg`` and ``solo.data.pretrain_dataloader.prepare_datasets``
 are replaced on their modules (``main_pretrain.py`` binds them with ``from ... import``, so an
 already-running script also needs its globals rebound); ``BaseMethod.configure_callbacks`` is a

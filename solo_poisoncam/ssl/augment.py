@@ -86,7 +86,7 @@ class SSLAugment(nn.Module):
     Args:
         size: output side.
         crop_scale: RandomResizedCrop area range; 0.2-1 keeps a small trigger in view often enough
-            (notes/solo-learn-internals.md, pitfall 13).
+            (benchmarks/results/detection-main.md).
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], crop_scale: Tuple[float, float] = (0.2, 1.0),

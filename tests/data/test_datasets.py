@@ -201,3 +201,10 @@ def test_folder_file_list_selects_and_orders_a_subset(tmp_path):
     assert dataset_from_spec(ds.spec).fingerprint() == ds.fingerprint()
     with pytest.raises(PoisonCamError, match="lacks 1 listed file"):
         build_dataset("folder", root=str(tmp_path / "t"), files=["a/9.png"])
+
+
+def test_folder_with_an_empty_class_folder_is_refused(tmp_path):
+    _png_tree(tmp_path / "t", per_class=2)
+    (tmp_path / "t" / "c").mkdir()
+    with pytest.raises(PoisonCamError, match=r"class folder\(s\) \['c'\] hold no images"):
+        build_dataset("folder", root=str(tmp_path / "t"))

@@ -5,10 +5,10 @@ from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist
 from solo_poisoncam.cluster import kmeans
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.cam import ClusterActivation
-from solo_poisoncam.detect.features import extract_features
 from solo_poisoncam.detect.flip import flip_scores, flip_set
 from solo_poisoncam.detect.patchsearch import gradcam_windows, iterative_search
-from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.engine.features import extract_features
+from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.models.heads import CosineClusterHead
 
 

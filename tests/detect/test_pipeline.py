@@ -1,12 +1,20 @@
 import numpy as np
 import pytest
-from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist, tiny_dataset
+from helpers import (
+    SaturationNet,
+    needs_fashion_mnist,
+    poisoned_fashion_mnist,
+    tiny_dataset,
+)
 
 from solo_poisoncam import PoisonCamError
-from solo_poisoncam.detect.cache import StageCache
+from solo_poisoncam.data.base import ArrayImageDataset
 from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.pipeline import run_detection
-from solo_poisoncam.detect.runner import Runner
+from solo_poisoncam.engine.cache import StageCache
+from solo_poisoncam.engine.runner import Runner
+from solo_poisoncam.eval.detection import score_detection
+from solo_poisoncam.poison import PoisonedDataset
 
 FAST = {"num_clusters": 10, "occluder_stride": 1 / 16, "flip_images": 40, "flip_top": 60,
         "classifier": {"models": 1, "iters": 150, "batch_size": 32}}
@@ -21,7 +29,8 @@ def poisoned():
 def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
     data, manifest = poisoned
     cache = StageCache(tmp_path / "cache")
-    r = run_detection(SaturationNet(), data, DetectConfig.from_dict(FAST), Runner(progress=False), cache, manifest)
+    r = score_detection(run_detection(SaturationNet(), data, DetectConfig.from_dict(FAST), Runner(progress=False),
+                                      cache), manifest)
     # no bars (progress off), still one plain line per stage and per classifier model, on stderr
     err = capsys.readouterr().err.splitlines()
     stages = [line.split(":")[0].split()[-1] for line in err if line.endswith(" s") or "images)" in line]
@@ -37,7 +46,7 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
     assert r.timings["masked_forwards"] == 600 * 169
     # a second run is served from the cache, stage by stage, with identical outputs
     again = run_detection(SaturationNet(), data, DetectConfig.from_dict(FAST), Runner(progress=False),
-                          StageCache(tmp_path / "cache"), manifest)
+                          StageCache(tmp_path / "cache"))
     assert all(again.timings["cache_hits"].values())
     # each stage's compute time travels with its cache entry: read back, not re-measured
     assert set(r.timings["stage_compute_s"]) == set(again.timings["cache_hits"])
@@ -46,7 +55,7 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
     assert np.array_equal(again.scores, r.scores) and np.array_equal(again.removed, r.removed)
     # another setting misses only from the stage it changes
     other = run_detection(SaturationNet(), data, DetectConfig.from_dict({**FAST, "score": "drop", "remove": "none"}),
-                          Runner(progress=False), StageCache(tmp_path / "cache"), manifest)
+                          Runner(progress=False), StageCache(tmp_path / "cache"))
     hits = other.timings["cache_hits"]
     assert hits["features"] and hits["kmeans"] and hits["cam"] and "flip" not in hits
     assert np.array_equal(other.scores, r.scores) is False and other.metrics["num_removed"] == 0
@@ -56,7 +65,7 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
 def test_patchsearch_shares_every_stage_but_localisation(poisoned):
     data, manifest = poisoned
     cfg = DetectConfig.from_dict({**FAST, "method": "patchsearch"})
-    r = run_detection(SaturationNet(), data, cfg, Runner(progress=False), manifest=manifest)
+    r = score_detection(run_detection(SaturationNet(), data, cfg, Runner(progress=False)), manifest)
     scored = r.scored
     assert 0 < scored.sum() < len(data)  # iterative search scores a subset ...
     assert (r.scores[~scored] == 0).all()  # ... and leaves the rest at 0, like its code
@@ -89,5 +98,37 @@ def test_bad_inputs_are_refused_before_any_work(tmp_path):
 def test_manifest_of_other_data_is_refused(poisoned):
     _, manifest = poisoned
     with pytest.raises(PoisonCamError, match="made for other data|dataset of 600 images"):
-        run_detection(SaturationNet(16), tiny_dataset(n_per_class=200), DetectConfig(), Runner(progress=False),
-                      manifest=manifest)
+        PoisonedDataset(tiny_dataset(n_per_class=200), manifest)
+    r = run_detection(SaturationNet(16), tiny_dataset(n_per_class=300), DetectConfig.from_dict({**FAST, "remove": "none",
+                      "score": "drop", "refine": 0}), Runner(progress=False))
+    with pytest.raises(PoisonCamError, match="the detection covers index 899, the manifest 600 images"):
+        score_detection(r, manifest)
+
+
+@needs_fashion_mnist
+def test_the_detector_never_sees_ground_truth(poisoned):
+    """The same poisoned pixels as a plain dataset (no manifest anywhere) give the same scores, windows
+    and removals; scoring against the manifest only adds metrics."""
+    data, manifest = poisoned
+    plain = ArrayImageDataset(np.stack([data.get_array(i) for i in range(len(data))]), data.base.targets,
+                              data.base.classes, "plain", "train", {"name": "plain"}, mean=data.base.mean,
+                              std=data.base.std)
+    cfg = DetectConfig.from_dict({**FAST, "classifier": {"models": 1, "iters": 40, "batch_size": 32}})
+    a = run_detection(SaturationNet(), data, cfg, Runner(progress=False))
+    b = run_detection(SaturationNet(), plain, cfg, Runner(progress=False))
+    for name in ("scores", "windows", "removed", "clusters"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.is_poison is None and "precision" not in a.metrics
+    scored = score_detection(a, manifest)
+    assert np.array_equal(scored.removed, b.removed) and scored.is_poison.sum() == 30 and "precision" in a.metrics
+
+
+def test_unlabelled_data_needs_an_explicit_number_of_clusters():
+    data = tiny_dataset(n_per_class=20, num_classes=1)
+    data.classes = ["unlabelled"]
+    with pytest.raises(PoisonCamError, match="unlabelled data: set num_clusters"):
+        run_detection(SaturationNet(16), data, DetectConfig(), Runner(progress=False))
+    r = run_detection(SaturationNet(16), data, DetectConfig.from_dict({"num_clusters": 4, "remove": "none",
+                                                                       "score": "drop", "refine": 0}),
+                      Runner(progress=False))
+    assert len(np.unique(r.clusters)) <= 4 and r.scores.shape == (20,)

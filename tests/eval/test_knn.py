@@ -32,8 +32,15 @@ def test_k1_self_and_leave_one_out():
     # query_indexes: queries are bank rows 2 and 0 -> the P2 and P0 answers above
     q = BANK[[2, 0]]
     assert knn_predict(q, BANK, LABELS, 2, k=1, exclude_self=True, query_indexes=[2, 0]).tolist() == [1, 1]
-    # k larger than the bank is clipped (to N - 1 with exclusion) instead of failing
-    assert knn_predict(BANK, BANK, LABELS, 2, k=50, exclude_self=True).shape == (4,)
+    # k larger than the bank is clipped (to N - 1 = 3 with exclusion) instead of failing; every other
+    # point votes with weight e^(cos / 0.07):
+    #   P0: class 1 gets e^(.95/.07) + e^0 from P1, P2; class 0 only e^(-1/.07) from P3   -> 1
+    #   P1: class 0 gets e^(.95/.07) from P0; class 1 e^(.31/.07) from P2                  -> 0
+    #   P2: class 0 gets 2 e^0 = 2 from P0, P3; class 1 e^(.31/.07) = 82 from P1: the one
+    #       similar vote beats two orthogonal ones (a plain majority would say 0)          -> 1
+    #   P3: class 1 gets e^(-.95/.07) + e^0 from P1, P2; class 0 e^(-1/.07) from P0       -> 1
+    assert knn_predict(BANK, BANK, LABELS, 2, k=50, exclude_self=True).tolist() == [1, 0, 1, 1]
+    assert knn_predict(BANK, BANK, LABELS, 2, k=50, exclude_self=True, temperature=100.0).tolist()[2] == 0
 
 
 def test_temperature_weights_votes():

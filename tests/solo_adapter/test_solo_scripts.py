@@ -21,7 +21,7 @@ from solo_poisoncam.solo_adapter.scripts import absolute_config_path  # noqa: E4
 REPO = Path(__file__).resolve().parents[2]
 ZOO = REPO / "zoo_configs" / "pretrain" / "fashion-mnist"
 
-# the CPU gotchas of notes/solo-learn-internals.md section 8, plus a tiny BYOL
+# solo-learn's CPU settings (docs/solo-learn.md), plus a tiny BYOL
 CPU = ["accelerator=cpu", 'devices="1"', "strategy=auto", "sync_batchnorm=False", "precision=32", "max_epochs=1",
        "optimizer.batch_size=16", "wandb.enabled=False", "auto_resume.enabled=False", "data.num_workers=0",
        "backbone.name=resnet18"]

@@ -14,17 +14,10 @@ from einops import rearrange
 from kornia.filters import gaussian_blur2d
 from torch import nn
 
-from solo_poisoncam.checks import check, check_shape
+from solo_poisoncam.checks import check, check_pair, check_shape
 
 Fill = Union[str, float, torch.Tensor]
 FILLS = ("mean", "blur", "zero")
-
-
-def _pair(v: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
-    """An int or an (h, w) pair as a pair of positive ints."""
-    pair = (int(v), int(v)) if isinstance(v, (int, float)) else tuple(int(t) for t in v)
-    check(len(pair) == 2 and min(pair) >= 1, f"{name} must be a positive int or (h, w) pair, got {v}")
-    return pair
 
 
 def _resolve_device(device, generator: Optional[torch.Generator]) -> torch.device:
@@ -120,8 +113,8 @@ def occlusion_masks(height: int, width: int, size: Union[int, Sequence[int]], st
     >>> boxes.tolist()
     [[0, 0, 2, 2], [2, 0, 4, 2], [0, 2, 2, 4], [2, 2, 4, 4]]
     """
-    sh, sw = _pair(size, "size")
-    th, tw = _pair(stride, "stride")
+    sh, sw = check_pair(size, "size")
+    th, tw = check_pair(stride, "stride")
     check(height >= 1 and width >= 1, f"image size must be positive, got {height}x{width}")
     check(sh <= height and sw <= width, f"occluder size {sh}x{sw} is larger than the image {height}x{width}")
     ys = _positions(height, sh, th).to(device)
