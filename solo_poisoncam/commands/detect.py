@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flip-images", type=int, default=None)
     p.add_argument("--remove", default=None, choices=["classifier", "none"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any DetectConfig field, e.g. --set head_epochs=2 --set classifier.models=5")
+                   help="any DetectConfig field, e.g. --set refine=0 --set classifier.models=5")
     p.add_argument("--cache", default=None, help="stage cache folder (default OUT/cache)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--no-backdoor-check", action="store_true", help="skip the backdoor-strength check")

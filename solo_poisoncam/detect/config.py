@@ -10,6 +10,8 @@ from solo_poisoncam.checks import check
 from solo_poisoncam.detect.classifier import ClassifierConfig
 
 METHODS = ("poisoncam", "patchsearch")
+# fields of the detector's own head fine-tuning, removed for solo-learn's cluster_head (head_checkpoint)
+REMOVED = ("head_epochs", "head_steps", "head_lr", "occlusion_area", "occlusion_p", "head_relabel")
 
 
 @dataclass
@@ -22,13 +24,9 @@ class DetectConfig:
     kmeans_iters: int = 20
     kmeans_backend: str = "auto"
     head_temperature: float = 0.1
-    head_epochs: int = 0                        # occluded feature banks for fine-tuning; 0 = the k-means head (measured best)
-    head_steps: int = 200
-    head_lr: float = 1e-2
-    occlusion_area: Tuple[float, float] = (0.02, 0.25)
-    occlusion_p: float = 0.5
-    head_relabel: bool = True                  # occluded views take their own nearest centroid as label
-    head_checkpoint: Optional[str] = None       # a solo-learn cluster_head checkpoint: its clusters and head replace k-means + head
+    # a solo-learn cluster_head checkpoint (the one implementation of head fine-tuning): its clusters and
+    # head replace k-means and the k-means head (measured worse on both data sets so far: docs/design.md)
+    head_checkpoint: Optional[str] = None
     # cluster activation masking (PoisonCAM)
     masks: str = "occlusion"                    # occlusion | rise | both
     occluder: float = 0.25                      # sliding occluder side, share of the image side
@@ -77,10 +75,13 @@ class DetectConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "DetectConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        gone = sorted(set(d) & set(REMOVED))
+        check(not gone, f"detection settings {gone} were removed: the detector uses the k-means head; to fine-tune "
+                        "one, train solo-learn's method=cluster_head and pass head_checkpoint=<its checkpoint>")
         unknown = set(d) - names
         check(not unknown, f"unknown detection settings {sorted(unknown)}; valid: {sorted(names)}")
         d = dict(d)
-        for key in ("occlusion_area", "window_range"):
+        for key in ("window_range",):
             if key in d and d[key] is not None:
                 d[key] = tuple(d[key])
         return cls(**d)

@@ -14,7 +14,7 @@ import torch
 from solo_poisoncam import __version__
 from solo_poisoncam.checks import check
 from solo_poisoncam.cluster import kmeans
-from solo_poisoncam.cluster.head import fit_cluster_head, load_cluster_head
+from solo_poisoncam.cluster.head import load_cluster_head
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.cam import (
     CamResult,
@@ -138,7 +138,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
         km, head_state, temperature = load_cluster_head(cfg.head_checkpoint, feats)
         key = {**key, "head_checkpoint": hash_file(cfg.head_checkpoint)}
     else:
-        km, head_state, key = _clustering_model(model, images, feats, k, cfg, runner, cache, key, clock)
+        km, head_state, key = _clustering_model(feats, k, cfg, runner, cache, key, clock)
     act = cluster_activation(model, head_state, temperature).to(runner.device)
     fill = fill_value(cfg, model)
 
@@ -168,20 +168,13 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     return result
 
 
-def _clustering_model(model, images, feats, k, cfg: DetectConfig, runner, cache, key, clock):
-    """k-means, then the cosine head (fine-tuned when ``head_epochs`` > 0); cached stages."""
+def _clustering_model(feats, k, cfg: DetectConfig, runner, cache, key, clock):
+    """Spherical k-means (a cached stage), then the cosine head at the centroids."""
     key = {**key, "k": k, "iters": cfg.kmeans_iters, "seed": cfg.seed, "backend": cfg.kmeans_backend}
     with clock("kmeans"):
         km = cache.get_or_compute("kmeans", key, lambda: _kmeans(feats, k, cfg, runner))
-    fill = fill_value(cfg, model)
-    key = {**key, "head": [cfg.head_temperature, cfg.head_epochs, cfg.head_steps, cfg.head_lr,
-                           list(cfg.occlusion_area), cfg.occlusion_p, cfg.head_relabel, cfg.fill]}
-    with clock("cluster_head"):
-        head_state = cache.get_or_compute("head", key, lambda: fit_cluster_head(
-            model, images, feats, km["assignments"], km["centroids"], fill, runner, cfg.head_temperature,
-            cfg.head_epochs, cfg.head_steps, cfg.head_lr, cfg.occlusion_area, cfg.occlusion_p, cfg.seed,
-            cfg.feature_batch, cfg.head_relabel).state_dict())
-    return km, head_state, key
+    head_state = CosineClusterHead(km["centroids"], cfg.head_temperature).state_dict()
+    return km, head_state, {**key, "head": [cfg.head_temperature]}
 
 
 def cluster_activation(model, head_state: Dict[str, torch.Tensor], temperature: float) -> ClusterActivation:
