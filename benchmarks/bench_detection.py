@@ -3,7 +3,7 @@
     python benchmarks/bench_detection.py --quick              # CPU: Fashion-MNIST, small
     python benchmarks/bench_detection.py                      # full: meant for a GPU
     python benchmarks/bench_detection.py --settings patch-0.5 --seeds 0 1 2 --downstream
-    python benchmarks/bench_detection.py --quick --settings cifar-patch-1.0 --data PATH/cifar10_subset.npz
+    python benchmarks/bench_detection.py --quick --settings cifar-patch16-1.0 --data PATH/cifar10_subset.npz
 
 Each (setting, seed) is one run folder of the chain (poison -> threat model -> backdoor check ->
 detect -> [retrain -> evaluate]); folders are reused, so an interrupted benchmark resumes.
@@ -33,12 +33,14 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     "simclr-patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}, "pretrain": {"method": "simclr"}},
     "simsiam-patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}, "pretrain": {"method": "simsiam"}},
     "clean": {},
-    # colour photographs (--data: a CIFAR-style .npz); the threat model of benchmarks/results/recipe-cifar10.md's
-    # strongest recipe: BYOL cnn_small 20 epochs, 12 px patch on 100% / 50% of class 2 (cluster-level backdoor)
-    "cifar-patch-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},
-                        "poison": {"attack": "patch", "size": 12, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},
-    "cifar-patch-0.5": {"data": {"dataset": "npz", "num_samples": None, "size": None},
-                        "poison": {"attack": "patch", "size": 12, "rate": 0.5, "target": 2}, "pretrain": {"epochs": 20}},
+    # colour photographs (--data: a CIFAR-style .npz): benchmarks/results/recipe-cifar10.md's recipes, BYOL cnn_small
+    # 20 epochs on class 2; 16 px planted a targeted backdoor there, 12 px one at the cluster level only
+    "cifar-patch16-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                          "poison": {"attack": "patch", "size": 16, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},
+    "cifar-patch16-0.5": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                          "poison": {"attack": "patch", "size": 16, "rate": 0.5, "target": 2}, "pretrain": {"epochs": 20}},
+    "cifar-patch12-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                          "poison": {"attack": "patch", "size": 12, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},
 }
 QUICK = {"data": {"num_samples": 5000}, "pretrain": {"epochs": 5, "batch_size": 256},
          "detect": {"settings": {"classifier": {"models": 2, "iters": 500}}},

@@ -47,6 +47,8 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
                             "pretrain": {"epochs": 40, "scheduler": "cosine", "warmup_epochs": 2, "lr": 0.002}},
     "byol-16px-r1.0": {"poison": {"size": 16}},
     "byol-12px-r1.0-crop0.08": {"pretrain": {"crop_scale": [0.08, 1.0]}},
+    "byol-16px-r0.5": {"poison": {"size": 16, "rate": 0.5}},
+    "byol-16px-r0.1": {"poison": {"size": 16, "rate": 0.1}},
 }
 
 
