@@ -66,12 +66,17 @@ def test_poison_cli_refuses_to_overwrite_other_settings_and_reruns_the_same(tmp_
     assert json.loads((out / "manifest.json").read_text())["rate"] == 0.5  # untouched
 
 
-def test_poison_cli_corrupt_image_writes_nothing(tmp_path, capsys):
-    root = tmp_path / "data"
+def _two_class_folder(root):
+    """An ImageFolder of two classes, four 32 px PNGs each."""
     for c in ("a", "b"):
         (root / c).mkdir(parents=True)
         for i in range(4):
             Image.fromarray(np.full((32, 32, 3), 50 * i, np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_poison_cli_corrupt_image_writes_nothing(tmp_path, capsys):
+    root = _two_class_folder(tmp_path / "data")
     (root / "a" / "0.png").write_bytes((root / "a" / "0.png").read_bytes()[:60])  # truncated: header only
     out = tmp_path / "p"
     rc = main(["poison", "--dataset", "folder", "--root", str(root), "--target", "0", "--rate", "1.0",
@@ -81,11 +86,7 @@ def test_poison_cli_corrupt_image_writes_nothing(tmp_path, capsys):
 
 
 def test_poison_cli_trigger_directory_and_resize_note(tmp_path, capsys):
-    root = tmp_path / "data"
-    for c in ("a", "b"):
-        (root / c).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(np.full((32, 32, 3), 50 * i, np.uint8)).save(root / c / f"{i}.png")
+    root = _two_class_folder(tmp_path / "data")
     rc = main(["poison", "--dataset", "folder", "--root", str(root), "--trigger", str(tmp_path), "--out",
                str(tmp_path / "p")])
     assert rc == 2 and "is a directory" in capsys.readouterr().err

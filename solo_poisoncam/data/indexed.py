@@ -49,7 +49,10 @@ class IndexedImages(torch.utils.data.Dataset):
             arr = self.dataset.get_array(i)
             if self.size is not None and arr.shape[:2] != (self.size, self.size):
                 arr = np.asarray(Image.fromarray(arr).resize((self.size, self.size), Image.BICUBIC))
-            img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+            arr = np.ascontiguousarray(arr)
+            if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch warns on those
+                arr = arr.copy()
+            img = torch.from_numpy(arr).permute(2, 0, 1)
         return i, img, self.targets[j]
 
 
