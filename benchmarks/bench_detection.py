@@ -15,6 +15,7 @@ is nothing to find. Writes benchmarks/results/detection-<scale>.md and .json (or
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -156,6 +157,8 @@ def main() -> int:
     p.add_argument("--root", default="runs/bench", help="run folders (reused: the benchmark resumes)")
     p.add_argument("--name", default=None, help="results file name (default detection-<scale>: quick, demo or full)")
     p.add_argument("--data", default=None, help="the .npz file of the cifar-* settings (CIFAR-style arrays)")
+    p.add_argument("--from-runs", action="store_true",
+                   help="tabulate the finished run folders (their results.json) without running anything")
     args = p.parse_args()
     colour = [s for s in args.settings if s.startswith("cifar-")]
     if colour and (args.data is None or not Path(args.data).is_file()):
@@ -170,6 +173,12 @@ def main() -> int:
     for setting in args.settings:
         for seed in args.seeds:
             print(f"== {setting} seed {seed}", flush=True)
+            if args.from_runs:
+                done = root / f"{setting}-s{seed}" / "results.json"
+                if not done.is_file():
+                    p.error(f"--from-runs: '{done}' does not exist (run the benchmark without --from-runs first)")
+                results.setdefault(setting, {})[seed] = json.loads(done.read_text())
+                continue
             results.setdefault(setting, {})[seed] = run_one(setting, seed, base, root, args.downstream)
     methods = ["poisoncam", "patchsearch"]
     tabs = tables(results, methods)
