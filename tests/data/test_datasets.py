@@ -208,3 +208,20 @@ def test_folder_with_an_empty_class_folder_is_refused(tmp_path):
     (tmp_path / "t" / "c").mkdir()
     with pytest.raises(PoisonCamError, match=r"class folder\(s\) \['c'\] hold no images"):
         build_dataset("folder", root=str(tmp_path / "t"))
+
+
+def test_backdoor_report_names_the_held_out_folder_it_used(tmp_path):
+    """backdoor.json's val_split is the folder the patched images came from (here 'val'), not 'test'."""
+    from helpers import SaturationNet
+
+    from solo_poisoncam.eval.backdoor import backdoor_strength, validation_split
+    from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
+
+    _png_tree(tmp_path / "d" / "train", classes=("a", "b", "c"), per_class=6)
+    _png_tree(tmp_path / "d" / "val", classes=("a", "b", "c"), per_class=2)
+    base = build_dataset("folder", root=str(tmp_path / "d"))
+    manifest = make_manifest(base, PatchAttack(size=8), target=0, rate=0.5, seed=0)
+    val = validation_split(manifest.dataset)
+    report = backdoor_strength(SaturationNet(8), PoisonedDataset(base, manifest), val, num_clusters=3,
+                               reference=SaturationNet(8))
+    assert report["settings"]["val_split"] == "val" and report["settings"]["num_patched"] == 4
