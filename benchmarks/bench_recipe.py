@@ -10,7 +10,7 @@ gives training time and backdoor strength beside a random-init reference of the 
 architecture: the cluster view a detector sees, kNN-ASR on the as-trained bank, and the
 attacker's criterion, the linear-probe ASR (probe on 10% of the clean training labels, clean
 features), patched vs a same-size control patch. "targeted" = probe ASR margin >= 0.30 and above
-the reference's margin. Writes benchmarks/results/<name>.md and .json (default ``recipe-cifar10``).
+the reference's margin (``eval/backdoor.py: verdict``). Writes benchmarks/results/<name>.md and .json (default ``recipe-cifar10``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import Any, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import environment, markdown_table, write_results  # noqa: E402
-
-TARGETED_MARGIN = 0.30
 
 BASE: Dict[str, Any] = {
     "data": {"dataset": "npz"},
@@ -81,11 +79,6 @@ def run_one(setting: str, seed: int, data: str, root: Path, progress: bool) -> D
     return result
 
 
-def targeted(bd: Dict[str, Any]) -> bool:
-    t, r = bd["margins"]["probe"], bd["reference_margins"]["probe"]
-    return t >= TARGETED_MARGIN and t - r >= TARGETED_MARGIN
-
-
 def row(r: Dict[str, Any]) -> List[str]:
     bd, c = r["backdoor"], r["config"]
     t, ref = bd["threat"], bd["reference"]
@@ -101,8 +94,8 @@ def row(r: Dict[str, Any]) -> List[str]:
             f"**{pct(t['probe_asr_patched'])}** ({pct(t['probe_asr_control'])}) / "
             f"{pct(ref['probe_asr_patched'])} ({pct(ref['probe_asr_control'])})",
             f"{t['probe_clean_acc1']:.1%} / {ref['probe_clean_acc1']:.1%}",
-            "cluster" + (" + **targeted**" if targeted(bd) else "") if bd["learned"] else
-            ("**targeted**" if targeted(bd) else "no")]
+            "cluster" + (" + **targeted**" if bd["targeted"] else "") if bd["learned"] else
+            ("**targeted**" if bd["targeted"] else "no")]
 
 
 HEAD = ["setting", "seed", "method", "backbone", "epochs", "lr, schedule", "trigger px", "rate of target (poisons)",
@@ -123,6 +116,8 @@ def main(argv=None) -> int:
     if not Path(args.data).is_file():
         ap.error(f"--data '{args.data}' does not exist: pass the path of a CIFAR-style .npz file")
     import torch
+
+    from solo_poisoncam.eval.backdoor import TARGETED_MARGIN
 
     if args.threads:
         torch.set_num_threads(args.threads)
