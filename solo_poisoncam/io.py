@@ -12,6 +12,8 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
+from solo_poisoncam.checks import PoisonCamError, check
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -55,8 +57,6 @@ def read_json(path: PathLike) -> Any:
 
 def read_indexes(path: PathLike):
     """Dataset indexes from a text file, one integer per line (kept.txt / removed.txt)."""
-    from solo_poisoncam.checks import PoisonCamError, check
-
     p = Path(path)
     check(p.is_file(), f"index file '{path}' does not exist")
     try:

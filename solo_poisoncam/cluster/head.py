@@ -5,20 +5,22 @@ clustering model (the method itself, the one implementation of head fine-tuning,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from solo_poisoncam.checks import PoisonCamError, check
 from solo_poisoncam.cluster.kmeans import assign
+from solo_poisoncam.io import read_json
 
 
 def occluded_view_labels(feats: torch.Tensor, centroids: torch.Tensor, clean_labels: torch.Tensor,
                          relabel: bool = True) -> torch.Tensor:
-    """The pseudo-label of an occluded view (the detector's head fitting and solo's ``cluster_head``
-    alike): its own nearest centroid with ``relabel``, not its clean image's cluster. Hiding a
-    trigger must be allowed to move a poisoned image out of the poison cluster, or the head learns
-    to ignore the trigger."""
+    """The pseudo-label of an occluded view when ``cluster_head`` fine-tunes its head: its own nearest
+    centroid with ``relabel``, not its clean image's cluster. Hiding a trigger must be allowed to
+    move a poisoned image out of the poison cluster, or the head learns to ignore the trigger."""
     if relabel:
         return assign(feats.detach().float(), centroids.to(feats.device))[0].long()
     return clean_labels.long()
@@ -31,11 +33,6 @@ def load_cluster_head(path, features: torch.Tensor) -> Tuple[Dict[str, Any], Dic
     centroid; the head's state; its temperature). ``features`` are the threat model's features of the
     images it must cover, in the order it was trained on (solo's dataset indexes).
     """
-    from pathlib import Path
-
-    from solo_poisoncam.checks import PoisonCamError, check
-    from solo_poisoncam.io import read_json
-
     check(Path(path).is_file(), f"cluster-head checkpoint '{path}' does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

@@ -10,11 +10,7 @@ from typing import Any, Dict
 
 from solo_poisoncam.commands.common import add_dataset_arguments, dataset_kwargs
 from solo_poisoncam.poison import ATTACKS
-from solo_poisoncam.poison.outputs import (
-    poison_dataset,
-    resize_note,
-    write_poison_outputs,
-)
+from solo_poisoncam.poison.outputs import poison_dataset, resize_note, write_poison_outputs
 from solo_poisoncam.poison.triggers import trigger_spec
 
 

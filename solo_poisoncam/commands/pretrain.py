@@ -64,11 +64,7 @@ def run(args: argparse.Namespace) -> int:
     line = f"trained {args.method}/{args.backbone} for {args.epochs} epochs -> {ckpt}"
     if args.poison is not None and not args.no_backdoor_check:
         from solo_poisoncam.engine.runner import Runner
-        from solo_poisoncam.eval.backdoor import (
-            backdoor_report,
-            describe_verdict,
-            format_backdoor,
-        )
+        from solo_poisoncam.eval.backdoor import backdoor_report, describe_verdict, format_backdoor
         from solo_poisoncam.models.threat_model import load_threat_model
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 

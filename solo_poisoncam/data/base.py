@@ -127,8 +127,9 @@ class FolderImageDataset(ImageDataset):
         """Keep exactly ``files`` (relative to the folder), in that order; each must exist."""
         by_name = {str(Path(p).relative_to(self.root)): (p, c) for p, c in self.samples}
         missing = [f for f in files if f not in by_name]
-        check(not missing, f"image folder '{self.root}' lacks {len(missing)} listed file(s), e.g. '{missing[0]}'"
-              if missing else "")
+        if missing:
+            raise PoisonCamError(f"image folder '{self.root}' lacks {len(missing)} listed file(s), "
+                                 f"e.g. '{missing[0]}'")
         check(len(files) > 0, f"an empty file list selects no images of '{self.root}'")
         self.samples = [by_name[f] for f in files]
         self.targets = np.array([c for _, c in self.samples], dtype=np.int64)

@@ -16,13 +16,8 @@ from solo_poisoncam.checks import check
 from solo_poisoncam.cluster import kmeans
 from solo_poisoncam.cluster.head import load_cluster_head
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.cam import (
-    CamResult,
-    ClusterActivation,
-    cluster_activation_masking,
-    refine_windows,
-    window_sizes,
-)
+from solo_poisoncam.detect.cam import (CamResult, ClusterActivation, cluster_activation_masking, refine_windows,
+                                       window_sizes)
 from solo_poisoncam.detect.classifier import poison_classifier
 from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.flip import flip_scores, flip_set

@@ -7,6 +7,7 @@ from typing import Dict
 
 import numpy as np
 
+from solo_poisoncam.checks import check
 from solo_poisoncam.eval.metrics import detection_metrics, localisation_metrics
 from solo_poisoncam.poison.manifest import PoisonManifest
 
@@ -23,8 +24,6 @@ def true_boxes_in_input(manifest: PoisonManifest, side: int) -> Dict[int, np.nda
 def score_detection(result, manifest: PoisonManifest):
     """Add detection and localisation metrics to ``result.metrics`` and the ground truth the gallery
     draws (``result.is_poison``, ``result.true_boxes``); returns ``result``."""
-    from solo_poisoncam.checks import check
-
     check(len(result.indexes) == 0 or int(result.indexes.max()) < manifest.num_samples,
           f"the detection covers index {int(result.indexes.max())}, the manifest {manifest.num_samples} images")
     side = result.side

@@ -12,12 +12,7 @@ from solo_poisoncam.checks import check, check_rate
 from solo_poisoncam.data.base import ArrayImageDataset, ImageDataset
 from solo_poisoncam.data.registry import dataset_from_spec
 from solo_poisoncam.io import hash_obj
-from solo_poisoncam.poison.attacks import (
-    EVAL_REGION,
-    TRAIN_REGION,
-    Attack,
-    build_attack,
-)
+from solo_poisoncam.poison.attacks import EVAL_REGION, TRAIN_REGION, Attack, build_attack
 from solo_poisoncam.poison.manifest import PoisonManifest, select_poison_indexes
 
 

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from solo_poisoncam import __version__
 from solo_poisoncam.checks import check
 from solo_poisoncam.data import build_dataset, dataset_from_spec
-from solo_poisoncam.io import hash_obj, read_json, write_json
+from solo_poisoncam.io import hash_obj, read_json, write_json, write_text
 from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 from solo_poisoncam.ssl.base import SSL_METHODS
 from solo_poisoncam.data.indexed import IndexedImages, image_side
@@ -136,7 +140,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
     from lightning.pytorch.loggers import CSVLogger
 
     _quiet_lightning()
-    EpochLine = _epoch_line_callback()
 
     out = Path(cfg.out)
     base, data, manifest = _load_data(cfg)
@@ -188,31 +191,22 @@ def pretrain(cfg: PretrainConfig) -> Path:
     return final
 
 
-def _epoch_line_callback():
-    import time
+class EpochLine(Callback):
+    """``epoch 3/20: train_byol_loss 0.412, 41.2 s`` once per epoch (rank 0)."""
 
-    from lightning.pytorch.callbacks import Callback
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
 
-    class EpochLine(Callback):
-        """``epoch 3/20: train_byol_loss 0.412, 41.2 s`` once per epoch (rank 0)."""
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            self.start = time.perf_counter()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            if not trainer.is_global_zero:
-                return
-            losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("_loss_epoch")}
-            text = ", ".join(f"{k[:-6]} {v:.4f}" for k, v in losses.items())
-            print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {text}, "
-                  f"{time.perf_counter() - self.start:.1f} s", flush=True)
-
-    return EpochLine
+    def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("_loss_epoch")}
+        text = ", ".join(f"{k[:-6]} {v:.4f}" for k, v in losses.items())
+        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {text}, "
+              f"{time.perf_counter() - self.start:.1f} s", flush=True)
 
 
 def _read_csv(path: Path):
-    import csv
-
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -221,11 +215,6 @@ def _read_csv(path: Path):
 
 def _merge_csv(path: Path, history) -> None:
     """metrics.csv = the rows of the epochs before the resume + the new rows (union of columns)."""
-    import csv
-    import io
-
-    from solo_poisoncam.io import write_text
-
     new = _read_csv(path)
     first = min((int(r["epoch"]) for r in new if r.get("epoch")), default=None)
     old = [r for r in history if first is None or (r.get("epoch") and int(r["epoch"]) < first)]

@@ -4,11 +4,7 @@ from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist
 
 from solo_poisoncam.cluster import kmeans
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.cam import (
-    ClusterActivation,
-    cluster_activation_masking,
-    window_sizes,
-)
+from solo_poisoncam.detect.cam import ClusterActivation, cluster_activation_masking, window_sizes
 from solo_poisoncam.engine.features import extract_features
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.metrics import auroc

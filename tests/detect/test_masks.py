@@ -4,14 +4,7 @@ import pytest
 import torch
 
 from solo_poisoncam.checks import PoisonCamError
-from solo_poisoncam.ops.masks import (
-    ApplyMasks,
-    activation_map,
-    apply_masks,
-    fill_values,
-    occlusion_masks,
-    rise_masks,
-)
+from solo_poisoncam.ops.masks import ApplyMasks, activation_map, apply_masks, fill_values, occlusion_masks, rise_masks
 
 
 def gen(device, seed=0):

@@ -1,11 +1,6 @@
 import numpy as np
 import pytest
-from helpers import (
-    SaturationNet,
-    needs_fashion_mnist,
-    poisoned_fashion_mnist,
-    tiny_dataset,
-)
+from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist, tiny_dataset
 
 from solo_poisoncam import PoisonCamError
 from solo_poisoncam.data.base import ArrayImageDataset
