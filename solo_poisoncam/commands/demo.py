@@ -1,5 +1,5 @@
 """The embedded default: the whole chain on real Fashion-MNIST (Debian package), sized for 2 CPU
-cores (about 11 minutes; --quick about 2). Prints the final table: detection precision, recall
+cores (about 11 minutes; --quick about 2.5). Prints the final table: detection precision, recall
 and trigger-detection accuracy, and ASR and clean accuracy before and after, per method."""
 
 from __future__ import annotations
