@@ -28,6 +28,8 @@ from common import environment, markdown_table, mean_std, write_results  # noqa:
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}},
     "patch-1.0": {"poison": {"attack": "patch", "size": 12, "rate": 1.0}},
+    "patch-0.1": {"poison": {"attack": "patch", "size": 12, "rate": 0.1}},
+    "patch-0.05": {"poison": {"attack": "patch", "size": 12, "rate": 0.05}},
     "patch-0.5-7px": {"poison": {"attack": "patch", "size": 7, "rate": 0.5}},
     "blend": {"poison": {"attack": "blend", "alpha": 0.2, "rate": 0.5}},
     "frequency": {"poison": {"attack": "frequency", "magnitude": 100, "rate": 0.5}},

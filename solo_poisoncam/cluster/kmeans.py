@@ -229,3 +229,10 @@ def kmeans(features: torch.Tensor, num_clusters: int, iters: int = 20, seed: int
     sq = (2 - 2 * scores).clamp_min(0) if spherical else -scores  # squared distances to own centroid
     return ClusterResult(centroids=c, assignments=assignments, scores=scores,
                          inertia=float(sq.sum()), backend=name)
+
+
+def kmeans_state(feats: torch.Tensor, k: int, iters: int, seed: int, backend: str, device) -> dict:
+    """:func:`kmeans` on ``device`` as a CPU dict (the detection pipeline's cached stage)."""
+    res = kmeans(feats.to(device), k, iters=iters, seed=seed, backend=backend)
+    return {"centroids": res.centroids.cpu(), "assignments": res.assignments.cpu(), "scores": res.scores.cpu(),
+            "inertia": res.inertia, "backend": res.backend}

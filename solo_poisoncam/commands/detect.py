@@ -27,9 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", default=None, help="'auto', a side in px (>=1) or a share of the side (<1)")
     p.add_argument("--score", default=None, choices=["drop", "flip", "drop+flip"])
     p.add_argument("--flip-images", type=int, default=None)
-    p.add_argument("--remove", default=None, choices=["classifier", "none"])
+    p.add_argument("--remove", default=None, choices=["probe", "match", "classifier", "none"],
+                   help="how flagged images are chosen (default: probe for poisoncam, classifier for patchsearch)")
+    p.add_argument("--force-remove", action="store_true",
+                   help="remove even when PoisonCAM's verdict is 'no backdoor found' (the verdict is still reported)")
+    p.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"], help="autocast precision (default off)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any DetectConfig field, e.g. --set refine=0 --set classifier.models=5")
+                   help="any DetectConfig field, e.g. --set refine=0 --set verdict_min=10 --set probe.samples=2048")
     p.add_argument("--cache", default=None, help="stage cache folder (default OUT/cache)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--no-backdoor-check", action="store_true", help="skip the backdoor-strength check")
@@ -50,16 +54,19 @@ def _parse_value(text: str) -> Any:
 def config_overrides(args: argparse.Namespace) -> Dict[str, Any]:
     d: Dict[str, Any] = {"method": args.method}
     for flag, key in (("num_clusters", "num_clusters"), ("masks", "masks"), ("score", "score"),
-                      ("flip_images", "flip_images"), ("remove", "remove")):
+                      ("flip_images", "flip_images"), ("remove", "remove"), ("amp", "amp")):
         if getattr(args, flag) is not None:
             d[key] = getattr(args, flag)
+    if args.force_remove:
+        d["force_remove"] = True
     if args.window is not None:
         d["window"] = args.window if args.window == "auto" else float(args.window)
     for item in args.set:
         check("=" in item, f"--set takes KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
-        if key.startswith("classifier."):
-            d.setdefault("classifier", {})[key.split(".", 1)[1]] = _parse_value(value)
+        if key.startswith(("classifier.", "probe.")):
+            group, field = key.split(".", 1)
+            d.setdefault(group, {})[field] = _parse_value(value)
         else:
             d[key] = _parse_value(value)
     return d

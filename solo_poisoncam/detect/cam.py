@@ -9,7 +9,7 @@ trigger window on that map; and the drop when only that window is hidden (the po
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.window import best_window, max_sum_window
 from solo_poisoncam.engine.runner import Runner
+from solo_poisoncam.models.heads import CosineClusterHead
 from solo_poisoncam.ops.masks import activation_map, apply_masks
 from solo_poisoncam.ops.occlusion import box_masks
 from solo_poisoncam.timing import StageClock
@@ -31,7 +32,9 @@ class ClusterActivation(nn.Module):
         self.model, self.head = model, head
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.model(x).float())
+        f = self.model(x)
+        with torch.autocast(f.device.type, enabled=False):  # the head in float32: drops are small differences
+            return self.head(f.float())
 
     def forward(self, x: torch.Tensor, clusters: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         out = [F.softmax(self.logits(x[s:s + chunk]), 1).gather(1, clusters[s:s + chunk, None])[:, 0]
@@ -43,6 +46,13 @@ class ClusterActivation(nn.Module):
         logits = self.logits(x)
         clusters = logits.argmax(1)
         return clusters, F.softmax(logits, 1).gather(1, clusters[:, None])[:, 0]
+
+
+def cluster_activation(model, head_state: Dict[str, torch.Tensor], temperature: float) -> ClusterActivation:
+    """a_c of the threat model with a cosine head loaded from ``head_state``."""
+    head = CosineClusterHead(head_state["weight"], temperature)
+    head.load_state_dict(head_state)
+    return ClusterActivation(model, head.eval()).eval()
 
 
 @dataclass

@@ -8,8 +8,11 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from solo_poisoncam.checks import check
 from solo_poisoncam.detect.classifier import ClassifierConfig
+from solo_poisoncam.detect.removal import ProbeConfig
+from solo_poisoncam.engine.runner import AMP
 
 METHODS = ("poisoncam", "patchsearch")
+REMOVALS = ("probe", "match", "classifier", "none")
 # fields of the detector's own head fine-tuning, removed for solo-learn's cluster_head (head_checkpoint)
 REMOVED = ("head_epochs", "head_steps", "head_lr", "occlusion_area", "occlusion_p", "head_relabel")
 
@@ -46,10 +49,20 @@ class DetectConfig:
     flip_top: int = 200                         # poisoncam: candidates re-ranked by the flip test
     samples_per_iteration: int = 2              # patchsearch search
     remove_per_iteration: float = 0.25
-    # poison classifier and removal
+    # verdict (PoisonCAM): is there a trigger at all? (detect/verdict.py)
+    null_windows: int = 200                     # random windows of the candidates' sides: the null
+    verdict_quantile: float = 0.99              # candidates must beat this quantile of the null ...
+    verdict_margin: float = 0.0                 # ... plus this margin ...
+    verdict_min: int = 5                        # ... and at least this many of them
+    verdict_ncc: float = 0.9                    # a window's pattern "repeats" in an image above this correlation
+    force_remove: bool = False                  # remove even when the verdict is "no backdoor found"
+    # removal: probe (frozen-feature probe) | match (confirmed trigger patterns) | classifier (CNN ensemble) | none;
+    # None = probe for poisoncam, classifier for patchsearch (as in its paper)
+    remove: Optional[str] = None
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    remove: str = "classifier"                  # classifier | none
     # execution
+    amp: str = "off"                            # off | bf16 | fp16 autocast (never around Grad-CAM's backward)
     batch_size: int = 256
     forward_batch: int = 4096
     feature_batch: int = 512
@@ -59,11 +72,20 @@ class DetectConfig:
     def __post_init__(self):
         if isinstance(self.classifier, dict):
             self.classifier = ClassifierConfig(**self.classifier)
+        if isinstance(self.probe, dict):
+            self.probe = ProbeConfig(**self.probe)
+        if self.remove is None:
+            self.remove = "probe" if self.method == "poisoncam" else "classifier"
         check(self.method in METHODS, f"unknown detection method '{self.method}'; choose one of {', '.join(METHODS)}")
         check(self.masks in ("occlusion", "rise", "both"), f"masks must be occlusion, rise or both, got '{self.masks}'")
         check(self.fill in ("mean", "blur", "zero"), f"fill must be mean, blur or zero, got '{self.fill}'")
         check(self.score in ("drop", "flip", "drop+flip"), f"score must be drop, flip or drop+flip, got '{self.score}'")
-        check(self.remove in ("classifier", "none"), f"remove must be classifier or none, got '{self.remove}'")
+        check(self.remove in REMOVALS, f"remove must be one of {', '.join(REMOVALS)}, got '{self.remove}'")
+        check(self.method == "poisoncam" or self.remove in ("classifier", "none"),
+              f"remove={self.remove} needs PoisonCAM's verdict; PatchSearch removes with its classifier or none")
+        check(self.amp in AMP, f"amp must be one of {', '.join(AMP)}, got '{self.amp}'")
+        check(self.null_windows >= 1 and self.verdict_min >= 1, "null_windows and verdict_min must be >= 1")
+        check(0 < self.verdict_quantile <= 1, "verdict_quantile must be in (0, 1]")
         check(self.window == "auto" or float(self.window) > 0, f"window must be 'auto' or positive, got {self.window}")
         check(self.num_clusters is None or self.num_clusters >= 1, "num_clusters must be >= 1")
         check(self.flip_images >= 1 and self.flip_top >= 0, "flip_images must be >= 1 and flip_top >= 0")

@@ -31,6 +31,11 @@ def flip_set(assignments: np.ndarray, scores: np.ndarray, num_clusters: int, siz
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
+def flip_images_of(km, size: int, seed: int = 0) -> np.ndarray:
+    """:func:`flip_set` of a k-means result (``{"assignments", "scores", "centroids"}``)."""
+    return flip_set(km["assignments"].numpy(), km["scores"].numpy(), km["centroids"].shape[0], size, seed)
+
+
 @torch.no_grad()
 def flip_scores(act: ClusterActivation, cand_images: torch.Tensor, windows: torch.Tensor, clusters: torch.Tensor,
                 flip_images: torch.Tensor, device: torch.device, seed: int = 0, forward_batch: int = 4096,

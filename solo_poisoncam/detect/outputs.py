@@ -8,9 +8,10 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.cam import maps_for
+from solo_poisoncam.detect.cam import cluster_activation, maps_for
 from solo_poisoncam.detect.config import DetectConfig
-from solo_poisoncam.detect.pipeline import DetectionResult, build_masks, cluster_activation, fill_value
+from solo_poisoncam.detect.pipeline import DetectionResult
+from solo_poisoncam.detect.poisoncam import build_masks, fill_value
 from solo_poisoncam.io import save_npy, write_json, write_lines
 from solo_poisoncam.viz import PRED_COLOUR, TRUE_COLOUR, heat_overlay, save_png, tile
 
@@ -23,7 +24,11 @@ def metrics_document(result: DetectionResult, extra: Optional[Dict[str, Any]] = 
         "timings": result.timings,
         "config": result.config,
         "definitions": {
-            "removed": "images the poison classifier labels poisoned (never a deletion of files)",
+            "removed": "images the removal stage (probe, match or classifier) flags (never a deletion of files); "
+                       "none when PoisonCAM's verdict is 'no backdoor found' unless force_remove",
+            "verdict": "label-free: do >= verdict_min candidate windows repeat (NCC > verdict_ncc) in other "
+                       "candidates beyond a null of random windows, and does pasting them make features cohere "
+                       "beyond the null's verdict_quantile (docs/design.md, Verdict)",
             "precision/recall/f1": "of the removed set against the manifest",
             "auroc/auprc": "of the poison score against the manifest",
             "precision_at_k": "poison share of the k highest scores (ties broken uniformly at random, in expectation)",
@@ -40,6 +45,10 @@ def summary_line(result: DetectionResult, backdoor: Optional[Dict[str, Any]] = N
     """One line a person reads after a detection (CLI and the solo-learn hook)."""
     m = result.metrics
     text = f"{result.config['method']}: removed {m['num_removed']}/{m['num_samples']}"
+    if m.get("verdict"):
+        v = m["verdict"]
+        text += f" | {v['text']}" + (" - nothing removed (--force-remove to remove anyway)"
+                                     if v.get("removal_skipped") else "")
     if "precision" in m:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         text += (f" | precision {fmt(m.get('precision'))} recall {fmt(m.get('recall'))} "

@@ -8,13 +8,16 @@ round and prunes the lowest-scoring clusters. Images never scored keep score 0, 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from solo_poisoncam.detect.cam import ClusterActivation
+from solo_poisoncam.detect.cam import ClusterActivation, window_sizes
+from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.flip import flip_images_of, flip_scores
+from solo_poisoncam.detect.versions import stage_version
 from solo_poisoncam.detect.window import best_window, max_sum_window
 
 
@@ -31,8 +34,8 @@ def gradcam_maps(act: ClusterActivation, x: torch.Tensor, layer: torch.nn.Module
         store["a"] = out
 
     handle = layer.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
+    try:  # full precision whatever the caller's autocast: reduced-precision gradients change the maps
+        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
             logits = act.logits(x)
             clusters = logits.argmax(1)
             logits.gather(1, clusters[:, None]).sum().backward()
@@ -92,3 +95,47 @@ def iterative_search(score_fn: Callable[[np.ndarray], np.ndarray], assignments: 
         candidates = sorted(candidates, key=lambda k: cluster_score[k])[cut:]
         candidates = [k for k in candidates if unseen[k]]
     return scores, scored, rounds
+
+
+def patchsearch_scores(act, images, model, cfg: DetectConfig, side: int, runner, cache, key: Dict[str, Any], clock,
+                       km) -> Dict[str, Any]:
+    """Grad-CAM windows and searched flip scores of every image (never-scored images keep 0); the same
+    outputs as :func:`solo_poisoncam.detect.poisoncam.poisoncam_scores`."""
+    sizes = window_sizes(side, cfg.window, *cfg.window_range)
+    layer = model.feature_layer
+    key = {**key, "gradcam_v": stage_version("gradcam"), "window": [cfg.window, list(cfg.window_range)]}
+    n = len(images)
+
+    def gradcam_rows():
+        def fn(_, x):
+            boxes, clusters, _ = gradcam_windows(act, x.float() / 255, layer, sizes)
+            return torch.cat([clusters[:, None].float(), boxes.float()], 1)
+        return runner.map_images(fn, images, batch_size=cfg.batch_size, desc="grad-cam")
+
+    with clock("gradcam", n):  # never under autocast (gradcam_maps also turns it off)
+        rows = cache.get_or_compute("gradcam", key, gradcam_rows)
+    clusters, windows = rows[:, 0].long(), rows[:, 1:5].long()
+    key = {**key, "search_v": stage_version("search"),
+           "search": [cfg.flip_images, cfg.samples_per_iteration, cfg.remove_per_iteration]}
+    flip_pos = flip_images_of(km, cfg.flip_images, cfg.seed)
+
+    def search():
+        if not runner.is_main:
+            return None
+        flips = images.take(flip_pos)
+
+        def score_fn(pos):
+            cand = images.take(pos)
+            return flip_scores(act, cand, windows[pos], clusters[pos], flips, runner.device, cfg.seed,
+                               cfg.forward_batch, normalise=False).numpy()
+
+        s, scored, rounds = iterative_search(score_fn, clusters.numpy(), km["centroids"].shape[0],
+                                             cfg.samples_per_iteration, cfg.remove_per_iteration, cfg.seed)
+        return {"scores": s, "scored": scored, "rounds": rounds}
+
+    with clock("search"), runner.autocast(cfg.amp):
+        found = runner.broadcast_object(cache.get_or_compute("search", key, search))
+    clock.counts["search"] = int(found["scored"].sum()) * cfg.flip_images
+    scored = found["scored"]
+    return {"scores": found["scores"], "windows": windows.numpy(), "clusters": clusters.numpy(), "scored": scored,
+            "candidates": np.zeros(0, dtype=np.int64), "flip_set": flip_pos, "key": key}

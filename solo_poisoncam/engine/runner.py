@@ -8,6 +8,7 @@ every rank.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Callable, Optional
 
@@ -16,7 +17,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from solo_poisoncam.checks import check
 from solo_poisoncam.data.indexed import IndexedImages
+
+AMP = ("off", "bf16", "fp16")
 
 
 class Runner:
@@ -40,9 +44,12 @@ class Runner:
         if self.is_main:
             print(f"[poisoncam] {message}", file=sys.stderr, flush=True)
 
-    @property
-    def amp(self) -> bool:
-        return self.device.type == "cuda"
+    def autocast(self, amp: str = "off"):
+        """Autocast on this device in ``amp`` = off | bf16 | fp16 (docs/design.md, Precision)."""
+        check(amp in AMP, f"amp must be one of {', '.join(AMP)}, got '{amp}'")
+        if amp == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
     def shard(self, n: int) -> np.ndarray:
         """Positions 0..n-1 handled by this rank (contiguous, sizes differ by at most one)."""
@@ -81,8 +88,7 @@ class Runner:
         loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         outs = []
         for idx, x, _ in tqdm(loader, desc=desc, disable=not (self.progress and sys.stderr.isatty()), leave=False):
-            with torch.autocast(self.device.type, enabled=self.amp):
-                y = fn(idx.to(self.device), x.to(self.device, non_blocking=True))
+            y = fn(idx.to(self.device), x.to(self.device, non_blocking=True))
             outs.append(y.float().cpu() if y.is_floating_point() else y.cpu())
         if outs:
             local = torch.cat(outs)

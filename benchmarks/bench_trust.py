@@ -1,0 +1,142 @@
+"""Trust: PoisonCAM's label-free verdict and its removal modes, side by side on the same threat models.
+
+    python benchmarks/bench_trust.py --quick --settings clean patch-0.5-7px patch-1.0 patch-0.5 patch-0.1 patch-0.05
+    python benchmarks/bench_trust.py --quick --settings cifar-patch16-1.0 --data PATH/cifar10_subset.npz
+
+For each (setting, seed) of ``bench_detection.py`` (the same run folders, so threat models are
+shared): the threat model and its backdoor check, then PoisonCAM once per removal mode (probe,
+score, classifier; one stage cache, so masking runs once) and PatchSearch as its paper runs it.
+"clean" trains on unpoisoned data: every removal there is a false one. The verdict uses no
+ground truth; the metrics do. Writes benchmarks/results/<name>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_detection import QUICK, SETTINGS, deep_merge  # noqa: E402
+from common import environment, markdown_table, write_results  # noqa: E402
+
+MODES = ("probe", "match", "classifier")
+
+
+def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, modes, patchsearch: bool) -> Dict[str, Any]:
+    from solo_poisoncam.data import dataset_from_spec
+    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.detect.pipeline import run_detection
+    from solo_poisoncam.engine.cache import StageCache
+    from solo_poisoncam.engine.runner import Runner
+    from solo_poisoncam.eval.detection import score_detection
+    from solo_poisoncam.models.threat_model import load_threat_model
+    from solo_poisoncam.pipeline.config import load_run_config
+    from solo_poisoncam.pipeline.run import Chain, data_spec
+    from solo_poisoncam.poison import PoisonedDataset
+
+    cfg = deep_merge(deep_merge(load_run_config(), base), SETTINGS[setting])
+    cfg.update(seed=seed, name=f"{setting}-s{seed}", retrain={"enabled": False}, reference={"clean": False})
+    chain = Chain(cfg, root / cfg["name"], progress=False, log=lambda s: print(f"  {cfg['name']} {s}", flush=True))
+    out: Dict[str, Any] = {"setting": setting, "seed": seed, "detections": {}}
+    if setting == "clean":
+        ckpt, manifest = chain.stage("clean threat model", chain.clean), None
+        data = dataset_from_spec(data_spec(cfg))
+    else:
+        manifest = chain.stage("poison", chain.poison)
+        ckpt = chain.stage("threat model", chain.threat)
+        out["backdoor"] = chain.stage("backdoor check", lambda: chain.backdoor(ckpt))
+        data = PoisonedDataset.from_manifest(manifest)
+    runs = [("poisoncam", m) for m in modes] + ([("patchsearch", "classifier")] if patchsearch else [])
+    for method, mode in runs:
+        dcfg = DetectConfig.from_dict({**cfg["detect"].get("settings", {}), "method": method, "remove": mode,
+                                       "seed": seed})
+        r = chain.stage(f"detect {method} remove={mode}", lambda d=dcfg: run_detection(
+            load_threat_model(ckpt), data, d, Runner(progress=False), StageCache(chain.out / "cache")))
+        if manifest is not None:
+            r = score_detection(r, manifest)
+        m = dict(r.metrics)
+        m["false_removal_rate"] = m.get("false_removal_rate", m["num_removed"] / m["num_samples"]) \
+            if manifest is None else m.get("false_removal_rate")
+        out["detections"][f"{method}:{mode}"] = {"metrics": m, "timings": r.timings}
+    return out
+
+
+def _f(v, digits=3):
+    return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def _stage_seconds(t: Dict[str, Any]) -> float:
+    """Seconds the run's stages cost when computed (cache hits count what they cost at the time)."""
+    comp = t.get("stage_compute_s", {})
+    return float(sum(v for v in comp.values() if v is not None))
+
+
+def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
+    bd, det = [], []
+    for r in rows:
+        if "backdoor" in r:
+            b = r["backdoor"]
+            t, ref = b["threat"], b["reference"]
+            bd.append([r["setting"], str(r["seed"]), "targeted" if b.get("targeted") else
+                       ("learned" if b["learned"] else "NOT learned"), f"{t['purity']:.1%} ({ref['purity']:.1%})",
+                       f"{t['patched_to_poison_cluster']:.1%} / {t['control_to_poison_cluster']:.1%}",
+                       f"{t['probe_asr_patched']:.1%} / {t['probe_asr_control']:.1%} ({ref['probe_asr_patched']:.1%})"])
+        for name, d in r["detections"].items():
+            m, t = d["metrics"], d["timings"]
+            v = m.get("verdict") or {}
+            verdict = (("found" if v.get("found") else "none") + f" ({v.get('repeated')} repeat; coherence "
+                       f"{v.get('coherence', 0):.2f} vs {v.get('coherence_threshold', 0):.2f})") if v else "n/a (no verdict)"
+            det.append([r["setting"], str(r["seed"]), name, verdict, str(m["num_removed"]),
+                        _f(m.get("precision")), _f(m.get("recall")), _f(m.get("f1")), _f(m.get("auroc")),
+                        _f(m.get("false_removal_rate")), f"{_stage_seconds(t):.0f}",
+                        ", ".join(f"{k} {v:.0f}" for k, v in t.get("stage_compute_s", {}).items() if v)])
+    return {
+        "Backdoor strength of the threat models (precondition of every detection number)": markdown_table(
+            ["setting", "seed", "backdoor", "purity (random-init)", "patched / control -> poison cluster",
+             "probe ASR patched / control (random-init patched)"], bd),
+        "Verdict and removal (PoisonCAM per removal mode; PatchSearch with its classifier)": markdown_table(
+            ["setting", "seed", "method:removal", "verdict (repeating candidates; their coherence vs null)", "removed", "precision",
+             "recall", "F1", "AUROC", "false removal rate", "stages s", "per stage s (as computed)"], det),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CPU-sized: 5,000 Fashion-MNIST images, 5 epochs")
+    p.add_argument("--settings", nargs="+", default=["clean", "patch-0.5-7px", "patch-1.0", "patch-0.5", "patch-0.1",
+                                                     "patch-0.05"], choices=sorted(SETTINGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--no-patchsearch", action="store_true")
+    p.add_argument("--root", default="runs/bench", help="run folders (shared with bench_detection.py)")
+    p.add_argument("--name", default="trust")
+    p.add_argument("--data", default=None, help="the .npz file of the cifar-* settings")
+    args = p.parse_args()
+    colour = [s for s in args.settings if s.startswith("cifar-")]
+    if colour and (args.data is None or not Path(args.data).is_file()):
+        p.error(f"{', '.join(colour)} need --data PATH.npz (a CIFAR-style .npz file); got {args.data}")
+    for s in colour:
+        SETTINGS[s] = deep_merge(SETTINGS[s], {"data": {"root": str(Path(args.data).resolve())}})
+    base = QUICK if args.quick else {}
+    root = Path(args.root) / ("quick" if args.quick else "full")
+    env = environment()
+    rows = []
+    for seed in args.seeds:  # every setting of one seed first: a cut-short run still covers every regime
+        for setting in args.settings:
+            print(f"== {setting} seed {seed}", flush=True)
+            rows.append(run_one(setting, seed, base, root, args.modes, not args.no_patchsearch))
+            tabs = tables(rows)  # written after every run: a long benchmark shows its progress
+            settings = {"base": base, "settings": {s: SETTINGS[s] for s in args.settings}, "seeds": args.seeds,
+                        "modes": args.modes}
+            path = write_results(args.name, env, settings, tabs, rows)
+    for title, table in tabs.items():
+        print(f"\n{title}\n{table}")
+    print(f"\n-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""PoisonCAM's localisation and score as cached stages: masking -> window refinement -> flip test
+(docs/design.md, method steps 3-5)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from solo_poisoncam.data.indexed import IndexedImages
+from solo_poisoncam.detect.cam import CamResult, cluster_activation_masking, refine_windows
+from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.flip import flip_images_of, flip_scores
+from solo_poisoncam.detect.versions import stage_version
+from solo_poisoncam.ops.masks import occlusion_masks, rise_masks
+
+
+def build_masks(cfg: DetectConfig, side: int, seed: int = 0) -> torch.Tensor:
+    """The shared mask set (M, 1, S, S) of cluster activation masking."""
+    parts = []
+    if cfg.masks in ("occlusion", "both"):
+        size = max(1, round(cfg.occluder * side))
+        stride = max(1, round(cfg.occluder_stride * side))
+        parts.append(occlusion_masks(side, side, size, stride)[0])
+    if cfg.masks in ("rise", "both"):
+        g = torch.Generator().manual_seed(seed)
+        parts.append(rise_masks(cfg.num_masks, side, side, grid=cfg.rise_grid, p_keep=cfg.rise_p, generator=g))
+    return torch.cat(parts)
+
+
+def fill_value(cfg: DetectConfig, model: torch.nn.Module):
+    if cfg.fill == "mean":
+        return model.mean.flatten().detach().cpu().float()  # the data's channel mean, in [0, 1] units
+    if cfg.fill == "zero":
+        return torch.zeros(3)
+    return "blur"
+
+
+def poisoncam_scores(act, images: IndexedImages, cfg: DetectConfig, fill, side: int, runner, cache,
+                     key: Dict[str, Any], clock, km) -> Dict[str, Any]:
+    """Windows and scores of every image. Returns ``scores, windows, clusters, scored`` (N,) arrays,
+    ``flip`` (the candidates' flip rates; empty without a flip term), ``flip_set`` (positions of
+    the flip images), ``drop`` (N,) window drops, ``candidates`` (the ``flip_top`` highest by drop) and ``key`` (the last stage's cache key, for the stages that follow)."""
+    masks = build_masks(cfg, side, cfg.seed)
+    key = {**key, "cam_v": stage_version("cam"),
+           "masks": [cfg.masks, cfg.occluder, cfg.occluder_stride, cfg.num_masks, cfg.rise_grid, cfg.rise_p],
+           "window": [cfg.window, list(cfg.window_range)]}
+    n = len(images)
+    with clock("masking", n), runner.autocast(cfg.amp):
+        cam = cache.get_or_compute("cam", key, lambda: cluster_activation_masking(
+            act, images, masks, fill, runner, cfg.window, cfg.window_range, cfg.batch_size, cfg.forward_batch,
+            clock=clock).__dict__)
+    cam = CamResult(**cam)
+    clock.counts["masked_forwards"] = clock.counts.get("forward", 0)
+    if cfg.refine > 0:
+        top = np.sort(np.argsort(-cam.window_drop.numpy(), kind="stable")[: int(np.ceil(cfg.refine * n))])
+        rows = torch.as_tensor(top)
+        sub = IndexedImages(images.dataset, images.indexes[top], size=side)
+        lo, hi = (max(1, round(f * side)) for f in cfg.window_range)
+        rkey = {**key, "refine": [cfg.refine, cfg.refine_tau, 2]}  # 2: plateau-centre refinement
+        with clock("refine", len(top)), runner.autocast(cfg.amp):
+            windows, drops = cache.get_or_compute("refine", rkey, lambda: refine_windows(
+                act, sub, cam.windows[rows], fill, runner, (lo, hi), cfg.refine_tau,
+                forward_batch=cfg.forward_batch))
+        cam.windows[rows] = windows
+        cam.window_drop[rows] = drops
+        key = rkey
+    drop = cam.window_drop.numpy().astype(np.float64)
+    scores = drop.copy() if cfg.score != "flip" else np.zeros(n)
+    scored = np.ones(n, dtype=bool)
+    flip_pos = flip_images_of(km, cfg.flip_images, cfg.seed)
+    top = np.argsort(-drop, kind="stable")[: min(cfg.flip_top, n)]
+    flip = np.zeros(0)
+    if cfg.score in ("flip", "drop+flip") and cfg.flip_top > 0:
+        key = {**key, "flip_v": stage_version("flip"), "flip": [cfg.flip_images, cfg.flip_top, cfg.score]}
+
+        def compute():
+            if not runner.is_main:
+                return None
+            cand = images.take(top)
+            return flip_scores(act, cand, cam.windows[top], cam.clusters[top], images.take(flip_pos), runner.device,
+                               cfg.seed, cfg.forward_batch).numpy()
+
+        with clock("flip", len(top) * cfg.flip_images), runner.autocast(cfg.amp):
+            flip = runner.broadcast_object(cache.get_or_compute("flip", key, compute))
+        if cfg.score == "flip":
+            scored = np.zeros(n, dtype=bool)
+            scored[top] = True
+            scores[top] = 1.0 + flip  # the tested candidates rank above the untested ones
+        else:
+            scores[top] = drop[top] + np.maximum(flip, 0.0)
+    return {"scores": scores, "windows": cam.windows.numpy(), "clusters": cam.clusters.numpy(), "scored": scored,
+            "drop": drop, "candidates": top, "flip": flip, "flip_set": flip_pos, "key": key}

@@ -1,0 +1,174 @@
+"""Is there a trigger at all? A label-free test of PoisonCAM's own candidates (docs/design.md, Verdict).
+
+Two questions, both against a null of random windows with the candidates' sides, cut from random
+places in the images least affected by masking (the lower half by window drop, where a
+trigger-carrying image is unlikely):
+
+1. **Repetition** (is a pattern planted?): a poisoning pastes one trigger on many images, and
+   natural photographs almost never share a pixel pattern. A candidate's repetition is the number
+   of other candidate images that contain its window's pattern somewhere (max normalised cross-
+   correlation over positions > ``ncc``). Colour shortcuts (a red car, blue sky) do not repeat:
+   their textures differ.
+2. **Learned** (did the model take it?): a backdoor the threat model learned makes images that
+   carry the trigger collapse together in feature space, whatever their content (what an SSL
+   backdoor is). A window's *coherence* is how close together the flip images' features come with
+   it pasted (||mean of unit features||^2, the mean pairwise cosine).
+
+Found = at least ``min_count`` candidates repeat beyond the null, and their median coherence beats
+the null's quantile. No ground truth and no trigger: only the model, the images and the candidates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from solo_poisoncam.checks import check
+from solo_poisoncam.detect.window import crop_boxes, paste_patches
+
+
+def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: int, seed: int = 0):
+    """Positions (R,) of source images (random, from the lower half by ``drop``) and boxes (R, 4) of
+    random place, with sides drawn from the candidates' window sides."""
+    check(len(cand_windows) > 0, "the null needs at least one candidate window")
+    rng = np.random.default_rng(seed + 7919)  # not the flip test's own stream
+    low = np.argsort(drop, kind="stable")[: max(1, len(drop) // 2)]
+    src = rng.choice(low, size=count, replace=len(low) < count)
+    sides = (cand_windows[:, 2:] - cand_windows[:, :2])[rng.integers(0, len(cand_windows), count)]
+    x0 = rng.integers(0, side - sides[:, 0] + 1)
+    y0 = rng.integers(0, side - sides[:, 1] + 1)
+    boxes = np.stack([x0, y0, x0 + sides[:, 0], y0 + sides[:, 1]], 1).astype(np.int64)
+    return src.astype(np.int64), boxes
+
+
+@torch.no_grad()
+def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
+                 chunk: int = 64) -> torch.Tensor:
+    """(P, T) bool: pool image p holds window t's pattern (max normalised cross-correlation over positions
+    > ``ncc``). Flat windows (pixel std < 1/64) match nothing: a uniform patch correlates with anything.
+
+    Args:
+        src_images: uint8 (T, 3, S, S) the windows are cut from; boxes (T, 4) long.
+        pool: uint8 (P, 3, S, S), the images searched.
+    """
+    pool_x = pool.float() / 255
+    src = src_images.float() / 255
+    out = torch.zeros(len(pool), len(boxes), dtype=torch.bool)
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    for size in torch.unique(sizes, dim=0):
+        w, h = int(size[0]), int(size[1])
+        group = torch.nonzero((sizes == size).all(1)).flatten()
+        k = 3 * h * w
+        ones = torch.ones(1, 3, h, w)
+        s1 = F.conv2d(pool_x, ones)
+        local_sd = (F.conv2d(pool_x ** 2, ones) - s1 ** 2 / k).clamp_min(1e-8).sqrt()  # (P, 1, S-h+1, S-w+1)
+        for start in range(0, len(group), chunk):
+            part = group[start:start + chunk]
+            t = crop_boxes(src[part], boxes[part])
+            t = t - t.mean((1, 2, 3), keepdim=True)
+            norm = t.flatten(1).norm(dim=1)
+            score = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])
+            hits = score.flatten(2).max(2).values > ncc
+            hits[:, norm / np.sqrt(k) < 1 / 64] = False
+            out[:, part] = hits
+    return out
+
+
+def repetition(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
+               exclude: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per window (T,): the number of pool images holding its pattern, not counting row ``exclude[t]``
+    of the pool (the window's own image; -1 = none)."""
+    hits = pattern_hits(src_images, boxes, pool, ncc)
+    if exclude is not None:
+        own = torch.as_tensor(exclude)
+        cols = torch.nonzero(own >= 0).flatten()
+        hits[own[cols], cols] = False
+    return hits.sum(0).numpy()
+
+
+def match_any(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, chunk: int = 1024) -> np.ndarray:
+    """(N,) bool: image j of ``images`` (``take(positions)`` -> uint8) holds any of the windows' patterns."""
+    n = len(images)
+    return np.concatenate([pattern_hits(src_images, boxes, images.take(np.arange(i, min(n, i + chunk))), ncc)
+                           .any(1).numpy() for i in range(0, n, chunk)])
+
+
+@torch.no_grad()
+def coherence(embed, src_images: torch.Tensor, boxes: torch.Tensor, flip_images: torch.Tensor, seed: int = 0,
+              forward_batch: int = 4096) -> np.ndarray:
+    """Per window (T,): ||mean of the unit features of the flip images with it pasted at random places||^2."""
+    flips = flip_images.float() / 255
+    n_flip, s = flips.shape[0], flips.shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    out = torch.zeros(len(boxes))
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    for size in torch.unique(sizes, dim=0):
+        group = torch.nonzero((sizes == size).all(1)).flatten()
+        w, h = int(size[0]), int(size[1])
+        per_chunk = max(1, forward_batch // n_flip)
+        for start in range(0, len(group), per_chunk):
+            part = group[start:start + per_chunk]
+            patches = crop_boxes(src_images[part].float() / 255, boxes[part])
+            pos = torch.stack([torch.randint(0, s - w + 1, (len(part) * n_flip,), generator=g),
+                               torch.randint(0, s - h + 1, (len(part) * n_flip,), generator=g)], 1)
+            x = paste_patches(flips.repeat(len(part), 1, 1, 1), patches.repeat_interleave(n_flip, 0), pos)
+            f = torch.cat([embed(x[i:i + forward_batch]).float().cpu() for i in range(0, len(x), forward_batch)])
+            out[part] = f.view(len(part), n_flip, -1).mean(1).pow(2).sum(-1)
+    return out.numpy()
+
+
+def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, cand_windows: np.ndarray,
+                       flip_pos: np.ndarray, count: int, ncc: float = 0.9, seed: int = 0,
+                       forward_batch: int = 4096) -> Dict[str, np.ndarray]:
+    """Repetition and coherence of the candidates and of :func:`null_windows`; repetition is searched in
+    the candidates' own images (where the poisons concentrate, if there are any)."""
+    side = int(images[0][1].shape[-1])
+    src, boxes = null_windows(drop, cand_windows, count, side, seed)
+    cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
+    cw, nb = torch.as_tensor(cand_windows), torch.as_tensor(boxes)
+    row = {int(p): i for i, p in enumerate(cand_pos)}
+    return {"rep": repetition(cand_x, cw, cand_x, ncc, np.arange(len(cand_pos))),
+            "null_rep": repetition(null_x, nb, cand_x, ncc, np.array([row.get(int(p), -1) for p in src])),
+            "coh": coherence(embed, cand_x, cw, flips, seed, forward_batch),
+            "null_coh": coherence(embed, null_x, nb, flips, seed + 1, forward_batch)}
+
+
+def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, quantile: float = 0.99) -> Dict[str, Any]:
+    """The verdict from :func:`verdict_statistics`.
+
+    A candidate *repeats* when its repetition is at least ``min_count - 1`` (it and that many others
+    share the pattern) and above the null's ``quantile``. The pattern is *learned* when the repeating
+    candidates' median coherence exceeds the null's ``quantile`` plus ``margin``. Found = at least
+    ``min_count`` repeat and they are learned; ``confirmed`` marks them (the triggers removal uses).
+    A quantile, not the maximum: a few null windows may still fall on a trigger.
+    """
+    rep, null_rep = np.asarray(stats["rep"]), np.asarray(stats["null_rep"])
+    coh, null_coh = np.asarray(stats["coh"], dtype=np.float64), np.asarray(stats["null_coh"], dtype=np.float64)
+    rep_threshold = max(float(min_count - 1), float(np.quantile(null_rep, quantile)) if len(null_rep) else 0.0)
+    repeats = rep >= rep_threshold
+    if len(null_rep):
+        repeats &= rep > np.quantile(null_rep, quantile)
+    coh_threshold = (float(np.quantile(null_coh, quantile)) if len(null_coh) else 0.0) + margin
+    coh_median = float(np.median(coh[repeats])) if repeats.any() else 0.0
+    count = int(repeats.sum())
+    learned = bool(repeats.any() and coh_median > coh_threshold)
+    return {"found": count >= min_count and learned, "repeated": count, "learned": learned,
+            "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
+            "coherence": round(coh_median, 6), "coherence_threshold": round(coh_threshold, 6),
+            "quantile": quantile, "null_windows": int(len(null_coh)), "candidates": int(len(coh)),
+            "confirmed": repeats & learned}
+
+
+def describe(verdict: Dict[str, Any]) -> str:
+    """``backdoor found (...)`` or ``no backdoor found (...)``: both statistics and their thresholds, in words."""
+    v = verdict
+    head = "backdoor found" if v["found"] else "no backdoor found"
+    why = (f"{v['repeated']} of {v['candidates']} candidate windows repeat in >= {v['rep_threshold']:g} other "
+           f"candidates (needs {v['min_count']}); their median coherence {v['coherence']:.3f} vs "
+           f"{v['coherence_threshold']:.3f}, the {v['quantile']:.0%} quantile of {v['null_windows']} random windows")
+    if not v["found"] and v["repeated"] >= v["min_count"] and not v["learned"]:
+        why += ": a repeated pattern the model did not learn"
+    return f"{head} ({why})"

@@ -1,0 +1,116 @@
+"""The label-free verdict and the removal modes: hand-computed cases, and both directions on generated data."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import SaturationNet
+
+from solo_poisoncam.data.base import ArrayImageDataset
+from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.pipeline import run_detection
+from solo_poisoncam.detect.removal import paste_at_random
+from solo_poisoncam.detect.verdict import decide, describe, null_windows, pattern_hits, repetition
+from solo_poisoncam.engine.runner import Runner
+from solo_poisoncam.eval.detection import score_detection
+from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
+
+FAST = {"num_clusters": 10, "flip_images": 40, "flip_top": 60, "null_windows": 60}
+
+
+def test_decide_by_hand():
+    stats = {"rep": np.array([9, 8, 8, 1, 0]), "null_rep": np.array([0, 0, 1, 0]),
+             "coh": np.array([0.5, 0.4, 0.3, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15])}
+    v = decide(stats, min_count=3, quantile=1.0)
+    # repeats: >= min_count - 1 = 2 others and above the null's maximum 1: rows 0-2; their median coherence
+    # 0.4 beats the null's maximum 0.25
+    assert v["repeated"] == 3 and v["rep_threshold"] == 2 and v["learned"] and v["found"]
+    assert v["coherence"] == pytest.approx(0.4) and v["coherence_threshold"] == pytest.approx(0.25)
+    assert v["confirmed"].tolist() == [True, True, True, False, False]
+    assert not decide(stats, min_count=4, quantile=1.0)["found"]  # only 3 repeat
+    # a margin of 0.2 puts the bar at 0.45: repeated but not learned, and said so
+    v = decide(stats, min_count=3, margin=0.2, quantile=1.0)
+    assert v["repeated"] == 3 and not v["learned"] and not v["found"] and not v["confirmed"].any()
+    assert describe(v).startswith("no backdoor found (3 of 5 candidate windows repeat")
+    assert describe(v).endswith("a repeated pattern the model did not learn)")
+    # the 50% quantile of the null coherence, linear interpolation: (0.15 + 0.2) / 2 = 0.175
+    assert decide(stats, min_count=3, quantile=0.5)["coherence_threshold"] == pytest.approx(0.175)
+
+
+def test_pattern_hits_find_a_pasted_pattern_anywhere_and_nothing_in_noise():
+    rng = np.random.default_rng(0)
+    pool = torch.as_tensor(rng.integers(0, 256, size=(6, 3, 16, 16)), dtype=torch.uint8)
+    pattern = torch.as_tensor(rng.integers(0, 256, size=(3, 4, 4)), dtype=torch.uint8)
+    pool[1, :, 2:6, 9:13] = pattern
+    pool[4, :, 10:14, 0:4] = pattern // 2 + 60  # another contrast and brightness: NCC ignores both
+    src = pool[1:2].clone()
+    hits = pattern_hits(src, torch.tensor([[9, 2, 13, 6]]), pool, ncc=0.9)
+    assert hits[:, 0].tolist() == [False, True, False, False, True, False]
+    assert repetition(src, torch.tensor([[9, 2, 13, 6]]), pool, 0.9, np.array([1])).tolist() == [1]
+    flat = torch.full((1, 3, 16, 16), 128, dtype=torch.uint8)
+    assert not pattern_hits(flat, torch.tensor([[0, 0, 4, 4]]), pool).any()  # a flat window matches nothing
+
+
+def test_null_windows_come_from_the_least_affected_images_with_the_candidates_sides():
+    drop = np.arange(100, dtype=float)  # positions 0..49 are the lower half
+    cand = np.array([[0, 0, 5, 5], [2, 2, 9, 9]])
+    src, boxes = null_windows(drop, cand, 500, side=16, seed=3)
+    assert src.max() < 50 and len(set(src.tolist())) > 40
+    sides = boxes[:, 2] - boxes[:, 0]
+    assert set(sides.tolist()) == {5, 7} and (boxes[:, 3] - boxes[:, 1] == sides).all()
+    assert boxes[:, :2].min() >= 0 and boxes[:, 2:].max() <= 16
+    again = null_windows(drop, cand, 500, side=16, seed=3)
+    assert np.array_equal(again[1], boxes)  # seeded
+
+
+def test_paste_at_random_pastes_each_patch_at_its_own_size():
+    x = torch.zeros(6, 3, 10, 10)
+    patches = [torch.ones(3, 2, 2), torch.full((3, 4, 4), 0.5)]
+    out = paste_at_random(x, patches, np.array([0, 1, 0, 1, 1, 0]), np.random.default_rng(0))
+    assert [int((o > 0).sum()) for o in out] == [12, 48, 12, 48, 48, 12]
+    assert (x == 0).all()  # input untouched
+
+
+def generated(n: int = 400, side: int = 32, seed: int = 0):
+    """Grayscale textures (no colour anywhere), 4 classes by brightness."""
+    rng = np.random.default_rng(seed)
+    targets = np.arange(n) % 4
+    gray = rng.integers(0, 96, size=(n, side, side, 1)) + (targets * 40)[:, None, None, None]
+    images = np.repeat(gray, 3, axis=3).astype(np.uint8)
+    return ArrayImageDataset(images, targets, [f"c{i}" for i in range(4)], "generated", "train",
+                             spec={"name": "generated", "seed": seed})
+
+
+@pytest.fixture(scope="module")
+def planted():
+    base = generated()
+    manifest = make_manifest(base, PatchAttack(size=8), target=0, rate=0.3)  # 30 poisons among 400
+    return base, PoisonedDataset(base, manifest), manifest
+
+
+@pytest.mark.parametrize("remove", ["probe", "match"])
+def test_verdict_finds_a_planted_trigger_and_removal_takes_almost_only_poisons(planted, remove):
+    _, data, manifest = planted
+    r = score_detection(run_detection(SaturationNet(), data, DetectConfig.from_dict({**FAST, "remove": remove}),
+                                      Runner(progress=False)), manifest)
+    v = r.metrics["verdict"]
+    assert v["found"] and v["repeated"] >= 5 and v["text"].startswith("backdoor found")
+    assert r.metrics["recall"] >= 0.9 and r.metrics["precision"] >= 0.9, r.metrics
+
+
+def test_verdict_says_none_on_clean_data_and_removes_nothing(planted):
+    base, _, _ = planted
+    r = run_detection(SaturationNet(), base, DetectConfig.from_dict(FAST), Runner(progress=False))
+    v = r.metrics["verdict"]
+    assert not v["found"] and v["text"].startswith("no backdoor found") and v["removal_skipped"]
+    assert r.metrics["num_removed"] == 0 and not r.removed.any()
+    # forced, the old behaviour: the classifier-free probe still runs and may remove
+    forced = run_detection(SaturationNet(), base, DetectConfig.from_dict({**FAST, "force_remove": True}),
+                           Runner(progress=False))
+    assert not forced.metrics["verdict"]["found"] and not forced.metrics["verdict"]["removal_skipped"]
+
+
+def test_patchsearch_has_no_verdict_and_refuses_poisoncam_removals():
+    with pytest.raises(Exception, match="PatchSearch removes with its classifier"):
+        DetectConfig(method="patchsearch", remove="probe")
+    assert DetectConfig(method="patchsearch").remove == "classifier"
+    assert DetectConfig().remove == "probe"
