@@ -46,9 +46,13 @@ def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: i
 
 @torch.no_grad()
 def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-                 chunk: int = 64) -> torch.Tensor:
-    """(P, T) bool: pool image p holds window t's pattern (max normalised cross-correlation over positions
-    > ``ncc``). Flat windows (pixel std < 1/64) match nothing: a uniform patch correlates with anything.
+                 rmse: float = 0.1, chunk: int = 64) -> torch.Tensor:
+    """(P, T) bool: pool image p holds window t's pattern somewhere: at one position, both the normalised
+    cross-correlation exceeds ``ncc`` and the root-mean-square pixel difference is below ``rmse`` (in
+    [0, 1] units). A pasted trigger is pixel-identical; a simple structure (an edge, a gradient)
+    correlates with many images but at other intensities. Flat image regions and windows with a flat
+    quadrant (pixel std < 1/64) match nothing: a window that is mostly background (an object's corner
+    on black) matches every image with that background.
 
     Args:
         src_images: uint8 (T, 3, S, S) the windows are cut from; boxes (T, 4) long.
@@ -64,17 +68,29 @@ def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tens
         k = 3 * h * w
         ones = torch.ones(1, 3, h, w)
         s1 = F.conv2d(pool_x, ones)
-        local_sd = (F.conv2d(pool_x ** 2, ones) - s1 ** 2 / k).clamp_min(1e-8).sqrt()  # (P, 1, S-h+1, S-w+1)
+        s2 = F.conv2d(pool_x ** 2, ones)
+        local_sd = (s2 - s1 ** 2 / k).clamp_min(1e-8).sqrt()  # (P, 1, S-h+1, S-w+1), times sqrt(k)
+        flat = local_sd < np.sqrt(k) / 64
         for start in range(0, len(group), chunk):
             part = group[start:start + chunk]
-            t = crop_boxes(src[part], boxes[part])
-            t = t - t.mean((1, 2, 3), keepdim=True)
+            raw = crop_boxes(src[part], boxes[part])
+            t = raw - raw.mean((1, 2, 3), keepdim=True)
             norm = t.flatten(1).norm(dim=1)
-            score = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])
-            hits = score.flatten(2).max(2).values > ncc
-            hits[:, norm / np.sqrt(k) < 1 / 64] = False
+            corr = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])
+            sq = (s2 - 2 * F.conv2d(pool_x, raw) + raw.pow(2).sum((1, 2, 3))[None, :, None, None]) / k
+            ok = (corr > ncc) & (sq.clamp_min(0) < rmse ** 2) & ~flat
+            hits = ok.flatten(2).any(2)
+            hits[:, _partly_flat(raw)] = False
             out[:, part] = hits
     return out
+
+
+def _partly_flat(x: torch.Tensor) -> torch.Tensor:
+    """(T,) bool: a quadrant of window (T, 3, h, w) has pixel std < 1/64."""
+    h, w = x.shape[-2:]
+    hh, ww = max(1, h // 2), max(1, w // 2)
+    quads = [x[..., :hh, :ww], x[..., :hh, ww:], x[..., hh:, :ww], x[..., hh:, ww:]]
+    return torch.stack([q.flatten(1).std(1) if q.numel() else torch.zeros(len(x)) for q in quads], 1).min(1).values < 1 / 64
 
 
 def repetition(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,

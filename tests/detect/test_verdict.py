@@ -41,10 +41,13 @@ def test_pattern_hits_find_a_pasted_pattern_anywhere_and_nothing_in_noise():
     pool = torch.as_tensor(rng.integers(0, 256, size=(6, 3, 16, 16)), dtype=torch.uint8)
     pattern = torch.as_tensor(rng.integers(0, 256, size=(3, 4, 4)), dtype=torch.uint8)
     pool[1, :, 2:6, 9:13] = pattern
-    pool[4, :, 10:14, 0:4] = pattern // 2 + 60  # another contrast and brightness: NCC ignores both
+    noise = torch.as_tensor(rng.integers(-6, 7, size=(3, 4, 4)))
+    pool[4, :, 10:14, 0:4] = (pattern.long() + noise).clamp(0, 255).to(torch.uint8)  # the same, slightly noisy
+    pool[5, :, 0:4, 0:4] = pattern // 2 + 60  # the same structure at another contrast: correlates, but no match
     src = pool[1:2].clone()
     hits = pattern_hits(src, torch.tensor([[9, 2, 13, 6]]), pool, ncc=0.9)
     assert hits[:, 0].tolist() == [False, True, False, False, True, False]
+    assert pattern_hits(src, torch.tensor([[9, 2, 13, 6]]), pool, ncc=0.9, rmse=1.0)[5, 0]  # NCC alone takes it
     assert repetition(src, torch.tensor([[9, 2, 13, 6]]), pool, 0.9, np.array([1])).tolist() == [1]
     flat = torch.full((1, 3, 16, 16), 128, dtype=torch.uint8)
     assert not pattern_hits(flat, torch.tensor([[0, 0, 4, 4]]), pool).any()  # a flat window matches nothing
@@ -114,3 +117,19 @@ def test_patchsearch_has_no_verdict_and_refuses_poisoncam_removals():
         DetectConfig(method="patchsearch", remove="probe")
     assert DetectConfig(method="patchsearch").remove == "classifier"
     assert DetectConfig().remove == "probe"
+
+
+def test_pattern_hits_ignore_flat_regions_of_the_searched_images():
+    # a black image with one faint pixel: its flat regions must not "match" a textured window
+    rng = np.random.default_rng(1)
+    src = torch.as_tensor(rng.integers(0, 256, size=(1, 3, 16, 16)), dtype=torch.uint8)
+    pool = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    pool[1, :, 8, 8] = 1
+    assert not pattern_hits(src, torch.tensor([[0, 0, 5, 5]]), pool).any()
+
+
+def test_a_window_that_is_mostly_background_matches_nothing():
+    # an object's corner on black: it would match every image with a black background
+    pool = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+    pool[:, :, 4:12, 4:12] = 150
+    assert not pattern_hits(pool[:1], torch.tensor([[0, 0, 6, 6]]), pool).any()
