@@ -42,6 +42,7 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
                           "poison": {"attack": "patch", "size": 16, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},
     "cifar-patch16-0.5": {"data": {"dataset": "npz", "num_samples": None, "size": None},
                           "poison": {"attack": "patch", "size": 16, "rate": 0.5, "target": 2}, "pretrain": {"epochs": 20}},
+    "cifar-clean": {"data": {"dataset": "npz", "num_samples": None, "size": None}, "pretrain": {"epochs": 20}},
     "cifar-patch12-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},
                           "poison": {"attack": "patch", "size": 12, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},
 }
@@ -71,7 +72,7 @@ def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, downstrea
     cfg["retrain"] = {"enabled": downstream}
     cfg["reference"] = {"clean": downstream}
     chain = Chain(cfg, root / cfg["name"], progress=False, log=lambda s: print(f"  {cfg['name']} {s}", flush=True))
-    if setting == "clean":
+    if setting.endswith("clean"):
         return run_clean(chain)
     return chain.run()
 
@@ -103,7 +104,7 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
             ("num_removed", "removed")]
     for setting, by_seed in results.items():
         runs = list(by_seed.values())
-        if setting == "clean":
+        if setting.endswith("clean"):
             for method in methods:
                 removed = [r["clean"][method]["num_removed"] for r in runs]
                 n = runs[0]["clean"][method]["num_samples"]

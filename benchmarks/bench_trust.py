@@ -6,7 +6,7 @@
 For each (setting, seed) of ``bench_detection.py`` (the same run folders, so threat models are
 shared): the threat model and its backdoor check, then PoisonCAM once per removal mode (probe,
 score, classifier; one stage cache, so masking runs once) and PatchSearch as its paper runs it.
-"clean" trains on unpoisoned data: every removal there is a false one. The verdict uses no
+"clean" and "cifar-clean" train on unpoisoned data: every removal there is a false one. The verdict uses no
 ground truth; the metrics do. Writes benchmarks/results/<name>.md and .json.
 """
 
@@ -41,7 +41,7 @@ def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, modes, pa
     cfg.update(seed=seed, name=f"{setting}-s{seed}", retrain={"enabled": False}, reference={"clean": False})
     chain = Chain(cfg, root / cfg["name"], progress=False, log=lambda s: print(f"  {cfg['name']} {s}", flush=True))
     out: Dict[str, Any] = {"setting": setting, "seed": seed, "detections": {}}
-    if setting == "clean":
+    if setting.endswith("clean"):
         ckpt, manifest = chain.stage("clean threat model", chain.clean), None
         data = dataset_from_spec(data_spec(cfg))
     else:

@@ -147,3 +147,39 @@ def test_detect_bad_inputs_one_error_nothing_written(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "is truncated or not a PyTorch checkpoint" in err and err.count("error:") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_detect_flags_map_to_detect_config():
+    import argparse
+
+    from solo_poisoncam.commands.detect import add_arguments, config_overrides
+    from solo_poisoncam.detect.config import DetectConfig
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--ckpt", "x", "--out", "o", "--remove", "match", "--force-remove", "--amp", "bf16",
+                         "--set", "probe.samples=256", "--set", "verdict_min=9", "--set", "classifier.models=2"])
+    cfg = DetectConfig.from_dict(config_overrides(args))
+    assert (cfg.remove, cfg.force_remove, cfg.amp, cfg.verdict_min) == ("match", True, "bf16", 9)
+    assert cfg.probe.samples == 256 and cfg.classifier.models == 2
+    plain = DetectConfig.from_dict(config_overrides(p.parse_args(["--ckpt", "x", "--out", "o"])))
+    assert (plain.remove, plain.force_remove, plain.amp) == ("probe", False, "off")
+    with pytest.raises(SystemExit):
+        p.parse_args(["--ckpt", "x", "--out", "o", "--amp", "half"])
+
+
+@needs_fashion_mnist
+def test_detect_reports_the_verdict_and_force_remove_overrides_it(trained, capsys, tmp_path):
+    root, ckpt = trained
+    man = str(root / "poison" / "manifest.json")
+    assert main(["detect", "--ckpt", str(ckpt), "--manifest", man, "--out", str(tmp_path / "a")] + FAST_DETECT) == 0
+    line = capsys.readouterr().out
+    v = json.loads((tmp_path / "a" / "metrics.json").read_text())["metrics"]["verdict"]
+    assert v["text"] in line and {"repeated", "learned", "coherence", "coherence_threshold"} <= set(v)
+    if not v["found"]:  # a 1-epoch model: nothing removed, and said so
+        assert v["removal_skipped"] and "nothing removed" in line
+        assert (tmp_path / "a" / "removed.txt").read_text().split() == []
+    assert main(["detect", "--ckpt", str(ckpt), "--manifest", man, "--out", str(tmp_path / "b"), "--force-remove"]
+                + FAST_DETECT) == 0
+    forced = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]["verdict"]
+    assert forced["found"] == v["found"] and not forced["removal_skipped"]

@@ -11,7 +11,7 @@ from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PoisonedDataset
 
-FAST = {"num_clusters": 10, "occluder_stride": 1 / 16, "flip_images": 40, "flip_top": 60,
+FAST = {"num_clusters": 10, "occluder_stride": 1 / 16, "flip_images": 40, "flip_top": 60, "remove": "classifier",
         "classifier": {"models": 1, "iters": 150, "batch_size": 32}}
 
 
