@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, markdown_table, mean_std, write_results  # noqa: E402
+from common import environment, markdown_table, mean_std, print_tables, write_results  # noqa: E402
 
 # setting -> run-config overrides (over the embedded demo config)
 SETTINGS: Dict[str, Dict[str, Any]] = {
@@ -58,6 +58,15 @@ def deep_merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
     for k, v in b.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def point_colour_settings_at(parser: argparse.ArgumentParser, settings: List[str], data) -> None:
+    """The cifar-* settings read ``--data`` (a CIFAR-style .npz); a missing file is one clear error."""
+    colour = [s for s in settings if s.startswith("cifar-")]
+    if colour and (data is None or not Path(data).is_file()):
+        parser.error(f"{', '.join(colour)} need --data PATH.npz (a CIFAR-style .npz file); got {data}")
+    for s in colour:
+        SETTINGS[s] = deep_merge(SETTINGS[s], {"data": {"root": str(Path(data).resolve())}})
 
 
 def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, downstream: bool) -> Dict[str, Any]:
@@ -163,11 +172,7 @@ def main() -> int:
     p.add_argument("--from-runs", action="store_true",
                    help="tabulate the finished run folders (their results.json) without running anything")
     args = p.parse_args()
-    colour = [s for s in args.settings if s.startswith("cifar-")]
-    if colour and (args.data is None or not Path(args.data).is_file()):
-        p.error(f"{', '.join(colour)} need --data PATH.npz (a CIFAR-style .npz file); got {args.data}")
-    for s in colour:
-        SETTINGS[s] = deep_merge(SETTINGS[s], {"data": {"root": str(Path(args.data).resolve())}})
+    point_colour_settings_at(p, args.settings, args.data)
     scale = "demo" if args.demo_scale else ("quick" if args.quick else "full")
     base = {"demo": {}, "quick": QUICK, "full": FULL}[scale]
     env = environment()
@@ -191,10 +196,7 @@ def main() -> int:
     raw = {s: {str(k): {kk: v.get(kk) for kk in ("backdoor", "detections", "evaluations", "timings", "clean")}
                         for k, v in by.items()} for s, by in results.items()}
     path = write_results(name, env, settings, tabs, raw)
-    for title, table in tabs.items():
-        print(f"\n{title}\n{table}")
-    print(f"\n-> {path}")
-    return 0
+    return print_tables(tabs, path)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_detection import QUICK, SETTINGS, deep_merge  # noqa: E402
-from common import environment, markdown_table, write_results  # noqa: E402
+from bench_detection import QUICK, SETTINGS, deep_merge, point_colour_settings_at  # noqa: E402
+from common import environment, markdown_table, print_tables, write_results  # noqa: E402
 
 MODES = ("probe", "match", "classifier")
 
@@ -115,11 +115,7 @@ def main() -> int:
     p.add_argument("--name", default="trust")
     p.add_argument("--data", default=None, help="the .npz file of the cifar-* settings")
     args = p.parse_args()
-    colour = [s for s in args.settings if s.startswith("cifar-")]
-    if colour and (args.data is None or not Path(args.data).is_file()):
-        p.error(f"{', '.join(colour)} need --data PATH.npz (a CIFAR-style .npz file); got {args.data}")
-    for s in colour:
-        SETTINGS[s] = deep_merge(SETTINGS[s], {"data": {"root": str(Path(args.data).resolve())}})
+    point_colour_settings_at(p, args.settings, args.data)
     base = QUICK if args.quick else {}
     root = Path(args.root) / ("quick" if args.quick else "full")
     env = environment()
@@ -132,10 +128,7 @@ def main() -> int:
             settings = {"base": base, "settings": {s: SETTINGS[s] for s in args.settings}, "seeds": args.seeds,
                         "modes": args.modes}
             path = write_results(args.name, env, settings, tabs, rows)
-    for title, table in tabs.items():
-        print(f"\n{title}\n{table}")
-    print(f"\n-> {path}")
-    return 0
+    return print_tables(tabs, path)
 
 
 if __name__ == "__main__":

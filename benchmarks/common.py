@@ -58,3 +58,11 @@ def write_results(name: str, env: Dict[str, str], settings: Dict[str, Any], tabl
     write_text(path, "\n".join(head + body))
     write_json(RESULTS / f"{name}.json", {"environment": env, "settings": settings, "results": raw})
     return path
+
+
+def print_tables(tables: Dict[str, str], path: Path) -> int:
+    """Print every table and where they were written; the exit status of a finished benchmark."""
+    for title, table in tables.items():
+        print(f"\n{title}\n{table}")
+    print(f"\n-> {path}")
+    return 0

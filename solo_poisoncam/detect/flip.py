@@ -36,6 +36,29 @@ def flip_images_of(km, size: int, seed: int = 0) -> np.ndarray:
     return flip_set(km["assignments"].numpy(), km["scores"].numpy(), km["centroids"].shape[0], size, seed)
 
 
+def pasted_on_flips(cand_images: torch.Tensor, windows: torch.Tensor, flip_images: torch.Tensor,
+                    device: torch.device, seed: int = 0, forward_batch: int = 4096):
+    """Yield ``(rows, pasted)``: for a group of candidates ``rows`` with one window size, every flip image
+    with each candidate's window crop pasted at a random place, (len(rows) * F, 3, S, S) in [0, 1] on
+    ``device``, candidate-major. One paste per group, groups sized to ``forward_batch``."""
+    flips = flip_images.to(device).float() / 255
+    n_flip, s = flips.shape[0], flips.shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    sizes = (windows[:, 2:] - windows[:, :2])
+    for size in torch.unique(sizes, dim=0):
+        group = torch.nonzero((sizes == size).all(1)).flatten()
+        w, h = int(size[0]), int(size[1])
+        per_chunk = max(1, forward_batch // n_flip)
+        for start in range(0, len(group), per_chunk):
+            part = group[start:start + per_chunk]
+            x = cand_images[part].to(device).float() / 255
+            patches = crop_boxes(x, windows[part].to(device))  # (G, 3, h, w)
+            g_n = len(part)
+            pos = torch.stack([torch.randint(0, s - w + 1, (g_n * n_flip,), generator=g),
+                               torch.randint(0, s - h + 1, (g_n * n_flip,), generator=g)], 1).to(device)
+            yield part, paste_patches(flips.repeat(g_n, 1, 1, 1), patches.repeat_interleave(n_flip, 0), pos)
+
+
 @torch.no_grad()
 def flip_scores(act: ClusterActivation, cand_images: torch.Tensor, windows: torch.Tensor, clusters: torch.Tensor,
                 flip_images: torch.Tensor, device: torch.device, seed: int = 0, forward_batch: int = 4096,
@@ -49,27 +72,13 @@ def flip_scores(act: ClusterActivation, cand_images: torch.Tensor, windows: torc
         normalise: divide by F (a rate in [-1, 1]) instead of returning counts.
     """
     act = act.to(device).eval()
-    flips = flip_images.to(device).float() / 255
-    n_flip, s = flips.shape[0], flips.shape[-1]
-    base_clusters = act.logits(flips).argmax(1)  # (F,)
-    g = torch.Generator().manual_seed(seed)
+    n_flip = flip_images.shape[0]
+    base_clusters = act.logits(flip_images.to(device).float() / 255).argmax(1)  # (F,)
     out = torch.zeros(len(windows))
-    sizes = (windows[:, 2:] - windows[:, :2])
-    for size in torch.unique(sizes, dim=0):
-        group = torch.nonzero((sizes == size).all(1)).flatten()
-        w, h = int(size[0]), int(size[1])
-        per_chunk = max(1, forward_batch // n_flip)
-        for start in range(0, len(group), per_chunk):
-            part = group[start:start + per_chunk]
-            x = cand_images[part].to(device).float() / 255
-            patches = crop_boxes(x, windows[part].to(device))  # (G, 3, h, w)
-            g_n = len(part)
-            pos = torch.stack([torch.randint(0, s - w + 1, (g_n * n_flip,), generator=g),
-                               torch.randint(0, s - h + 1, (g_n * n_flip,), generator=g)], 1).to(device)
-            pasted = paste_patches(flips.repeat(g_n, 1, 1, 1), patches.repeat_interleave(n_flip, 0), pos)
-            target = clusters[part].to(device)
-            new = torch.cat([act.logits(pasted[i:i + forward_batch]).argmax(1)
-                             for i in range(0, len(pasted), forward_batch)]).view(g_n, n_flip)
-            moved = (new == target[:, None]).sum(1) - (base_clusters[None, :] == target[:, None]).sum(1)
-            out[part] = moved.float().cpu()
+    for part, pasted in pasted_on_flips(cand_images, windows, flip_images, device, seed, forward_batch):
+        target = clusters[part].to(device)
+        new = torch.cat([act.logits(pasted[i:i + forward_batch]).argmax(1)
+                         for i in range(0, len(pasted), forward_batch)]).view(len(part), n_flip)
+        moved = (new == target[:, None]).sum(1) - (base_clusters[None, :] == target[:, None]).sum(1)
+        out[part] = moved.float().cpu()
     return out / n_flip if normalise else out

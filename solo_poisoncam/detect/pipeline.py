@@ -119,7 +119,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
             if not runner.is_main:
                 return None
             return verdict_statistics(embed, images, out["drop"], cand, windows[cand], out["flip_set"],
-                                      cfg.null_windows, cfg.verdict_ncc, cfg.seed, cfg.forward_batch)
+                                      cfg.null_windows, runner.device, cfg.verdict_ncc, cfg.seed, cfg.forward_batch)
 
         with clock("verdict", (len(cand) + cfg.null_windows) * len(out["flip_set"])):
             stats = runner.broadcast_object(cache.get_or_compute("verdict", vkey, statistics))

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from solo_poisoncam.checks import check
-from solo_poisoncam.detect.window import crop_boxes, paste_patches
+from solo_poisoncam.detect.flip import pasted_on_flips
+from solo_poisoncam.detect.window import crop_boxes
 
 
 def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: int, seed: int = 0):
@@ -113,31 +114,19 @@ def match_any(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float 
 
 
 @torch.no_grad()
-def coherence(embed, src_images: torch.Tensor, boxes: torch.Tensor, flip_images: torch.Tensor, seed: int = 0,
-              forward_batch: int = 4096) -> np.ndarray:
+def coherence(embed, src_images: torch.Tensor, boxes: torch.Tensor, flip_images: torch.Tensor, device,
+              seed: int = 0, forward_batch: int = 4096) -> np.ndarray:
     """Per window (T,): ||mean of the unit features of the flip images with it pasted at random places||^2."""
-    flips = flip_images.float() / 255
-    n_flip, s = flips.shape[0], flips.shape[-1]
-    g = torch.Generator().manual_seed(seed)
+    n_flip = flip_images.shape[0]
     out = torch.zeros(len(boxes))
-    sizes = boxes[:, 2:] - boxes[:, :2]
-    for size in torch.unique(sizes, dim=0):
-        group = torch.nonzero((sizes == size).all(1)).flatten()
-        w, h = int(size[0]), int(size[1])
-        per_chunk = max(1, forward_batch // n_flip)
-        for start in range(0, len(group), per_chunk):
-            part = group[start:start + per_chunk]
-            patches = crop_boxes(src_images[part].float() / 255, boxes[part])
-            pos = torch.stack([torch.randint(0, s - w + 1, (len(part) * n_flip,), generator=g),
-                               torch.randint(0, s - h + 1, (len(part) * n_flip,), generator=g)], 1)
-            x = paste_patches(flips.repeat(len(part), 1, 1, 1), patches.repeat_interleave(n_flip, 0), pos)
-            f = torch.cat([embed(x[i:i + forward_batch]).float().cpu() for i in range(0, len(x), forward_batch)])
-            out[part] = f.view(len(part), n_flip, -1).mean(1).pow(2).sum(-1)
+    for part, pasted in pasted_on_flips(src_images, boxes, flip_images, device, seed, forward_batch):
+        f = torch.cat([embed(pasted[i:i + forward_batch]).float().cpu() for i in range(0, len(pasted), forward_batch)])
+        out[part] = f.view(len(part), n_flip, -1).mean(1).pow(2).sum(-1)
     return out.numpy()
 
 
 def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, cand_windows: np.ndarray,
-                       flip_pos: np.ndarray, count: int, ncc: float = 0.9, seed: int = 0,
+                       flip_pos: np.ndarray, count: int, device, ncc: float = 0.9, seed: int = 0,
                        forward_batch: int = 4096) -> Dict[str, np.ndarray]:
     """Repetition and coherence of the candidates and of :func:`null_windows`; repetition is searched in
     the candidates' own images (where the poisons concentrate, if there are any)."""
@@ -148,8 +137,8 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     row = {int(p): i for i, p in enumerate(cand_pos)}
     return {"rep": repetition(cand_x, cw, cand_x, ncc, np.arange(len(cand_pos))),
             "null_rep": repetition(null_x, nb, cand_x, ncc, np.array([row.get(int(p), -1) for p in src])),
-            "coh": coherence(embed, cand_x, cw, flips, seed, forward_batch),
-            "null_coh": coherence(embed, null_x, nb, flips, seed + 1, forward_batch)}
+            "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
+            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch)}
 
 
 def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, quantile: float = 0.99) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ STAGE_SOURCES = {
     "flip": ("detect/flip.py",),
     "gradcam": ("detect/patchsearch.py", "detect/window.py"),
     "search": ("detect/flip.py",),
-    "verdict": ("detect/verdict.py",),
+    "verdict": ("detect/verdict.py", "detect/flip.py"),
     "classifier": ("detect/classifier.py", "ssl/augment.py"),
     "probe": ("detect/removal.py",),
 }
