@@ -163,7 +163,7 @@ def test_detect_flags_map_to_detect_config():
     assert (cfg.remove, cfg.force_remove, cfg.amp, cfg.verdict_min) == ("match", True, "bf16", 9)
     assert cfg.probe.samples == 256 and cfg.classifier.models == 2
     plain = DetectConfig.from_dict(config_overrides(p.parse_args(["--ckpt", "x", "--out", "o"])))
-    assert (plain.remove, plain.force_remove, plain.amp) == ("probe", False, "off")
+    assert (plain.remove, plain.force_remove, plain.amp) == ("match", False, "off")
     with pytest.raises(SystemExit):
         p.parse_args(["--ckpt", "x", "--out", "o", "--amp", "half"])
 

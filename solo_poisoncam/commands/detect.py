@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score", default=None, choices=["drop", "flip", "drop+flip"])
     p.add_argument("--flip-images", type=int, default=None)
     p.add_argument("--remove", default=None, choices=["probe", "match", "classifier", "none"],
-                   help="how flagged images are chosen (default: probe for poisoncam, classifier for patchsearch)")
+                   help="how flagged images are chosen (default: match for poisoncam, classifier for patchsearch)")
     p.add_argument("--force-remove", action="store_true",
                    help="remove even when PoisonCAM's verdict is 'no backdoor found' (the verdict is still reported)")
     p.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"], help="autocast precision (default off)")

@@ -57,7 +57,7 @@ class DetectConfig:
     verdict_ncc: float = 0.9                    # a window's pattern "repeats" in an image above this correlation
     force_remove: bool = False                  # remove even when the verdict is "no backdoor found"
     # removal: probe (frozen-feature probe) | match (confirmed trigger patterns) | classifier (CNN ensemble) | none;
-    # None = probe for poisoncam, classifier for patchsearch (as in its paper)
+    # None = match for poisoncam (measured best: benchmarks/results/trust-*.md), classifier for patchsearch (its paper)
     remove: Optional[str] = None
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -75,7 +75,7 @@ class DetectConfig:
         if isinstance(self.probe, dict):
             self.probe = ProbeConfig(**self.probe)
         if self.remove is None:
-            self.remove = "probe" if self.method == "poisoncam" else "classifier"
+            self.remove = "match" if self.method == "poisoncam" else "classifier"
         check(self.method in METHODS, f"unknown detection method '{self.method}'; choose one of {', '.join(METHODS)}")
         check(self.masks in ("occlusion", "rise", "both"), f"masks must be occlusion, rise or both, got '{self.masks}'")
         check(self.fill in ("mean", "blur", "zero"), f"fill must be mean, blur or zero, got '{self.fill}'")

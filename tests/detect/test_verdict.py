@@ -116,7 +116,7 @@ def test_patchsearch_has_no_verdict_and_refuses_poisoncam_removals():
     with pytest.raises(Exception, match="PatchSearch removes with its classifier"):
         DetectConfig(method="patchsearch", remove="probe")
     assert DetectConfig(method="patchsearch").remove == "classifier"
-    assert DetectConfig().remove == "probe"
+    assert DetectConfig().remove == "match"
 
 
 def test_pattern_hits_ignore_flat_regions_of_the_searched_images():
