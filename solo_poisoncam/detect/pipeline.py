@@ -23,7 +23,8 @@ from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.patchsearch import patchsearch_scores
 from solo_poisoncam.detect.poisoncam import fill_value, poisoncam_scores
 from solo_poisoncam.detect.removal import feature_probe
-from solo_poisoncam.detect.verdict import decide, describe, match_any, null_windows, verdict_statistics
+from solo_poisoncam.detect.decision import decide, describe
+from solo_poisoncam.detect.verdict import match_any, null_windows, verdict_statistics
 from solo_poisoncam.detect.versions import stage_version
 from solo_poisoncam.engine.cache import StageCache
 from solo_poisoncam.engine.features import extract_features

@@ -9,7 +9,8 @@ from solo_poisoncam.data.base import ArrayImageDataset
 from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
-from solo_poisoncam.detect.verdict import decide, describe, null_windows, pattern_hits, repetition
+from solo_poisoncam.detect.decision import decide, describe
+from solo_poisoncam.detect.verdict import null_windows, pattern_hits, repetition
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
@@ -18,19 +19,19 @@ FAST = {"num_clusters": 10, "flip_images": 40, "flip_top": 60, "null_windows": 6
 
 
 def test_decide_by_hand():
-    stats = {"rep": np.array([9, 8, 8, 1, 0]), "null_rep": np.array([0, 0, 1, 0]),
-             "coh": np.array([0.5, 0.4, 0.3, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15])}
+    stats = {"rep": np.array([9, 8, 8, 7, 1, 0]), "null_rep": np.array([0, 0, 1, 0]),
+             "coh": np.array([0.5, 0.4, 0.3, 0.2, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15])}
     v = decide(stats, min_count=3, quantile=1.0)
-    # repeats: >= min_count - 1 = 2 others and above the null's maximum 1: rows 0-2; their median coherence
-    # 0.4 beats the null's maximum 0.25
-    assert v["repeated"] == 3 and v["rep_threshold"] == 2 and v["learned"] and v["found"]
-    assert v["coherence"] == pytest.approx(0.4) and v["coherence_threshold"] == pytest.approx(0.25)
-    assert v["confirmed"].tolist() == [True, True, True, False, False]
-    assert not decide(stats, min_count=4, quantile=1.0)["found"]  # only 3 repeat
+    # repeats: >= min_count - 1 = 2 others and above the null's maximum 1: rows 0-3; their median coherence
+    # 0.35 beats the null's maximum 0.25; confirmed: those that cohere beyond 0.25 themselves (rows 0-2)
+    assert v["repeated"] == 4 and v["rep_threshold"] == 2 and v["learned"] and v["found"]
+    assert v["coherence"] == pytest.approx(0.35) and v["coherence_threshold"] == pytest.approx(0.25)
+    assert v["confirmed"].tolist() == [True, True, True, False, False, False] and v["confirmed_count"] == 3
+    assert not decide(stats, min_count=4, quantile=1.0)["found"]  # 4 repeat, only 3 confirmed
     # a margin of 0.2 puts the bar at 0.45: repeated but not learned, and said so
     v = decide(stats, min_count=3, margin=0.2, quantile=1.0)
-    assert v["repeated"] == 3 and not v["learned"] and not v["found"] and not v["confirmed"].any()
-    assert describe(v).startswith("no backdoor found (3 of 5 candidate windows repeat")
+    assert v["repeated"] == 4 and not v["learned"] and not v["found"] and not v["confirmed"].any()
+    assert describe(v).startswith("no backdoor found (4 of 6 candidate windows repeat")
     assert describe(v).endswith("a repeated pattern the model did not learn)")
     # the 50% quantile of the null coherence, linear interpolation: (0.15 + 0.2) / 2 = 0.175
     assert decide(stats, min_count=3, quantile=0.5)["coherence_threshold"] == pytest.approx(0.175)

@@ -1,0 +1,53 @@
+"""The verdict from the verdict statistics (``detect/verdict.py``): found or not, and which candidate
+windows are the confirmed triggers (docs/design.md, Verdict). Kept apart from the statistics so the
+cached statistics survive a change of the rule."""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import numpy as np
+
+
+def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, quantile: float = 0.99) -> Dict[str, Any]:
+    """The verdict from :func:`verdict_statistics`.
+
+    A candidate *repeats* when its repetition is at least ``min_count - 1`` (it and that many others
+    share the pattern) and above the null's ``quantile``. The pattern is *learned* when the repeating
+    candidates' median coherence exceeds the null's ``quantile`` plus ``margin``. ``confirmed`` marks the
+    repeating candidates whose own coherence exceeds it too (the triggers removal uses); found = learned
+    and at least ``min_count`` confirmed.
+    A quantile, not the maximum: a few null windows may still fall on a trigger.
+    """
+    rep, null_rep = np.asarray(stats["rep"]), np.asarray(stats["null_rep"])
+    coh, null_coh = np.asarray(stats["coh"], dtype=np.float64), np.asarray(stats["null_coh"], dtype=np.float64)
+    rep_threshold = max(float(min_count - 1), float(np.quantile(null_rep, quantile)) if len(null_rep) else 0.0)
+    repeats = rep >= rep_threshold
+    if len(null_rep):
+        repeats &= rep > np.quantile(null_rep, quantile)
+    coh_threshold = (float(np.quantile(null_coh, quantile)) if len(null_coh) else 0.0) + margin
+    coh_median = float(np.median(coh[repeats])) if repeats.any() else 0.0
+    learned = bool(repeats.any() and coh_median > coh_threshold)
+    # the triggers removal uses: repeating candidates that each cohere beyond the null themselves (a clean
+    # texture that happens to repeat, e.g. among near-identical garments, does not)
+    confirmed = repeats & (coh > coh_threshold) & learned
+    count = int(repeats.sum())
+    return {"found": learned and int(confirmed.sum()) >= min_count, "repeated": count,
+            "confirmed_count": int(confirmed.sum()), "learned": learned,
+            "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
+            "coherence": round(coh_median, 6), "coherence_threshold": round(coh_threshold, 6),
+            "quantile": quantile, "null_windows": int(len(null_coh)), "candidates": int(len(coh)),
+            "confirmed": confirmed}
+
+
+def describe(verdict: Dict[str, Any]) -> str:
+    """``backdoor found (...)`` or ``no backdoor found (...)``: both statistics and their thresholds, in words."""
+    v = verdict
+    head = "backdoor found" if v["found"] else "no backdoor found"
+    why = (f"{v['repeated']} of {v['candidates']} candidate windows repeat in >= {v['rep_threshold']:g} other "
+           f"candidates; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}, the "
+           f"{v['quantile']:.0%} quantile of {v['null_windows']} random windows; {v['confirmed_count']} confirmed, "
+           f"needs {v['min_count']}")
+    if not v["found"] and v["repeated"] >= v["min_count"] and not v["learned"]:
+        why += ": a repeated pattern the model did not learn"
+    return f"{head} ({why})"
