@@ -103,3 +103,27 @@ def test_run_configs_load(path, tmp_path):
     assert cfg["name"] == path.stem
     extra = set(cfg["pretrain"]) - {"method", "backbone", "epochs", "batch_size", "lr", "wandb", "method_kwargs"}
     assert extra <= set(PRETRAIN_OPTIONAL)
+
+
+def test_detect_groups_list_every_detect_config_field():
+    """So that every DetectConfig field is overridable as plain detect.<field>=... (no '+')."""
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.solo_adapter.config import DETECT_ADAPTER_KEYS
+
+    import solo_poisoncam
+
+    conf = Path(solo_poisoncam.__file__).parent / "conf" / "detect"
+    fields = {f.name for f in dataclasses.fields(DetectConfig)}
+    for option in ("poisoncam", "patchsearch"):
+        node = OmegaConf.load(conf / f"{option}.yaml")
+        assert set(node) == fields | set(DETECT_ADAPTER_KEYS), option
+        assert set(node.classifier) == {f.name for f in dataclasses.fields(DetectConfig().classifier)}
+        assert set(node.probe) == {f.name for f in dataclasses.fields(DetectConfig().probe)}
+        assert node.amp == "off"  # a string: YAML 1.1 would read a bare off as false
+        d = {k: v for k, v in OmegaConf.to_container(node).items() if k not in DETECT_ADAPTER_KEYS}
+        assert DetectConfig.from_dict(d).method == option

@@ -90,26 +90,6 @@ def test_option_b_guard_is_inert_elsewhere():
     assert out.stdout.split() == ["False", "SoloPoisonCamSearchPathPlugin"]
 
 
-def test_detect_groups_list_every_detect_config_field():
-    """So that every DetectConfig field is overridable as plain detect.<field>=... (no '+')."""
-    import dataclasses
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from solo_poisoncam.detect.config import DetectConfig
-    from solo_poisoncam.solo_adapter.config import DETECT_ADAPTER_KEYS
-
-    conf = Path(solo_poisoncam.__file__).parent / "conf" / "detect"
-    fields = {f.name for f in dataclasses.fields(DetectConfig)}
-    for option in ("poisoncam", "patchsearch"):
-        node = OmegaConf.load(conf / f"{option}.yaml")
-        assert set(node) == fields | set(DETECT_ADAPTER_KEYS), option
-        assert set(node.classifier) == {f.name for f in dataclasses.fields(DetectConfig().classifier)}
-        d = {k: v for k, v in OmegaConf.to_container(node).items() if k not in DETECT_ADAPTER_KEYS}
-        assert DetectConfig.from_dict(d).method == option
-
-
 def test_linear_custom_pipeline_follows_data_image_size():
     """main_linear on 32 px custom data: solo's pipeline is 224 px with ImageNet statistics; with
     data.image_size (our zoo linear configs) prepare_transforms gives 32 px, the data's mean/std."""
