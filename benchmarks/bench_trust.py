@@ -13,6 +13,7 @@ ground truth; the metrics do. Writes benchmarks/results/<name>.md and .json.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -74,6 +75,30 @@ def _stage_seconds(t: Dict[str, Any]) -> float:
     return float(sum(v for v in comp.values() if v is not None))
 
 
+def summary(rows: List[Dict[str, Any]]) -> str:
+    """One row per (setting, detector:removal): per-seed backdoor, verdict and removed; mean ± std of the rest."""
+    from common import mean_std
+
+    groups: Dict[Any, List[Any]] = {}
+    for r in rows:
+        b = r.get("backdoor")
+        check = "clean" if b is None else ("T" if b.get("targeted") else ("L" if b["learned"] else "N"))
+        for name, d in r["detections"].items():
+            groups.setdefault((r["setting"], name), []).append((r["seed"], check, d["metrics"], d["timings"]))
+    out = []
+    for (setting, name), lst in groups.items():
+        lst.sort(key=lambda x: x[0])
+        ms = [m for _, _, m, _ in lst]
+        verdicts = " ".join("found" if (m.get("verdict") or {}).get("found") else ("none" if m.get("verdict")
+                            else "n/a") for m in ms)
+        out.append([setting, " ".join(str(s) for s, *_ in lst), " ".join(c for _, c, _, _ in lst), name, verdicts,
+                    " ".join(str(m["num_removed"]) for m in ms), mean_std([m.get("precision") for m in ms]),
+                    mean_std([m.get("recall") for m in ms]), mean_std([m.get("false_removal_rate") for m in ms]),
+                    mean_std([_stage_seconds(t) for *_, t in lst], 0)])
+    return markdown_table(["setting", "seeds", "backdoor check (per seed)", "detector:removal", "verdict (per seed)",
+                           "removed (per seed)", "precision", "recall", "false removal rate", "stages s"], out)
+
+
 def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
     bd, det = [], []
     for r in rows:
@@ -94,6 +119,7 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
                         _f(m.get("false_removal_rate")), f"{_stage_seconds(t):.0f}",
                         ", ".join(f"{k} {v:.0f}" for k, v in t.get("stage_compute_s", {}).items() if v)])
     return {
+        "Summary over seeds (backdoor check: T targeted, L learned, N not learned by its rule)": summary(rows),
         "Backdoor strength of the threat models (precondition of every detection number)": markdown_table(
             ["setting", "seed", "backdoor", "purity (random-init)", "patched / control -> poison cluster",
              "probe ASR patched / control (random-init patched)"], bd),
@@ -114,7 +140,14 @@ def main() -> int:
     p.add_argument("--root", default="runs/bench", help="run folders (shared with bench_detection.py)")
     p.add_argument("--name", default="trust")
     p.add_argument("--data", default=None, help="the .npz file of the cifar-* settings")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="tabulate the rows of earlier results files (benchmarks/results/trust-*.json) into --name")
     args = p.parse_args()
+    if args.merge:
+        rows = [row for f in args.merge for row in json.loads(Path(f).read_text())["results"]]
+        env = environment()
+        path = write_results(args.name, env, {"merged": args.merge}, tables(rows), rows)
+        return print_tables(tables(rows), path)
     point_colour_settings_at(p, args.settings, args.data)
     base = QUICK if args.quick else {}
     root = Path(args.root) / ("quick" if args.quick else "full")
