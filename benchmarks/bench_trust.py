@@ -59,8 +59,8 @@ def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, modes, pa
         if manifest is not None:
             r = score_detection(r, manifest)
         m = dict(r.metrics)
-        m["false_removal_rate"] = m.get("false_removal_rate", m["num_removed"] / m["num_samples"]) \
-            if manifest is None else m.get("false_removal_rate")
+        if manifest is None:  # unpoisoned data: every removal is a false one
+            m["false_removal_rate"] = m["num_removed"] / m["num_samples"]
         out["detections"][f"{method}:{mode}"] = {"metrics": m, "timings": r.timings}
     return out
 

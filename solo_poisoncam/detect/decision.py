@@ -21,10 +21,9 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     """
     rep, null_rep = np.asarray(stats["rep"]), np.asarray(stats["null_rep"])
     coh, null_coh = np.asarray(stats["coh"], dtype=np.float64), np.asarray(stats["null_coh"], dtype=np.float64)
-    rep_threshold = max(float(min_count - 1), float(np.quantile(null_rep, quantile)) if len(null_rep) else 0.0)
-    repeats = rep >= rep_threshold
-    if len(null_rep):
-        repeats &= rep > np.quantile(null_rep, quantile)
+    null_q = float(np.quantile(null_rep, quantile)) if len(null_rep) else -np.inf
+    repeats = (rep >= min_count - 1) & (rep > null_q)
+    rep_threshold = max(float(min_count - 1), null_q, 0.0)  # as reported: at least this many others
     coh_threshold = (float(np.quantile(null_coh, quantile)) if len(null_coh) else 0.0) + margin
     coh_median = float(np.median(coh[repeats])) if repeats.any() else 0.0
     learned = bool(repeats.any() and coh_median > coh_threshold)

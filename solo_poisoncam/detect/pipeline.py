@@ -10,7 +10,6 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from solo_poisoncam import __version__
 from solo_poisoncam.checks import check
@@ -20,14 +19,14 @@ from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.cam import cluster_activation
 from solo_poisoncam.detect.classifier import poison_classifier
 from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.decision import decide, describe
 from solo_poisoncam.detect.patchsearch import patchsearch_scores
 from solo_poisoncam.detect.poisoncam import fill_value, poisoncam_scores
 from solo_poisoncam.detect.removal import feature_probe
-from solo_poisoncam.detect.decision import decide, describe
-from solo_poisoncam.detect.verdict import match_any, null_windows, verdict_statistics
+from solo_poisoncam.detect.verdict import match_any, verdict_statistics
 from solo_poisoncam.detect.versions import stage_version
 from solo_poisoncam.engine.cache import StageCache
-from solo_poisoncam.engine.features import extract_features
+from solo_poisoncam.engine.features import extract_features, unit_features
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.io import hash_file, hash_obj
 from solo_poisoncam.models.heads import CosineClusterHead
@@ -90,9 +89,9 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     cache = cache or StageCache("", enabled=False)
     cache.runner = cache.runner or runner
 
-    def embed(x):  # [0, 1] images -> L2-normalised features, as the features stage computes them
+    def embed(x):  # [0, 1] images -> features, as the features stage computes them
         with torch.no_grad(), runner.autocast(cfg.amp):
-            return F.normalize(model(x.to(runner.device)).float(), dim=1)
+            return unit_features(model, x.to(runner.device))
 
     with clock("features", n), runner.autocast(cfg.amp):
         feats = cache.get_or_compute("features", key, lambda: extract_features(model, images, runner, cfg.feature_batch))
@@ -125,7 +124,8 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
         with clock("verdict", (len(cand) + cfg.null_windows) * len(out["flip_set"])):
             stats = runner.broadcast_object(cache.get_or_compute("verdict", vkey, statistics))
         verdict = decide(stats, cfg.verdict_min, cfg.verdict_margin, cfg.verdict_quantile)
-        runner.info(describe(verdict))
+        verdict_text = describe(verdict)
+        runner.info(verdict_text)
 
     probability, removed = None, np.zeros(n, dtype=bool)
     act_on = cfg.remove != "none" and (verdict is None or verdict["found"] or cfg.force_remove)
@@ -147,11 +147,10 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
                 "verdict": [cfg.verdict_min, cfg.verdict_margin, cfg.verdict_quantile, cfg.force_remove],
                 "probe": vars(cfg.probe)}
         with clock(cfg.remove, n):
-            if cfg.remove == "probe":
-                src, boxes = null_windows(out["drop"], windows[cand], cfg.null_windows, side, cfg.seed)
+            if cfg.remove == "probe":  # the verdict's null windows are the probe's pasted negatives
                 res = cache.get_or_compute("probe", rkey, lambda: feature_probe(
                     embed, images, feats, scores, images.take(confirmed), torch.as_tensor(windows[confirmed]),
-                    images.take(src), torch.as_tensor(boxes), cfg.probe, cfg.seed))
+                    images.take(stats["null_src"]), torch.as_tensor(stats["null_boxes"]), cfg.probe, cfg.seed))
                 probability, removed = res["probability"], res["removed"]
             else:  # match: every image that holds a confirmed trigger's pattern
                 res = cache.get_or_compute("match", rkey, lambda: {"removed": match_any(
@@ -168,7 +167,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     result.metrics["num_samples"] = n
     if verdict is not None:
         result.metrics["verdict"] = {k: v for k, v in verdict.items() if k != "confirmed"}
-        result.metrics["verdict"]["text"] = describe(verdict)
+        result.metrics["verdict"]["text"] = verdict_text
         result.metrics["verdict"]["removal_skipped"] = bool(cfg.remove != "none" and not act_on)
     return result
 

@@ -39,9 +39,9 @@ def fill_value(cfg: DetectConfig, model: torch.nn.Module):
 
 def poisoncam_scores(act, images: IndexedImages, cfg: DetectConfig, fill, side: int, runner, cache,
                      key: Dict[str, Any], clock, km) -> Dict[str, Any]:
-    """Windows and scores of every image. Returns ``scores, windows, clusters, scored`` (N,) arrays,
-    ``flip`` (the candidates' flip rates; empty without a flip term), ``flip_set`` (positions of
-    the flip images), ``drop`` (N,) window drops, ``candidates`` (the ``flip_top`` highest by drop) and ``key`` (the last stage's cache key, for the stages that follow)."""
+    """Windows and scores of every image. Returns ``scores, windows, clusters, scored, drop`` (N,) arrays
+    (``drop``: the window drops), ``candidates`` (the ``flip_top`` highest by drop), ``flip_set``
+    (positions of the flip images) and ``key`` (the last stage's cache key, for the stages that follow)."""
     masks = build_masks(cfg, side, cfg.seed)
     key = {**key, "cam_v": stage_version("cam"),
            "masks": [cfg.masks, cfg.occluder, cfg.occluder_stride, cfg.num_masks, cfg.rise_grid, cfg.rise_p],
@@ -71,7 +71,6 @@ def poisoncam_scores(act, images: IndexedImages, cfg: DetectConfig, fill, side: 
     scored = np.ones(n, dtype=bool)
     flip_pos = flip_images_of(km, cfg.flip_images, cfg.seed)
     top = np.argsort(-drop, kind="stable")[: min(cfg.flip_top, n)]
-    flip = np.zeros(0)
     if cfg.score in ("flip", "drop+flip") and cfg.flip_top > 0:
         key = {**key, "flip_v": stage_version("flip"), "flip": [cfg.flip_images, cfg.flip_top, cfg.score]}
 
@@ -91,4 +90,4 @@ def poisoncam_scores(act, images: IndexedImages, cfg: DetectConfig, fill, side: 
         else:
             scores[top] = drop[top] + np.maximum(flip, 0.0)
     return {"scores": scores, "windows": cam.windows.numpy(), "clusters": cam.clusters.numpy(), "scored": scored,
-            "drop": drop, "candidates": top, "flip": flip, "flip_set": flip_pos, "key": key}
+            "drop": drop, "candidates": top, "flip_set": flip_pos, "key": key}

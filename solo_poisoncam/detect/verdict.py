@@ -20,7 +20,7 @@ the null's quantile. No ground truth and no trigger: only the model, the images 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -128,8 +128,9 @@ def coherence(embed, src_images: torch.Tensor, boxes: torch.Tensor, flip_images:
 def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, cand_windows: np.ndarray,
                        flip_pos: np.ndarray, count: int, device, ncc: float = 0.9, seed: int = 0,
                        forward_batch: int = 4096) -> Dict[str, np.ndarray]:
-    """Repetition and coherence of the candidates and of :func:`null_windows`; repetition is searched in
-    the candidates' own images (where the poisons concentrate, if there are any)."""
+    """Repetition and coherence of the candidates and of :func:`null_windows` (with the null windows
+    themselves, ``null_src`` and ``null_boxes``); repetition is searched in the candidates' own images
+    (where the poisons concentrate, if there are any)."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
@@ -138,4 +139,5 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     return {"rep": repetition(cand_x, cw, cand_x, ncc, np.arange(len(cand_pos))),
             "null_rep": repetition(null_x, nb, cand_x, ncc, np.array([row.get(int(p), -1) for p in src])),
             "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
-            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch)}
+            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
+            "null_src": src, "null_boxes": boxes}

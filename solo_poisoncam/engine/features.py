@@ -11,6 +11,11 @@ from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.engine.runner import Runner
 
 
+def unit_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised float32 features of [0, 1] images: what every stage means by "the features"."""
+    return F.normalize(model(x).float(), dim=1)
+
+
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, images: IndexedImages, runner: Optional[Runner] = None,
                      batch_size: int = 512, num_workers: int = 0) -> torch.Tensor:
@@ -19,6 +24,6 @@ def extract_features(model: torch.nn.Module, images: IndexedImages, runner: Opti
     model = model.to(runner.device).eval()
 
     def fn(_, x):
-        return F.normalize(model(x.float() / 255).float(), dim=1)
+        return unit_features(model, x.float() / 255)
 
     return runner.map_images(fn, images, batch_size=batch_size, num_workers=num_workers, desc="features")
