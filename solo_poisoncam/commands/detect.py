@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--num-clusters", type=int, default=None, help="k-means K (default 10 x classes)")
     p.add_argument("--masks", default=None, choices=["occlusion", "rise", "both"])
-    p.add_argument("--window", default=None, help="'auto', a side in px (>=1) or a share of the side (<1)")
+    p.add_argument("--window", default=None,
+                   help="'auto', a side in px (>=1) or a share of the side (<1); default: auto for poisoncam, "
+                        "PatchSearch's fixed 60/224 of the side for patchsearch")
     p.add_argument("--score", default=None, choices=["drop", "flip", "drop+flip"])
     p.add_argument("--flip-images", type=int, default=None)
     p.add_argument("--remove", default=None, choices=["probe", "match", "classifier", "none"],

@@ -23,7 +23,7 @@ from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.window import crop_boxes, paste_patches
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.models.backbones import ConvNet
-from solo_poisoncam.ssl.augment import color_jitter, random_resized_crop
+from solo_poisoncam.ssl.augment import color_jitter, random_grayscale, random_resized_crop
 
 
 @dataclass
@@ -35,6 +35,7 @@ class ClassifierConfig:
     batch_size: int = 64
     lr: float = 0.01
     paste_size: tuple = (0.09, 0.36)  # pasted trigger side as a share of the image side (PatchSearch 20-80 / 224)
+    paste_margin: float = 10 / 224    # kept free at the border, share of the side (PatchSearch 10 / 224)
     eval_every: int = 20
     patience: int = 10          # stop once the validation F1 has not changed for this many evaluations
     seed: int = 0
@@ -61,16 +62,18 @@ def _f1_percent(logits: torch.Tensor, labels: torch.Tensor) -> int:
 
 
 def _paste_random(x: torch.Tensor, patches: List[torch.Tensor], which: torch.Tensor, sizes: torch.Tensor,
-                  g: torch.Generator) -> torch.Tensor:
-    """Paste patch ``which[i]`` resized to side ``sizes[i]`` at a random place in image i (grouped by side)."""
+                  g: torch.Generator, margin: int = 0) -> torch.Tensor:
+    """Paste patch ``which[i]`` resized to side ``sizes[i]`` at a random place in image i (grouped by side),
+    its corner in [margin, side - size - margin) as PatchSearch's ``paste_poison``."""
     s = x.shape[-1]
     out = x.clone()
     for side in torch.unique(sizes).tolist():
         rows = torch.nonzero(sizes == side).flatten()
         resized = torch.stack([F.interpolate(patches[int(which[r])][None], size=(side, side), mode="bilinear",
                                              align_corners=False)[0] for r in rows])
-        pos = torch.stack([torch.randint(0, s - side + 1, (len(rows),), generator=g),
-                           torch.randint(0, s - side + 1, (len(rows),), generator=g)], 1).to(x.device)
+        lo, hi = min(margin, s - side), max(min(margin, s - side) + 1, s - side - margin)
+        pos = torch.stack([torch.randint(lo, hi, (len(rows),), generator=g),
+                           torch.randint(lo, hi, (len(rows),), generator=g)], 1).to(x.device)
         out[rows] = paste_patches(out[rows], resized, pos)
     return out
 
@@ -84,19 +87,22 @@ def train_one(images: torch.Tensor, pool: np.ndarray, patches: List[torch.Tensor
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters)
     s = images.shape[-1]
     lo, hi = max(1, round(cfg.paste_size[0] * s)), max(2, round(cfg.paste_size[1] * s))
+    margin = round(cfg.paste_margin * s)
     history: List[int] = []
     for it in range(cfg.iters):
         net.train()
         pick = torch.from_numpy(pool[torch.randint(0, len(pool), (cfg.batch_size,), generator=g).numpy()])
         x = images[pick].to(device).float() / 255
+        # PatchSearch's order: crop, paste the trigger, then jitter, greyscale and flip the pasted image too
         x = random_resized_crop(x, s, (0.2, 1.0), generator=None)
-        x = color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8)
         y = (torch.rand(cfg.batch_size, generator=g) < 0.5).long()
         pos = torch.nonzero(y).flatten()
         if len(pos):
             which = torch.randint(0, len(patches), (len(pos),), generator=g)
             sizes = torch.randint(lo, min(hi, s) + 1, (len(pos),), generator=g)
-            x[pos.to(device)] = _paste_random(x[pos.to(device)], patches, which, sizes, g)
+            x[pos.to(device)] = _paste_random(x[pos.to(device)], patches, which, sizes, g, margin)
+        x = random_grayscale(color_jitter(x, 0.4, 0.4, 0.4, 0.1, p=0.8), p=0.2)
+        x = torch.where((torch.rand(len(x), generator=g) < 0.5).to(device)[:, None, None, None], x.flip(-1), x)
         loss = F.cross_entropy(net(x), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -14,6 +14,8 @@ from solo_poisoncam.engine.runner import AMP
 METHODS = ("poisoncam", "patchsearch")
 REMOVALS = ("probe", "match", "classifier", "none")
 # fields of the detector's own head fine-tuning, removed for solo-learn's cluster_head (head_checkpoint)
+# PatchSearch's official window_w: 60 px at 224 (9 px at 32), its default window
+PATCHSEARCH_WINDOW = 60 / 224
 REMOVED = ("head_epochs", "head_steps", "head_lr", "occlusion_area", "occlusion_p", "head_relabel")
 
 
@@ -39,7 +41,8 @@ class DetectConfig:
     rise_p: float = 0.5
     fill: str = "mean"                          # mean | blur | zero
     # candidate window (both methods)
-    window: Union[str, float] = "auto"          # auto | side in px (>= 1) | share of the side (< 1)
+    # auto | side in px (>= 1) | share of the side (< 1); None = auto for poisoncam, PatchSearch's fixed 60/224
+    window: Union[str, float, None] = None
     window_range: Tuple[float, float] = (0.1, 0.5)
     refine: float = 0.1                         # share of top-scored images whose window is sharpened by exact masking
     refine_tau: float = 0.97                    # smallest side whose drop reaches this share of the best (measured)
@@ -47,6 +50,7 @@ class DetectConfig:
     score: str = "drop+flip"                    # poisoncam: drop | flip | drop+flip
     flip_images: int = 100
     flip_top: int = 200                         # poisoncam: candidates re-ranked by the flip test
+    test_images_size: int = 1000                # patchsearch: flip set, the size // K images nearest each centroid
     samples_per_iteration: int = 2              # patchsearch search
     remove_per_iteration: float = 0.25
     # verdict (PoisonCAM): is there a trigger at all? (detect/verdict.py)
@@ -54,7 +58,8 @@ class DetectConfig:
     verdict_quantile: float = 0.99              # candidates must beat this quantile of the null ...
     verdict_margin: float = 0.0                 # ... plus this margin ...
     verdict_min: int = 5                        # ... and at least this many of them
-    verdict_ncc: float = 0.9                    # a window's pattern "repeats" in an image above this correlation
+    verdict_ncc: float = 0.9                    # a window's pattern "repeats" in an image above this correlation ...
+    verdict_exact: float = 0.02                 # ... and one of its copies is exact: RMSE below this (pasted pixels)
     force_remove: bool = False                  # remove even when the verdict is "no backdoor found"
     # removal: probe (frozen-feature probe) | match (confirmed trigger patterns) | classifier (CNN ensemble) | none;
     # None = match for poisoncam (measured best: benchmarks/results/trust-*.md), classifier for patchsearch (its paper)
@@ -74,6 +79,8 @@ class DetectConfig:
             self.classifier = ClassifierConfig(**self.classifier)
         if isinstance(self.probe, dict):
             self.probe = ProbeConfig(**self.probe)
+        if self.window is None:
+            self.window = "auto" if self.method == "poisoncam" else PATCHSEARCH_WINDOW
         if self.remove is None:
             self.remove = "match" if self.method == "poisoncam" else "classifier"
         check(self.method in METHODS, f"unknown detection method '{self.method}'; choose one of {', '.join(METHODS)}")
@@ -86,9 +93,13 @@ class DetectConfig:
         check(self.amp in AMP, f"amp must be one of {', '.join(AMP)}, got '{self.amp}'")
         check(self.null_windows >= 1 and self.verdict_min >= 1, "null_windows and verdict_min must be >= 1")
         check(0 < self.verdict_quantile <= 1, "verdict_quantile must be in (0, 1]")
+        check(0 <= self.verdict_exact < 0.1, "verdict_exact must be in [0, 0.1) (below the repetition RMSE)")
         check(self.window == "auto" or float(self.window) > 0, f"window must be 'auto' or positive, got {self.window}")
         check(self.num_clusters is None or self.num_clusters >= 1, "num_clusters must be >= 1")
         check(self.flip_images >= 1 and self.flip_top >= 0, "flip_images must be >= 1 and flip_top >= 0")
+        check(self.test_images_size >= 1, "test_images_size must be >= 1")
+        check(0 <= self.remove_per_iteration < 1 and self.samples_per_iteration >= 1,
+              "remove_per_iteration must be in [0, 1) (0: no pruning) and samples_per_iteration >= 1")
         check(0 <= self.refine <= 1 and 0 < self.refine_tau <= 1, "refine must be in [0, 1] and refine_tau in (0, 1]")
 
     def to_dict(self) -> Dict[str, Any]:

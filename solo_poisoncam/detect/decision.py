@@ -13,7 +13,7 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     """The verdict from :func:`verdict_statistics`.
 
     A candidate *repeats* when its repetition is at least ``min_count - 1`` (it and that many others
-    share the pattern) and above the null's ``quantile``. The pattern is *learned* when the repeating
+    share the pattern), above the null's ``quantile``, and at least one copy is exact (``stats["exact"]``). The pattern is *learned* when the repeating
     candidates' median coherence exceeds the null's ``quantile`` plus ``margin``. ``confirmed`` marks the
     repeating candidates whose own coherence exceeds it too (the triggers removal uses); found = learned
     and at least ``min_count`` confirmed.
@@ -22,7 +22,7 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     rep, null_rep = np.asarray(stats["rep"]), np.asarray(stats["null_rep"])
     coh, null_coh = np.asarray(stats["coh"], dtype=np.float64), np.asarray(stats["null_coh"], dtype=np.float64)
     null_q = float(np.quantile(null_rep, quantile)) if len(null_rep) else -np.inf
-    repeats = (rep >= min_count - 1) & (rep > null_q)
+    repeats = (rep >= min_count - 1) & (rep > null_q) & (np.asarray(stats["exact"]) >= 1)
     rep_threshold = max(float(min_count - 1), null_q, 0.0)  # as reported: at least this many others
     coh_threshold = (float(np.quantile(null_coh, quantile)) if len(null_coh) else 0.0) + margin
     coh_median = float(np.median(coh[repeats])) if repeats.any() else 0.0

@@ -1,9 +1,12 @@
-"""PatchSearch (Tejankar et al., CVPR 2023) localisation and search, in this project's framework.
+"""PatchSearch (Tejankar et al., CVPR 2023) localisation and search, following its official code
+(UCDvision/PatchSearch, ``patch_search_iterative_search.py``; docs/design.md, PatchSearch port).
 
-Grad-CAM on the cluster head (written here, no grad-cam package) at the backbone's last spatial
-layer, targeting each image's top cluster; the candidate window on that map; the flip test as
-the poison score; and PatchSearch's iterative search that scores a few images per cluster per
-round and prunes the lowest-scoring clusters. Images never scored keep score 0, as in its code.
+Its own k-means (L2 on the unit features, random init: faiss ``Clustering``); Grad-CAM (written
+here, no grad-cam package) at the backbone's last spatial layer for each image's top cluster under
+a cosine head at the centroids (its ``KMeansLinear``); the fixed window with the highest Grad-CAM
+sum (``window_w`` = 60 px at 224 by default); the flip test on the ``test_images_size`` images
+nearest the centroids, pasted images assigned by L2 on raw features; and the iterative search with
+cluster pruning. Images never scored keep score 0, as in its code.
 """
 
 from __future__ import annotations
@@ -14,11 +17,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from solo_poisoncam.cluster.kmeans import kmeans
 from solo_poisoncam.detect.cam import ClusterActivation, window_sizes
 from solo_poisoncam.detect.config import DetectConfig
-from solo_poisoncam.detect.flip import flip_images_of, flip_scores
+from solo_poisoncam.detect.flip import flip_images_of, pasted_on_flips
 from solo_poisoncam.detect.versions import stage_version
 from solo_poisoncam.detect.window import best_window, max_sum_window
+
+
+
+def patchsearch_kmeans(feats: torch.Tensor, k: int, iters: int, seed: int, backend: str, device) -> dict:
+    """PatchSearch's own k-means (its ``faiss_kmeans``: L2 on the unit features, random initialisation),
+    as the pipeline's cached k-means dict; centroids are not renormalised."""
+    res = kmeans(feats.to(device), k, iters=iters, seed=seed, backend=backend, spherical=False, init="random")
+    return {"centroids": res.centroids.cpu(), "assignments": res.assignments.cpu(), "scores": res.scores.cpu(),
+            "inertia": res.inertia, "backend": res.backend}
 
 
 def gradcam_maps(act: ClusterActivation, x: torch.Tensor, layer: torch.nn.Module) -> tuple:
@@ -57,12 +70,16 @@ def gradcam_windows(act: ClusterActivation, x: torch.Tensor, layer: torch.nn.Mod
 
 def iterative_search(score_fn: Callable[[np.ndarray], np.ndarray], assignments: np.ndarray, num_clusters: int,
                      samples_per_iteration: int = 2, remove_per_iteration: float = 0.25, seed: int = 0):
-    """PatchSearch's search with cluster pruning.
+    """PatchSearch's iterative search with cluster pruning, rule for rule as its official code
+    (``patch_search_iterative_search.py``, ``--prune_clusters``).
 
-    Each round scores ``samples_per_iteration`` unseen random images of every candidate cluster
-    (``score_fn(positions) -> scores``), sets a cluster's score to the best seen in it, and drops
-    the ``remove_per_iteration`` share of lowest-scoring candidates; it ends when no unseen image
-    is left in the candidates or the cut rounds down to zero clusters (PatchSearch's code).
+    Each round pops ``samples_per_iteration`` images from a random queue of every candidate cluster
+    (an exhausted cluster stays a candidate and gives none) and scores them
+    (``score_fn(positions) -> integer counts``). A cluster's score is the highest score of its images,
+    never-scored ones counting 0. Clusters are ranked by ``argsort`` of their (int) scores, reversed,
+    and the last ``int(remove_per_iteration * candidates)`` are dropped; when that cut is 0 the official
+    slice ``[:-0]`` keeps no cluster, so the search ends. It also ends when a round finds no image.
+    ``remove_per_iteration = 0`` is the official run without ``--prune_clusters``: every image is scored.
 
     Returns:
         scores (N,) (0 for never-scored images), scored (N,) bool, rounds (int).
@@ -71,36 +88,59 @@ def iterative_search(score_fn: Callable[[np.ndarray], np.ndarray], assignments: 
     n = len(assignments)
     scores = np.zeros(n, dtype=np.float64)
     scored = np.zeros(n, dtype=bool)
-    unseen = {k: list(rng.permutation(np.flatnonzero(assignments == k))) for k in range(num_clusters)}
-    candidates = [k for k in range(num_clusters) if unseen[k]]
-    cluster_score = {k: -np.inf for k in candidates}
+    members = [np.flatnonzero(assignments == k) for k in range(num_clusters)]
+    queues = [list(rng.permutation(m)) for m in members]
+    candidates = list(range(num_clusters))
     rounds = 0
-    while candidates:
+    while True:
         batch = []
         for k in candidates:
-            take, unseen[k] = unseen[k][:samples_per_iteration], unseen[k][samples_per_iteration:]
-            batch.extend(take)
+            batch.extend(queues[k][:samples_per_iteration])
+            queues[k] = queues[k][samples_per_iteration:]
         if not batch:
             break
         pos = np.array(batch, dtype=np.int64)
-        s = np.asarray(score_fn(pos), dtype=np.float64)
-        scores[pos], scored[pos] = s, True
-        for p, v in zip(pos, s):
-            k = int(assignments[p])
-            cluster_score[k] = max(cluster_score[k], v)
+        scores[pos], scored[pos] = np.asarray(score_fn(pos), dtype=np.float64), True
         rounds += 1
-        cut = int(len(candidates) * remove_per_iteration)
-        if cut == 0:
-            break
-        candidates = sorted(candidates, key=lambda k: cluster_score[k])[cut:]
-        candidates = [k for k in candidates if unseen[k]]
+        if remove_per_iteration <= 0:
+            continue
+        # an empty cluster (faiss never leaves one; the torch k-means may) scores 0
+        ranked = np.array([(k, scores[members[k]].max() if len(members[k]) else 0) for k in candidates]).astype(int)
+        ranked = ranked[ranked[:, 1].argsort()][::-1]
+        cut = int(remove_per_iteration * len(candidates))
+        candidates = ranked[:-cut, 0].tolist() if cut else []
     return scores, scored, rounds
+
+
+@torch.no_grad()
+def l2_flip_counts(model: torch.nn.Module, centroids: torch.Tensor, cand_images: torch.Tensor, windows: torch.Tensor,
+                   targets: torch.Tensor, flip_images: torch.Tensor, flip_assign: torch.Tensor, device: torch.device,
+                   seed: int = 0, forward_batch: int = 4096) -> torch.Tensor:
+    """PatchSearch's flip score (T,) of T candidates, as its official code counts it: each candidate's
+    window pasted on every test image, the raw (unnormalised) features of the pasted images assigned
+    to the nearest k-means centroid by L2 (its ``index.search``), and the count that land in the
+    candidate's k-means cluster ``targets`` minus the test images already assigned there
+    (``flip_assign``, their k-means assignments)."""
+    model = model.to(device).eval()
+    c = centroids.to(device).float()
+    half_sq = 0.5 * (c * c).sum(1)
+    flip_assign = flip_assign.to(device)
+    n_flip = flip_images.shape[0]
+    out = torch.zeros(len(windows))
+    for part, pasted in pasted_on_flips(cand_images, windows, flip_images, device, seed, forward_batch):
+        f = torch.cat([model(pasted[i:i + forward_batch]).float() for i in range(0, len(pasted), forward_batch)])
+        new = (f @ c.t() - half_sq).argmax(1).view(len(part), n_flip)  # argmin ||f - c||^2
+        target = targets[part].to(device)
+        moved = (new == target[:, None]).sum(1) - (flip_assign[None, :] == target[:, None]).sum(1)
+        out[part] = moved.float().cpu()
+    return out
 
 
 def patchsearch_scores(act, images, model, cfg: DetectConfig, side: int, runner, cache, key: Dict[str, Any], clock,
                        km) -> Dict[str, Any]:
     """Grad-CAM windows and searched flip scores of every image (never-scored images keep 0); the same
-    outputs as :func:`solo_poisoncam.detect.poisoncam.poisoncam_scores`."""
+    outputs as :func:`solo_poisoncam.detect.poisoncam.poisoncam_scores`. ``km`` is PatchSearch's own
+    k-means (:func:`patchsearch_kmeans`); ``clusters`` are its assignments, which the search and flip test use."""
     sizes = window_sizes(side, cfg.window, *cfg.window_range)
     layer = model.feature_layer
     key = {**key, "gradcam_v": stage_version("gradcam"), "window": [cfg.window, list(cfg.window_range)]}
@@ -108,26 +148,26 @@ def patchsearch_scores(act, images, model, cfg: DetectConfig, side: int, runner,
 
     def gradcam_rows():
         def fn(_, x):
-            boxes, clusters, _ = gradcam_windows(act, x.float() / 255, layer, sizes)
-            return torch.cat([clusters[:, None].float(), boxes.float()], 1)
+            boxes, _, _ = gradcam_windows(act, x.float() / 255, layer, sizes)
+            return boxes.float()
         return runner.map_images(fn, images, batch_size=cfg.batch_size, desc="grad-cam")
 
     with clock("gradcam", n):  # never under autocast (gradcam_maps also turns it off)
-        rows = cache.get_or_compute("gradcam", key, gradcam_rows)
-    clusters, windows = rows[:, 0].long(), rows[:, 1:5].long()
+        windows = cache.get_or_compute("gradcam", key, gradcam_rows).long()
+    clusters = km["assignments"].long()
     key = {**key, "search_v": stage_version("search"),
-           "search": [cfg.flip_images, cfg.samples_per_iteration, cfg.remove_per_iteration]}
-    flip_pos = flip_images_of(km, cfg.flip_images, cfg.seed)
+           "search": [cfg.test_images_size, cfg.samples_per_iteration, cfg.remove_per_iteration]}
+    flip_pos = flip_images_of(km, cfg.test_images_size, cfg.seed)
 
     def search():
         if not runner.is_main:
             return None
         flips = images.take(flip_pos)
+        flip_assign = clusters[torch.as_tensor(flip_pos)]
 
         def score_fn(pos):
-            cand = images.take(pos)
-            return flip_scores(act, cand, windows[pos], clusters[pos], flips, runner.device, cfg.seed,
-                               cfg.forward_batch, normalise=False).numpy()
+            return l2_flip_counts(model, km["centroids"], images.take(pos), windows[pos], clusters[pos], flips,
+                                  flip_assign, runner.device, cfg.seed, cfg.forward_batch).numpy()
 
         s, scored, rounds = iterative_search(score_fn, clusters.numpy(), km["centroids"].shape[0],
                                              cfg.samples_per_iteration, cfg.remove_per_iteration, cfg.seed)
@@ -135,7 +175,6 @@ def patchsearch_scores(act, images, model, cfg: DetectConfig, side: int, runner,
 
     with clock("search"), runner.autocast(cfg.amp):
         found = runner.broadcast_object(cache.get_or_compute("search", key, search))
-    clock.counts["search"] = int(found["scored"].sum()) * cfg.flip_images
-    scored = found["scored"]
-    return {"scores": found["scores"], "windows": windows.numpy(), "clusters": clusters.numpy(), "scored": scored,
-            "candidates": np.zeros(0, dtype=np.int64), "flip_set": flip_pos, "key": key}
+    clock.counts["search"] = int(found["scored"].sum()) * len(flip_pos)
+    return {"scores": found["scores"], "windows": windows.numpy(), "clusters": clusters.numpy(),
+            "scored": found["scored"], "candidates": np.zeros(0, dtype=np.int64), "flip_set": flip_pos, "key": key}

@@ -20,7 +20,7 @@ from solo_poisoncam.detect.cam import cluster_activation
 from solo_poisoncam.detect.classifier import poison_classifier
 from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.decision import decide, describe
-from solo_poisoncam.detect.patchsearch import patchsearch_scores
+from solo_poisoncam.detect.patchsearch import patchsearch_kmeans, patchsearch_scores
 from solo_poisoncam.detect.poisoncam import fill_value, poisoncam_scores
 from solo_poisoncam.detect.removal import feature_probe
 from solo_poisoncam.detect.verdict import match_any, verdict_statistics
@@ -113,13 +113,14 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     cand = out["candidates"]
     if cfg.method == "poisoncam" and len(cand):
         vkey = {**key, "verdict_v": stage_version("verdict"), "null": cfg.null_windows, "candidates": cfg.flip_top,
-                "ncc": cfg.verdict_ncc}
+                "ncc": cfg.verdict_ncc, "exact": cfg.verdict_exact}
 
         def statistics():
             if not runner.is_main:
                 return None
             return verdict_statistics(embed, images, out["drop"], cand, windows[cand], out["flip_set"],
-                                      cfg.null_windows, runner.device, cfg.verdict_ncc, cfg.seed, cfg.forward_batch)
+                                      cfg.null_windows, runner.device, cfg.verdict_ncc, cfg.seed, cfg.forward_batch,
+                                      cfg.verdict_exact)
 
         with clock("verdict", (len(cand) + cfg.null_windows) * len(out["flip_set"])):
             stats = runner.broadcast_object(cache.get_or_compute("verdict", vkey, statistics))
@@ -173,12 +174,16 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
 
 
 def _clustering_model(feats, k, cfg: DetectConfig, runner, cache, key, clock):
-    """Spherical k-means (a cached stage), then the cosine head at the centroids."""
-    key = {**key, "kmeans_v": stage_version("kmeans"), "k": k, "iters": cfg.kmeans_iters, "seed": cfg.seed,
-           "backend": cfg.kmeans_backend}
+    """k-means (a cached stage: spherical for PoisonCAM, PatchSearch's own L2 one for it), then the
+    cosine head at the centroids."""
+    own = cfg.method == "patchsearch"
+    key = {**key, "kmeans_v": stage_version("kmeans", "gradcam") if own else stage_version("kmeans"), "k": k,
+           "iters": cfg.kmeans_iters, "seed": cfg.seed, "backend": cfg.kmeans_backend,
+           **({"kmeans": "patchsearch"} if own else {})}
+    fn = patchsearch_kmeans if own else kmeans_state
     with clock("kmeans"):
-        km = cache.get_or_compute("kmeans", key, lambda: kmeans_state(feats, k, cfg.kmeans_iters, cfg.seed,
-                                                                      cfg.kmeans_backend, runner.device))
+        km = cache.get_or_compute("kmeans", key, lambda: fn(feats, k, cfg.kmeans_iters, cfg.seed, cfg.kmeans_backend,
+                                                            runner.device))
     head_state = CosineClusterHead(km["centroids"], cfg.head_temperature).state_dict()
     return km, head_state, {**key, "head_v": stage_version("head"), "head": [cfg.head_temperature]}
 

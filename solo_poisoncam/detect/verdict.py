@@ -8,7 +8,9 @@ trigger-carrying image is unlikely):
    natural photographs almost never share a pixel pattern. A candidate's repetition is the number
    of other candidate images that contain its window's pattern somewhere (max normalised cross-
    correlation over positions > ``ncc``). Colour shortcuts (a red car, blue sky) do not repeat:
-   their textures differ.
+   their textures differ. Some copies of a pasted trigger are exact (those pasted at the same
+   resampling phase); aligned natural content (the same garment outline at the centre of centred
+   photographs) is alike but never exact.
 2. **Learned** (did the model take it?): a backdoor the threat model learned makes images that
    carry the trigger collapse together in feature space, whatever their content (what an SSL
    backdoor is). A window's *coherence* is how close together the flip images' features come with
@@ -20,7 +22,7 @@ the null's quantile. No ground truth and no trigger: only the model, the images 
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,14 +48,13 @@ def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: i
 
 
 @torch.no_grad()
-def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-                 rmse: float = 0.1, chunk: int = 64) -> torch.Tensor:
-    """(P, T) bool: pool image p holds window t's pattern somewhere: at one position, both the normalised
-    cross-correlation exceeds ``ncc`` and the root-mean-square pixel difference is below ``rmse`` (in
-    [0, 1] units). A pasted trigger is pixel-identical; a simple structure (an edge, a gradient)
-    correlates with many images but at other intensities. Flat image regions and windows with a flat
-    quadrant (pixel std < 1/64) match nothing: a window that is mostly background (an object's corner
-    on black) matches every image with that background.
+def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
+                   chunk: int = 64) -> torch.Tensor:
+    """(P, T) float: the smallest root-mean-square pixel difference (in [0, 1] units) between window t
+    and pool image p over the positions where their normalised cross-correlation exceeds ``ncc``
+    (inf where there is none). Flat image regions and windows with a flat quadrant (pixel std < 1/64)
+    match nothing (inf): a window that is mostly background (an object's corner on black) matches
+    every image with that background.
 
     Args:
         src_images: uint8 (T, 3, S, S) the windows are cut from; boxes (T, 4) long.
@@ -61,7 +62,7 @@ def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tens
     """
     pool_x = pool.float() / 255
     src = src_images.float() / 255
-    out = torch.zeros(len(pool), len(boxes), dtype=torch.bool)
+    out = torch.full((len(pool), len(boxes)), float("inf"))
     sizes = boxes[:, 2:] - boxes[:, :2]
     for size in torch.unique(sizes, dim=0):
         w, h = int(size[0]), int(size[1])
@@ -79,11 +80,20 @@ def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tens
             norm = t.flatten(1).norm(dim=1)
             corr = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])
             sq = (s2 - 2 * F.conv2d(pool_x, raw) + raw.pow(2).sum((1, 2, 3))[None, :, None, None]) / k
-            ok = (corr > ncc) & (sq.clamp_min(0) < rmse ** 2) & ~flat
-            hits = ok.flatten(2).any(2)
-            hits[:, _partly_flat(raw)] = False
-            out[:, part] = hits
+            sq = torch.where((corr > ncc) & ~flat, sq.clamp_min(0), torch.full_like(sq, float("inf")))
+            err = sq.flatten(2).min(2).values.sqrt()
+            err[:, _partly_flat(raw)] = float("inf")
+            out[:, part] = err
     return out
+
+
+def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
+                 rmse: float = 0.1, chunk: int = 64) -> torch.Tensor:
+    """(P, T) bool: pool image p holds window t's pattern somewhere: at one position, both the normalised
+    cross-correlation exceeds ``ncc`` and the root-mean-square pixel difference is below ``rmse``
+    (:func:`pattern_errors`). A pasted trigger is pixel-identical (up to resampling); a simple
+    structure (an edge, a gradient) correlates with many images but at other intensities."""
+    return pattern_errors(src_images, boxes, pool, ncc, chunk) < rmse
 
 
 def _partly_flat(x: torch.Tensor) -> torch.Tensor:
@@ -95,15 +105,17 @@ def _partly_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def repetition(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-               exclude: Optional[np.ndarray] = None) -> np.ndarray:
-    """Per window (T,): the number of pool images holding its pattern, not counting row ``exclude[t]``
-    of the pool (the window's own image; -1 = none)."""
-    hits = pattern_hits(src_images, boxes, pool, ncc)
+               exclude: Optional[np.ndarray] = None, rmse: Sequence[float] = (0.1,)) -> np.ndarray:
+    """Per window (T,) and per ``rmse`` level (L, T): the number of pool images holding its pattern within
+    that RMSE, not counting row ``exclude[t]`` of the pool (the window's own image; -1 = none). One
+    level gives (T,)."""
+    err = pattern_errors(src_images, boxes, pool, ncc)
     if exclude is not None:
         own = torch.as_tensor(exclude)
         cols = torch.nonzero(own >= 0).flatten()
-        hits[own[cols], cols] = False
-    return hits.sum(0).numpy()
+        err[own[cols], cols] = float("inf")
+    counts = np.stack([(err < r).sum(0).numpy() for r in rmse])
+    return counts[0] if len(rmse) == 1 else counts
 
 
 def match_any(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, chunk: int = 1024) -> np.ndarray:
@@ -127,17 +139,20 @@ def coherence(embed, src_images: torch.Tensor, boxes: torch.Tensor, flip_images:
 
 def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, cand_windows: np.ndarray,
                        flip_pos: np.ndarray, count: int, device, ncc: float = 0.9, seed: int = 0,
-                       forward_batch: int = 4096) -> Dict[str, np.ndarray]:
+                       forward_batch: int = 4096, exact: float = 0.02) -> Dict[str, np.ndarray]:
     """Repetition and coherence of the candidates and of :func:`null_windows` (with the null windows
     themselves, ``null_src`` and ``null_boxes``); repetition is searched in the candidates' own images
-    (where the poisons concentrate, if there are any)."""
+    (where the poisons concentrate, if there are any). ``exact`` / ``null_exact``: how many of those
+    copies match within RMSE ``exact`` (pasted pixels at the same resampling phase; natural content,
+    however alike, does not)."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
     cw, nb = torch.as_tensor(cand_windows), torch.as_tensor(boxes)
     row = {int(p): i for i, p in enumerate(cand_pos)}
-    return {"rep": repetition(cand_x, cw, cand_x, ncc, np.arange(len(cand_pos))),
-            "null_rep": repetition(null_x, nb, cand_x, ncc, np.array([row.get(int(p), -1) for p in src])),
+    rep = repetition(cand_x, cw, cand_x, ncc, np.arange(len(cand_pos)), (0.1, exact))
+    null_rep = repetition(null_x, nb, cand_x, ncc, np.array([row.get(int(p), -1) for p in src]), (0.1, exact))
+    return {"rep": rep[0], "exact": rep[1], "null_rep": null_rep[0], "null_exact": null_rep[1],
             "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
             "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
             "null_src": src, "null_boxes": boxes}

@@ -57,15 +57,24 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
 
 
 @needs_fashion_mnist
-def test_patchsearch_shares_every_stage_but_localisation(poisoned):
+def test_patchsearch_runs_its_own_clustering_window_and_search(poisoned, tmp_path):
     data, manifest = poisoned
-    cfg = DetectConfig.from_dict({**FAST, "method": "patchsearch"})
-    r = score_detection(run_detection(SaturationNet(), data, cfg, Runner(progress=False)), manifest)
+    cfg = DetectConfig.from_dict({**FAST, "method": "patchsearch", "test_images_size": 40})
+    assert cfg.window == 60 / 224  # the official fixed window_w, 60 px at 224
+    cache = StageCache(tmp_path / "cache")
+    r = score_detection(run_detection(SaturationNet(), data, cfg, Runner(progress=False), cache), manifest)
+    side = round(60 / 224 * 32)
+    assert ((r.windows[:, 2:] - r.windows[:, :2]) == side).all()
+    # its own k-means (L2, random init): not the cached spherical one PoisonCAM uses
+    run_detection(SaturationNet(), data, DetectConfig.from_dict({**FAST, "remove": "none", "score": "drop"}),
+                  Runner(progress=False), cache)
+    assert len(list((tmp_path / "cache").glob("kmeans-*.pt"))) == 2
     scored = r.scored
     assert 0 < scored.sum() < len(data)  # iterative search scores a subset ...
     assert (r.scores[~scored] == 0).all()  # ... and leaves the rest at 0, like its code
     assert r.metrics["localisation_all"]["count"] == 30 and "auroc" in r.metrics
     assert "search_s" in r.timings and "gradcam_s" in r.timings
+    assert np.array_equal(np.unique(r.scores[scored]), np.unique(r.scores[scored]).round())  # integer counts
 
 
 @needs_fashion_mnist

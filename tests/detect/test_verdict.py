@@ -10,7 +10,7 @@ from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
 from solo_poisoncam.detect.decision import decide, describe
-from solo_poisoncam.detect.verdict import null_windows, pattern_hits, repetition
+from solo_poisoncam.detect.verdict import null_windows, pattern_errors, pattern_hits, repetition
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
@@ -19,7 +19,8 @@ FAST = {"num_clusters": 10, "flip_images": 40, "flip_top": 60, "null_windows": 6
 
 
 def test_decide_by_hand():
-    stats = {"rep": np.array([9, 8, 8, 7, 1, 0]), "null_rep": np.array([0, 0, 1, 0]),
+    stats = {"rep": np.array([9, 8, 8, 7, 1, 0]), "exact": np.array([2, 1, 1, 3, 0, 0]),
+             "null_rep": np.array([0, 0, 1, 0]),
              "coh": np.array([0.5, 0.4, 0.3, 0.2, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15])}
     v = decide(stats, min_count=3, quantile=1.0)
     # repeats: >= min_count - 1 = 2 others and above the null's maximum 1: rows 0-3; their median coherence
@@ -35,6 +36,27 @@ def test_decide_by_hand():
     assert describe(v).endswith("a repeated pattern the model did not learn)")
     # the 50% quantile of the null coherence, linear interpolation: (0.15 + 0.2) / 2 = 0.175
     assert decide(stats, min_count=3, quantile=0.5)["coherence_threshold"] == pytest.approx(0.175)
+    # alike but never exact (aligned natural content): row 0 loses its exact copies and no longer repeats
+    v = decide({**stats, "exact": np.array([0, 1, 1, 3, 0, 0])}, min_count=3, quantile=1.0)
+    assert v["repeated"] == 3 and v["confirmed"].tolist() == [False, True, True, False, False, False]
+    assert not v["found"]  # 2 confirmed < 3
+
+
+def test_pattern_errors_separate_exact_copies_from_alike_ones():
+    """A textured block pasted as it is in image 1 and with +-0.05 noise in image 2: both correlate
+    (NCC > 0.9 and RMSE < 0.1: they repeat), only image 1's copy is exact (RMSE < 0.02)."""
+    g = torch.Generator().manual_seed(0)
+    block = torch.randint(40, 216, (3, 5, 5), generator=g).float()
+    pool = torch.zeros(3, 3, 16, 16)
+    pool[0, :, 1:6, 1:6] = block
+    pool[1, :, 8:13, 4:9] = block
+    noise = (torch.randint(0, 2, (3, 5, 5), generator=g).float() * 2 - 1) * 0.05 * 255
+    pool[2, :, 10:15, 10:15] = block + noise
+    pool = pool.round().clamp(0, 255).to(torch.uint8)
+    err = pattern_errors(pool[:1], torch.tensor([[1, 1, 6, 6]]), pool)[:, 0]
+    assert err[0] < 1e-3 and err[1] < 1e-3 and 0.04 < err[2] < 0.06  # float sums: 0 up to rounding
+    counts = repetition(pool[:1], torch.tensor([[1, 1, 6, 6]]), pool, 0.9, np.array([0]), (0.1, 0.02))
+    assert counts[:, 0].tolist() == [2, 1]
 
 
 def test_pattern_hits_find_a_pasted_pattern_anywhere_and_nothing_in_noise():
