@@ -1,7 +1,8 @@
 """This project's PatchSearch port side by side with the official PatchSearch code, same model, same images.
 
     pip install grad-cam matplotlib       # what the official code imports (not dependencies of this package)
-    python benchmarks/bench_official_patchsearch.py --official PATH/TO/PatchSearch --run RUN_FOLDER
+    python benchmarks/bench_official_patchsearch.py --official PATH/TO/PatchSearch --run RUN_FOLDER [--seeds 0 1 2]
+    python benchmarks/bench_official_patchsearch.py --reuse-official benchmarks/results/NAME.json --run RUN_FOLDER --seeds 1 2
 
 ``--official`` is a checkout of https://github.com/UCDvision/PatchSearch (measured at commit 39f2982);
 nothing of it is copied here. ``--run`` is a run folder of ``poisoncam run`` (its ``poison/`` manifest and
@@ -201,7 +202,7 @@ def compare(scores: np.ndarray, is_poison: np.ndarray, top: np.ndarray, top_wind
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--official", required=True, type=Path, help="a checkout of UCDvision/PatchSearch")
+    p.add_argument("--official", type=Path, default=None, help="a checkout of UCDvision/PatchSearch")
     p.add_argument("--run", required=True, type=Path, help="a poisoncam run folder (poison/, threat/last.ckpt)")
     p.add_argument("--num-clusters", type=int, default=None, help="K (default: the detector's, 10 x classes)")
     p.add_argument("--test-images-size", type=int, default=1000, help="official default 1000")
@@ -209,10 +210,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="the port's seeds, one run each (the official code fixes its own: 10)")
     p.add_argument("--label", default=None, help="the setting's name in the table")
+    p.add_argument("--reuse-official", type=Path, default=None, metavar="JSON",
+                   help="take the official row from an earlier results file of this script (same run and settings)")
     p.add_argument("--name", default="patchsearch-official")
     args = p.parse_args(argv)
-    script = args.official / "patch_search_iterative_search.py"
-    if not script.is_file():
+    checkout_ok = args.official is not None and (args.official / "patch_search_iterative_search.py").is_file()
+    if not args.reuse_official and not checkout_ok:
         p.error(f"--official {args.official} is not a PatchSearch checkout (no patch_search_iterative_search.py)")
     ckpt = args.run / "threat" / "last.ckpt"
     if not ckpt.is_file() or not (args.run / "poison" / "manifest.json").is_file():
@@ -241,11 +244,22 @@ def main(argv=None) -> int:
     k = args.num_clusters or 10 * len(classes)
     window = args.window or max(1, round(PATCHSEARCH_WINDOW * side))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        off = run_official(args.official.resolve(), model, x, labels, is_poison, k, args.test_images_size, window,
-                           Path(tmp))
-    official = compare(off["scores"], is_poison, off["top"], off["top_windows"], true_by_pos)
-    official["scored"] = int((off["scores"] != 0).sum())  # it keeps no "scored" mask: non-zero is a lower bound
+    if args.reuse_official:  # the official row of an earlier run of this script on the same model and settings
+        import json
+
+        prev = json.loads(args.reuse_official.read_text())
+        same = {key: prev["settings"].get(key) for key in ("run", "K", "test_images_size", "window_px")}
+        if same != {"run": str(args.run), "K": k, "test_images_size": args.test_images_size, "window_px": window}:
+            p.error(f"--reuse-official {args.reuse_official} was made with other settings: {same}")
+        official, off = prev["results"]["official"], {"timings": prev["results"]["official_timings"],
+                                                      "scores": prev["results"].get("official_scores")}
+        off["scores"] = None if off["scores"] is None else np.asarray(off["scores"])
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            off = run_official(args.official.resolve(), model, x, labels, is_poison, k, args.test_images_size, window,
+                               Path(tmp))
+        official = compare(off["scores"], is_poison, off["top"], off["top_windows"], true_by_pos)
+        official["scored"] = int((off["scores"] != 0).sum())  # it keeps no "scored" mask: non-zero is a lower bound
     ports, port_ts, port_scores = [], [], []
     for seed in args.seeds:  # the port's random streams (queues, paste places, k-means init) by seed
         cfg = DetectConfig(method="patchsearch", num_clusters=k, test_images_size=args.test_images_size,
@@ -264,7 +278,8 @@ def main(argv=None) -> int:
 
     from scipy.stats import spearmanr  # noqa: PLC0415 (scikit-learn's dependency, which the official code needs)
 
-    rho = [round(float(spearmanr(off["scores"], sc).statistic), 4) for sc in port_scores]
+    rho = None if off["scores"] is None else \
+        [round(float(spearmanr(off["scores"], sc).statistic), 4) for sc in port_scores]
     label = args.label or args.run.name
     head = ["setting", "code", "AUROC", "AP", *[f"top-{k_}" for k_ in TOPK], "poisons > 0", "scored",
             "top-20 IoU>=0.5"]
@@ -277,7 +292,7 @@ def main(argv=None) -> int:
         return [label, who, *[f(m[k_]) for k_ in keys], f"{m['poisons_nonzero']}/{m['num_poisons']}", str(m["scored"]),
                 f(m["top20_iou50"])]
 
-    rows = [row("official", official)] + [row(f"port, seed {s_}", m) for s_, m in zip(args.seeds, ports)]
+    rows = [row("official (earlier run)" if args.reuse_official else "official", official)] + [row(f"port, seed {s_}", m) for s_, m in zip(args.seeds, ports)]
     mean = {k_: float(np.mean([m[k_] for m in ports])) for k_ in keys}
     if len(ports) > 1:
         rows.append([label, "port, mean", *[f(mean[k_]) for k_ in keys], "", "", ""])
@@ -292,7 +307,9 @@ def main(argv=None) -> int:
               "Time per stage, seconds (official: features = its first call; flip_and_rest = its search loop "
               "without Grad-CAM, plus its top-100 output; port: Grad-CAM of every image)":
               markdown_table(["setting", "code", *[s_[:-2] for s_ in stages]], trows)}
-    raw = {"official": official, "port": ports, "official_timings": off["timings"], "port_timings": port_ts}
+    raw = {"official": official, "port": ports, "official_timings": off["timings"], "port_timings": port_ts,
+           "official_scores": None if off["scores"] is None else off["scores"].tolist(),
+           "official_reused_from": str(args.reuse_official) if args.reuse_official else None}
     path = write_results(args.name, environment(), settings, tables, raw)
     return print_tables(tables, path)
 

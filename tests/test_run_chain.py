@@ -10,8 +10,9 @@ from solo_poisoncam.cli import main
 from solo_poisoncam.pipeline.config import load_run_config
 
 TINY = ["data.num_samples=300", "pretrain.epochs=1", "pretrain.batch_size=64", "detect.settings.flip_images=20",
-        "detect.settings.flip_top=20", "detect.settings.num_clusters=20", "detect.settings.classifier.models=1",
-        "detect.settings.classifier.iters=40", "eval.label_fractions=[0.1]", "eval.val_images=200"]
+        "detect.settings.flip_top=20", "detect.settings.test_images_size=40", "detect.settings.num_clusters=20",
+        "detect.settings.classifier.models=1", "detect.settings.classifier.iters=40", "eval.label_fractions=[0.1]",
+        "eval.val_images=200"]
 
 
 def test_run_config_layers_and_errors(tmp_path):
