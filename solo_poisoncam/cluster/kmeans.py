@@ -231,8 +231,9 @@ def kmeans(features: torch.Tensor, num_clusters: int, iters: int = 20, seed: int
                          inertia=float(sq.sum()), backend=name)
 
 
-def kmeans_state(feats: torch.Tensor, k: int, iters: int, seed: int, backend: str, device) -> dict:
+def kmeans_state(feats: torch.Tensor, k: int, iters: int, seed: int, backend: str, device, spherical: bool = True,
+                 init: str = "k-means++") -> dict:
     """:func:`kmeans` on ``device`` as a CPU dict (the detection pipeline's cached stage)."""
-    res = kmeans(feats.to(device), k, iters=iters, seed=seed, backend=backend)
+    res = kmeans(feats.to(device), k, iters=iters, seed=seed, backend=backend, spherical=spherical, init=init)
     return {"centroids": res.centroids.cpu(), "assignments": res.assignments.cpu(), "scores": res.scores.cpu(),
             "inertia": res.inertia, "backend": res.backend}

@@ -71,7 +71,8 @@ def _paste_random(x: torch.Tensor, patches: List[torch.Tensor], which: torch.Ten
         rows = torch.nonzero(sizes == side).flatten()
         resized = torch.stack([F.interpolate(patches[int(which[r])][None], size=(side, side), mode="bilinear",
                                              align_corners=False)[0] for r in rows])
-        lo, hi = min(margin, s - side), max(min(margin, s - side) + 1, s - side - margin)
+        lo = min(margin, s - side)
+        hi = max(lo + 1, s - side - margin)
         pos = torch.stack([torch.randint(lo, hi, (len(rows),), generator=g),
                            torch.randint(lo, hi, (len(rows),), generator=g)], 1).to(x.device)
         out[rows] = paste_patches(out[rows], resized, pos)

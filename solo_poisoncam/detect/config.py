@@ -13,9 +13,9 @@ from solo_poisoncam.engine.runner import AMP
 
 METHODS = ("poisoncam", "patchsearch")
 REMOVALS = ("probe", "match", "classifier", "none")
-# fields of the detector's own head fine-tuning, removed for solo-learn's cluster_head (head_checkpoint)
 # PatchSearch's official window_w: 60 px at 224 (9 px at 32), its default window
 PATCHSEARCH_WINDOW = 60 / 224
+# fields of the detector's own head fine-tuning, removed for solo-learn's cluster_head (head_checkpoint)
 REMOVED = ("head_epochs", "head_steps", "head_lr", "occlusion_area", "occlusion_p", "head_relabel")
 
 

@@ -13,8 +13,9 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     """The verdict from :func:`verdict_statistics`.
 
     A candidate *repeats* when its repetition is at least ``min_count - 1`` (it and that many others
-    share the pattern), above the null's ``quantile``, and at least one copy is exact (``stats["exact"]``). The pattern is *learned* when the repeating
-    candidates' median coherence exceeds the null's ``quantile`` plus ``margin``. ``confirmed`` marks the
+    share the pattern), above the null's ``quantile``, and at least one copy is exact (``stats["exact"]``).
+    The pattern is *learned* when the repeating candidates' median coherence exceeds the null's
+    ``quantile`` plus ``margin``. ``confirmed`` marks the
     repeating candidates whose own coherence exceeds it too (the triggers removal uses); found = learned
     and at least ``min_count`` confirmed.
     A quantile, not the maximum: a few null windows may still fall on a trigger.

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from solo_poisoncam.cluster.kmeans import kmeans
 from solo_poisoncam.detect.cam import ClusterActivation, window_sizes
 from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.flip import flip_images_of, pasted_on_flips
@@ -25,13 +24,9 @@ from solo_poisoncam.detect.versions import stage_version
 from solo_poisoncam.detect.window import best_window, max_sum_window
 
 
-
-def patchsearch_kmeans(feats: torch.Tensor, k: int, iters: int, seed: int, backend: str, device) -> dict:
-    """PatchSearch's own k-means (its ``faiss_kmeans``: L2 on the unit features, random initialisation),
-    as the pipeline's cached k-means dict; centroids are not renormalised."""
-    res = kmeans(feats.to(device), k, iters=iters, seed=seed, backend=backend, spherical=False, init="random")
-    return {"centroids": res.centroids.cpu(), "assignments": res.assignments.cpu(), "scores": res.scores.cpu(),
-            "inertia": res.inertia, "backend": res.backend}
+# PatchSearch's own k-means (its faiss_kmeans: L2 on the unit features, random initialisation; centroids
+# not renormalised), as options of cluster.kmeans.kmeans_state
+KMEANS = {"spherical": False, "init": "random"}
 
 
 def gradcam_maps(act: ClusterActivation, x: torch.Tensor, layer: torch.nn.Module) -> tuple:
@@ -140,7 +135,7 @@ def patchsearch_scores(act, images, model, cfg: DetectConfig, side: int, runner,
                        km) -> Dict[str, Any]:
     """Grad-CAM windows and searched flip scores of every image (never-scored images keep 0); the same
     outputs as :func:`solo_poisoncam.detect.poisoncam.poisoncam_scores`. ``km`` is PatchSearch's own
-    k-means (:func:`patchsearch_kmeans`); ``clusters`` are its assignments, which the search and flip test use."""
+    k-means (:data:`KMEANS`); ``clusters`` are its assignments, which the search and flip test use."""
     sizes = window_sizes(side, cfg.window, *cfg.window_range)
     layer = model.feature_layer
     key = {**key, "gradcam_v": stage_version("gradcam"), "window": [cfg.window, list(cfg.window_range)]}

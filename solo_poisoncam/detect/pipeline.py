@@ -20,7 +20,8 @@ from solo_poisoncam.detect.cam import cluster_activation
 from solo_poisoncam.detect.classifier import poison_classifier
 from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.decision import decide, describe
-from solo_poisoncam.detect.patchsearch import patchsearch_kmeans, patchsearch_scores
+from solo_poisoncam.detect.patchsearch import KMEANS as PATCHSEARCH_KMEANS
+from solo_poisoncam.detect.patchsearch import patchsearch_scores
 from solo_poisoncam.detect.poisoncam import fill_value, poisoncam_scores
 from solo_poisoncam.detect.removal import feature_probe
 from solo_poisoncam.detect.verdict import match_any, verdict_statistics
@@ -176,14 +177,12 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
 def _clustering_model(feats, k, cfg: DetectConfig, runner, cache, key, clock):
     """k-means (a cached stage: spherical for PoisonCAM, PatchSearch's own L2 one for it), then the
     cosine head at the centroids."""
-    own = cfg.method == "patchsearch"
-    key = {**key, "kmeans_v": stage_version("kmeans", "gradcam") if own else stage_version("kmeans"), "k": k,
-           "iters": cfg.kmeans_iters, "seed": cfg.seed, "backend": cfg.kmeans_backend,
-           **({"kmeans": "patchsearch"} if own else {})}
-    fn = patchsearch_kmeans if own else kmeans_state
+    how = PATCHSEARCH_KMEANS if cfg.method == "patchsearch" else {}
+    key = {**key, "kmeans_v": stage_version("kmeans"), "k": k, "iters": cfg.kmeans_iters, "seed": cfg.seed,
+           "backend": cfg.kmeans_backend, **({"kmeans": how} if how else {})}
     with clock("kmeans"):
-        km = cache.get_or_compute("kmeans", key, lambda: fn(feats, k, cfg.kmeans_iters, cfg.seed, cfg.kmeans_backend,
-                                                            runner.device))
+        km = cache.get_or_compute("kmeans", key, lambda: kmeans_state(feats, k, cfg.kmeans_iters, cfg.seed,
+                                                                      cfg.kmeans_backend, runner.device, **how))
     head_state = CosineClusterHead(km["centroids"], cfg.head_temperature).state_dict()
     return km, head_state, {**key, "head_v": stage_version("head"), "head": [cfg.head_temperature]}
 
