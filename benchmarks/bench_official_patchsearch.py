@@ -2,7 +2,8 @@
 
     pip install grad-cam matplotlib       # what the official code imports (not dependencies of this package)
     python benchmarks/bench_official_patchsearch.py --official PATH/TO/PatchSearch --run RUN_FOLDER [--seeds 0 1 2]
-    python benchmarks/bench_official_patchsearch.py --reuse-official benchmarks/results/NAME.json --run RUN_FOLDER --seeds 1 2
+        [--official-seeds 10 11 12]
+    python benchmarks/bench_official_patchsearch.py --reuse benchmarks/results/NAME.json --run RUN_FOLDER --seeds 0 1 2
 
 ``--official`` is a checkout of https://github.com/UCDvision/PatchSearch (measured at commit 39f2982);
 nothing of it is copied here. ``--run`` is a run folder of ``poisoncam run`` (its ``poison/`` manifest and
@@ -15,7 +16,13 @@ written for ImageNet on CUDA:
 - ``Resize(256)`` / ``CenterCrop(224)`` are identities: the images are written as PNGs at the model's side;
 - ``.cuda()`` is a no-op and faiss's GPU cloner returns the CPU index;
 - ``GradCAM`` is pytorch-grad-cam's, returning ``(cam, outputs)`` as the authors' fork does;
-- ``vits`` (ViT code that needs timm) is a stub: only the CNN path runs.
+- ``vits`` (ViT code that needs timm) is a stub: only the CNN path runs;
+- ``--official-seeds``: the code fixes its seeds (``np.random.seed(10)``, ``torch.manual_seed(10)``, faiss's
+  k-means seed 1234); seed ``s`` replaces them by ``s`` and ``1234 + s - 10`` while it runs, so 10 is the code
+  as published and other seeds only change its random streams (paste places, cluster queues, k-means init).
+
+``--reuse`` takes every official and port run of an earlier results file of this script (same model and
+settings) and runs only the seeds it lacks.
 
 Both sides get the same K, ``test_images_size`` and window. Compared: scores (AUROC, AP, Spearman),
 top-k poison fraction, poisons with a non-zero score, trigger windows vs truth among the top 20, and
@@ -86,13 +93,27 @@ def _cpu_shims():
         torch.Tensor.cuda, nn.Module.cuda = tensor_cuda, module_cuda
 
 
-def _official_module(checkout: Path, model: nn.Module, timers: Dict[str, float], windows: List[np.ndarray]):
+@contextlib.contextmanager
+def _official_seed(seed: int):
+    """The official ``main`` seeds numpy and torch with 10 (faiss's k-means: 1234); run it with ``seed`` instead."""
+    np_seed, torch_seed = np.random.seed, torch.manual_seed
+    np.random.seed = lambda v=None: np_seed(seed if v == 10 else v)
+    torch.manual_seed = lambda v: torch_seed(seed if v == 10 else v)
+    try:
+        yield
+    finally:
+        np.random.seed, torch.manual_seed = np_seed, torch_seed
+
+
+def _official_module(checkout: Path, model: nn.Module, timers: Dict[str, float], windows: List[np.ndarray],
+                     seed: int = 10):
     import faiss
     import torchvision.transforms as T
     from pytorch_grad_cam import GradCAM as _GradCAM
 
     sys.modules.setdefault("vits", types.ModuleType("vits"))  # ViT code (needs timm); the CNN path never uses it
-    sys.path.insert(0, str(checkout))
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
     mod = importlib.import_module("patch_search_iterative_search")
 
     class GradCAM(_GradCAM):  # the authors' fork: accepts use_cuda, returns (cam, outputs)
@@ -109,6 +130,12 @@ def _official_module(checkout: Path, model: nn.Module, timers: Dict[str, float],
 
         GpuMultipleClonerOptions = staticmethod(lambda: types.SimpleNamespace())
         index_cpu_to_all_gpus = staticmethod(lambda index, co=None: index)
+
+        @staticmethod
+        def Clustering(d, k):  # noqa: N802 (faiss's name); its default seed 1234 is the published run
+            clus = faiss.Clustering(d, k)
+            clus.seed = 1234 + seed - 10
+            return clus
 
     def timed(name, fn):
         def wrapper(*a, **k):
@@ -141,8 +168,9 @@ def _official_module(checkout: Path, model: nn.Module, timers: Dict[str, float],
 
 
 def run_official(checkout: Path, model, images, labels, is_poison, k: int, test_images_size: int, window: int,
-                 work: Path) -> Dict[str, Any]:
-    """The official search on ``images`` (uint8 (N, 3, S, S)); scores, windows of its top 100, timings."""
+                 work: Path, seed: int = 10) -> Dict[str, Any]:
+    """The official search on ``images`` (uint8 (N, 3, S, S)) with its seeds replaced by ``seed`` (10: as
+    published); scores, windows of its top 100, timings."""
     from PIL import Image
 
     folder = work / "images"
@@ -157,7 +185,8 @@ def run_official(checkout: Path, model, images, labels, is_poison, k: int, test_
     weights.write_bytes(b"")
     timers: Dict[str, float] = {}
     windows: List[np.ndarray] = []
-    mod = _official_module(checkout, model, timers, windows)
+    sys.modules.pop("patch_search_iterative_search", None)  # a fresh module (and shims) per seed
+    mod = _official_module(checkout, model, timers, windows, seed)
     argv = ["patch_search_iterative_search.py", "--arch", "resnet18", "--weights", str(weights),
             "--train_file", str(work / "train.txt"), "--num_clusters", str(k), "--test_images_size",
             str(test_images_size), "--window_w", str(window), "--prune_clusters", "--use_cached_feats", "-j", "0"]
@@ -165,7 +194,7 @@ def run_official(checkout: Path, model, images, labels, is_poison, k: int, test_
     calls = []
     try:
         os.chdir(checkout)  # it reads metadata_files/ relative to its checkout
-        with _cpu_shims():
+        with _cpu_shims(), _official_seed(seed):
             for _ in range(2):  # 1: features (cached, then it exits), 2: the search (run_pipeline.sh)
                 sys.argv = argv
                 start = time.perf_counter()
@@ -200,6 +229,24 @@ def compare(scores: np.ndarray, is_poison: np.ndarray, top: np.ndarray, top_wind
     return out
 
 
+def _runs_of(made: Dict[str, Any]) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    """The official and port runs of an earlier results file, by seed (also the first format: one official run
+    with seed 10, the ports in ``settings["port_seeds"]`` order, without scores)."""
+    results = made["results"]
+    if "official_runs" in results:
+        return {who: {int(s_): r for s_, r in results[f"{who}_runs"].items()} for who in ("official", "port")}
+    return {"official": {10: {"metrics": results["official"], "timings": results["official_timings"],
+                              "scores": results.get("official_scores")}},
+            "port": {s_: {"metrics": m, "timings": t, "scores": None}
+                     for s_, m, t in zip(made["settings"]["port_seeds"], results["port"], results["port_timings"])}}
+
+
+def _reusable_official(path: Path) -> set:
+    import json
+
+    return set(_runs_of(json.loads(path.read_text()))["official"])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", type=Path, default=None, help="a checkout of UCDvision/PatchSearch")
@@ -207,15 +254,17 @@ def main(argv=None) -> int:
     p.add_argument("--num-clusters", type=int, default=None, help="K (default: the detector's, 10 x classes)")
     p.add_argument("--test-images-size", type=int, default=1000, help="official default 1000")
     p.add_argument("--window", type=int, default=None, help="window_w in px (default: 60/224 of the side)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="the port's seeds, one run each (the official code fixes its own: 10)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="the port's seeds, one run each")
+    p.add_argument("--official-seeds", type=int, nargs="+", default=[10],
+                   help="the official code's seeds, one run each (10: as published; others replace its fixed seeds)")
     p.add_argument("--label", default=None, help="the setting's name in the table")
-    p.add_argument("--reuse-official", type=Path, default=None, metavar="JSON",
-                   help="take the official row from an earlier results file of this script (same run and settings)")
+    p.add_argument("--reuse", "--reuse-official", type=Path, default=None, metavar="JSON", dest="reuse",
+                   help="take the runs of an earlier results file of this script (same run and settings); "
+                        "only the seeds it lacks are run")
     p.add_argument("--name", default="patchsearch-official")
     args = p.parse_args(argv)
     checkout_ok = args.official is not None and (args.official / "patch_search_iterative_search.py").is_file()
-    if not args.reuse_official and not checkout_ok:
+    if not checkout_ok and (args.reuse is None or set(args.official_seeds) - _reusable_official(args.reuse)):
         p.error(f"--official {args.official} is not a PatchSearch checkout (no patch_search_iterative_search.py)")
     ckpt = args.run / "threat" / "last.ckpt"
     if not ckpt.is_file() or not (args.run / "poison" / "manifest.json").is_file():
@@ -244,24 +293,30 @@ def main(argv=None) -> int:
     k = args.num_clusters or 10 * len(classes)
     window = args.window or max(1, round(PATCHSEARCH_WINDOW * side))
 
-    if args.reuse_official:  # the official row of an earlier run of this script on the same model and settings
+    prev = {"official": {}, "port": {}}
+    if args.reuse:  # the runs of an earlier call of this script on the same model and settings
         import json
 
-        prev = json.loads(args.reuse_official.read_text())
-        same = {key: prev["settings"].get(key) for key in ("run", "K", "test_images_size", "window_px")}
+        made = json.loads(args.reuse.read_text())
+        same = {key: made["settings"].get(key) for key in ("run", "K", "test_images_size", "window_px")}
         if same != {"run": str(args.run), "K": k, "test_images_size": args.test_images_size, "window_px": window}:
-            p.error(f"--reuse-official {args.reuse_official} was made with other settings: {same}")
-        official, off = prev["results"]["official"], {"timings": prev["results"]["official_timings"],
-                                                      "scores": prev["results"].get("official_scores")}
-        off["scores"] = None if off["scores"] is None else np.asarray(off["scores"])
-    else:
+            p.error(f"--reuse {args.reuse} was made with other settings: {same}")
+        prev = _runs_of(made)
+    officials, ports = {}, {}
+    for seed in args.official_seeds:
+        if seed in prev["official"]:
+            officials[seed] = prev["official"][seed]
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             off = run_official(args.official.resolve(), model, x, labels, is_poison, k, args.test_images_size, window,
-                               Path(tmp))
-        official = compare(off["scores"], is_poison, off["top"], off["top_windows"], true_by_pos)
-        official["scored"] = int((off["scores"] != 0).sum())  # it keeps no "scored" mask: non-zero is a lower bound
-    ports, port_ts, port_scores = [], [], []
+                               Path(tmp), seed=seed)
+        m = compare(off["scores"], is_poison, off["top"], off["top_windows"], true_by_pos)
+        m["scored"] = int((off["scores"] != 0).sum())  # it keeps no "scored" mask: non-zero is a lower bound
+        officials[seed] = {"metrics": m, "timings": off["timings"], "scores": off["scores"].tolist()}
     for seed in args.seeds:  # the port's random streams (queues, paste places, k-means init) by seed
+        if seed in prev["port"]:
+            ports[seed] = prev["port"][seed]
+            continue
         cfg = DetectConfig(method="patchsearch", num_clusters=k, test_images_size=args.test_images_size,
                            window=window, remove="none", seed=seed)
         start = time.perf_counter()
@@ -270,16 +325,17 @@ def main(argv=None) -> int:
         top = np.argsort(-r.scores, kind="stable")[:100]
         m = compare(r.scores, is_poison, top, r.windows[top], true_by_pos)
         m["scored"] = int(r.scored.sum())
-        ports.append(m)
-        port_scores.append(r.scores)
         t = r.timings
-        port_ts.append({"features_s": t.get("features_s", 0), "kmeans_s": t.get("kmeans_s", 0),
-                        "gradcam_s": t.get("gradcam_s", 0), "flip_and_rest_s": t.get("search_s", 0), "total_s": total})
+        ports[seed] = {"metrics": m, "scores": r.scores.tolist(),
+                       "timings": {"features_s": t.get("features_s", 0), "kmeans_s": t.get("kmeans_s", 0),
+                                   "gradcam_s": t.get("gradcam_s", 0), "flip_and_rest_s": t.get("search_s", 0),
+                                   "total_s": total}}
 
     from scipy.stats import spearmanr  # noqa: PLC0415 (scikit-learn's dependency, which the official code needs)
 
-    rho = None if off["scores"] is None else \
-        [round(float(spearmanr(off["scores"], sc).statistic), 4) for sc in port_scores]
+    pairs = [(a["scores"], b["scores"]) for a in officials.values() for b in ports.values()
+             if a.get("scores") is not None and b.get("scores") is not None]
+    rho = [round(float(spearmanr(a, b).statistic), 4) for a, b in pairs]  # every official x port pair
     label = args.label or args.run.name
     head = ["setting", "code", "AUROC", "AP", *[f"top-{k_}" for k_ in TOPK], "poisons > 0", "scored",
             "top-20 IoU>=0.5"]
@@ -292,24 +348,37 @@ def main(argv=None) -> int:
         return [label, who, *[f(m[k_]) for k_ in keys], f"{m['poisons_nonzero']}/{m['num_poisons']}", str(m["scored"]),
                 f(m["top20_iou50"])]
 
-    rows = [row("official (earlier run)" if args.reuse_official else "official", official)] + [row(f"port, seed {s_}", m) for s_, m in zip(args.seeds, ports)]
-    mean = {k_: float(np.mean([m[k_] for m in ports])) for k_ in keys}
+    def mean(runs):
+        return {k_: float(np.mean([r["metrics"][k_] for r in runs.values()])) for k_ in keys}
+
+    def spread(runs):
+        return [label, "", *[f"{min(r['metrics'][k_] for r in runs.values()):.2f}-"
+                             f"{max(r['metrics'][k_] for r in runs.values()):.2f}" for k_ in keys], "", "", ""]
+
+    rows = [row(f"official, seed {s_}" + (" (as published)" if s_ == 10 else ""), r["metrics"])
+            for s_, r in officials.items()]
+    if len(officials) > 1:
+        rows += [[label, "official, mean", *[f(mean(officials)[k_]) for k_ in keys], "", "", ""],
+                 spread(officials)]
+    rows += [row(f"port, seed {s_}", r["metrics"]) for s_, r in ports.items()]
     if len(ports) > 1:
-        rows.append([label, "port, mean", *[f(mean[k_]) for k_ in keys], "", "", ""])
-    rows.append([label, "port (mean) - official", *[f"{mean[k_] - official[k_]:+.3f}" for k_ in keys], "", "", ""])
+        rows += [[label, "port, mean", *[f(mean(ports)[k_]) for k_ in keys], "", "", ""], spread(ports)]
+    gap = {k_: mean(ports)[k_] - mean(officials)[k_] for k_ in keys}
+    rows.append([label, "port (mean) - official (mean)", *[f"{gap[k_]:+.3f}" for k_ in keys], "", "", ""])
     stages = ["features_s", "kmeans_s", "test_images_s", "gradcam_s", "flip_and_rest_s", "total_s"]
     trows = [[label, who, *[f"{tt[s_]:.1f}" if s_ in tt else "-" for s_ in stages]]
-             for who, tt in [("official", off["timings"])] + [(f"port, seed {s_}", tt) for s_, tt in zip(args.seeds, port_ts)]]
+             for who, tt in [(f"official, seed {s_}", r["timings"]) for s_, r in officials.items()]
+             + [(f"port, seed {s_}", r["timings"]) for s_, r in ports.items()]]
     settings = {"run": str(args.run), "checkpoint": str(ckpt), "K": k, "test_images_size": args.test_images_size,
                 "window_px": window, "side": side, "images": len(x), "poisons": int(is_poison.sum()),
-                "spearman_scores": rho, "port_seeds": args.seeds, "official_seed": 10}
-    tables = {"Scores and windows (same model, same images)": markdown_table(head, rows),
+                "spearman_scores": rho, "port_seeds": args.seeds, "official_seeds": args.official_seeds}
+    tables = {"Scores and windows (same model, same images; the spread row: min-max over seeds)":
+              markdown_table(head, rows),
               "Time per stage, seconds (official: features = its first call; flip_and_rest = its search loop "
               "without Grad-CAM, plus its top-100 output; port: Grad-CAM of every image)":
               markdown_table(["setting", "code", *[s_[:-2] for s_ in stages]], trows)}
-    raw = {"official": official, "port": ports, "official_timings": off["timings"], "port_timings": port_ts,
-           "official_scores": None if off["scores"] is None else off["scores"].tolist(),
-           "official_reused_from": str(args.reuse_official) if args.reuse_official else None}
+    raw = {"official_runs": {str(s_): r for s_, r in officials.items()}, "port_runs": {str(s_): r for s_, r in ports.items()},
+           "gap": gap, "reused_from": str(args.reuse) if args.reuse else None}
     path = write_results(args.name, environment(), settings, tables, raw)
     return print_tables(tables, path)
 
