@@ -24,7 +24,8 @@ from solo_poisoncam.detect.patchsearch import KMEANS as PATCHSEARCH_KMEANS
 from solo_poisoncam.detect.patchsearch import patchsearch_scores
 from solo_poisoncam.detect.poisoncam import fill_value, poisoncam_scores
 from solo_poisoncam.detect.removal import feature_probe
-from solo_poisoncam.detect.verdict import match_any, verdict_statistics
+from solo_poisoncam.detect.match import match_removal
+from solo_poisoncam.detect.verdict import verdict_statistics
 from solo_poisoncam.detect.versions import stage_version
 from solo_poisoncam.engine.cache import StageCache
 from solo_poisoncam.engine.features import extract_features, unit_features
@@ -51,6 +52,7 @@ class DetectionResult:
     is_poison: Optional[np.ndarray] = None      # (N,) ground truth, set by eval.detection.score_detection
     head_state: Optional[Dict[str, torch.Tensor]] = None  # the cluster head, for re-masking a few images
     side: int = 0                               # the model's input side: windows are in these pixels
+    map_windows: Optional[np.ndarray] = None    # the activation maps' windows where ``windows`` holds match boxes
     metrics: Dict[str, Any] = field(default_factory=dict)
     timings: Dict[str, Any] = field(default_factory=dict)
     config: Dict[str, Any] = field(default_factory=dict)
@@ -129,7 +131,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
         verdict_text = describe(verdict)
         runner.info(verdict_text)
 
-    probability, removed = None, np.zeros(n, dtype=bool)
+    probability, removed, map_windows = None, np.zeros(n, dtype=bool), None
     act_on = cfg.remove != "none" and (verdict is None or verdict["found"] or cfg.force_remove)
     if act_on and cfg.remove == "classifier":
         ckey = {**key, "classifier_v": stage_version("classifier"), "method": cfg.method,
@@ -154,15 +156,16 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
                     embed, images, feats, scores, images.take(confirmed), torch.as_tensor(windows[confirmed]),
                     images.take(stats["null_src"]), torch.as_tensor(stats["null_boxes"]), cfg.probe, cfg.seed))
                 probability, removed = res["probability"], res["removed"]
-            else:  # match: every image that holds a confirmed trigger's pattern
-                res = cache.get_or_compute("match", rkey, lambda: {"removed": match_any(
-                    images.take(confirmed), torch.as_tensor(windows[confirmed]), images, cfg.verdict_ncc)})
+            else:  # match: every image that holds a confirmed trigger's pattern, with the trigger's box in it
+                res = cache.get_or_compute("match", rkey, lambda: match_removal(
+                    images, confirmed, windows[confirmed], cfg.verdict_ncc))
                 removed = res["removed"]
+                map_windows, windows = windows, np.where(removed[:, None], res["windows"], windows)
 
     config = {**cfg.to_dict(), "head_temperature": temperature}
     result = DetectionResult(indexes=images.indexes.copy(), scores=scores, windows=windows, clusters=clusters,
                              removed=removed, scored=scored, probability=probability, true_boxes=None,
-                             config=config, head_state=head_state, side=side)
+                             config=config, head_state=head_state, side=side, map_windows=map_windows)
     result.timings = _timings(clock, runner, cache, n, side)
     result.timings["total_s"] = round(time.perf_counter() - started, 3)
     result.metrics["num_removed"] = int(removed.sum())

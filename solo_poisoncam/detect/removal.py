@@ -7,8 +7,8 @@ with a random window of another image pasted (so the probe learns this trigger, 
 patch"). It scores every image from its cached feature in one matrix product, so its cost is a
 few thousand forward passes whatever N is.
 
-``match`` (in ``detect/verdict.py: match_any``): remove every image that holds a confirmed
-trigger's pattern (normalised cross-correlation), a scan of all images against a few templates.
+``match`` (``detect/match.py``): remove every image that holds a confirmed trigger's pattern
+(normalised cross-correlation), a scan of all images against a few templates.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: i
 
 @torch.no_grad()
 def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-                   chunk: int = 64) -> torch.Tensor:
+                   chunk: int = 64, where: bool = False):
     """(P, T) float: the smallest root-mean-square pixel difference (in [0, 1] units) between window t
     and pool image p over the positions where their normalised cross-correlation exceeds ``ncc``
     (inf where there is none). Flat image regions and windows with a flat quadrant (pixel std < 1/64)
@@ -59,10 +59,12 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
     Args:
         src_images: uint8 (T, 3, S, S) the windows are cut from; boxes (T, 4) long.
         pool: uint8 (P, 3, S, S), the images searched.
+        where: also return (P, T, 2) long, the top-left (x, y) in pool image p of that best position.
     """
     pool_x = pool.float() / 255
     src = src_images.float() / 255
     out = torch.full((len(pool), len(boxes)), float("inf"))
+    at = torch.zeros(len(pool), len(boxes), 2, dtype=torch.long)
     sizes = boxes[:, 2:] - boxes[:, :2]
     for size in torch.unique(sizes, dim=0):
         w, h = int(size[0]), int(size[1])
@@ -81,10 +83,12 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
             corr = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])
             sq = (s2 - 2 * F.conv2d(pool_x, raw) + raw.pow(2).sum((1, 2, 3))[None, :, None, None]) / k
             sq = torch.where((corr > ncc) & ~flat, sq.clamp_min(0), torch.full_like(sq, float("inf")))
-            err = sq.flatten(2).min(2).values.sqrt()
+            best, idx = sq.flatten(2).min(2)
+            err = best.sqrt()
             err[:, _partly_flat(raw)] = float("inf")
             out[:, part] = err
-    return out
+            at[:, part] = torch.stack([idx % sq.shape[-1], idx // sq.shape[-1]], -1)
+    return (out, at) if where else out
 
 
 def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
@@ -116,13 +120,6 @@ def repetition(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor
         err[own[cols], cols] = float("inf")
     counts = np.stack([(err < r).sum(0).numpy() for r in rmse])
     return counts[0] if len(rmse) == 1 else counts
-
-
-def match_any(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, chunk: int = 1024) -> np.ndarray:
-    """(N,) bool: image j of ``images`` (``take(positions)`` -> uint8) holds any of the windows' patterns."""
-    n = len(images)
-    return np.concatenate([pattern_hits(src_images, boxes, images.take(np.arange(i, min(n, i + chunk))), ncc)
-                           .any(1).numpy() for i in range(0, n, chunk)])
 
 
 @torch.no_grad()

@@ -42,6 +42,8 @@ def score_detection(result, manifest: PoisonManifest):
         tb = np.array([boxes[int(result.indexes[j])] for j in top_pos]).reshape(-1, 4)
         m[f"localisation_top{k}"] = localisation_metrics(result.windows[top_pos], tb)
     m["trigger_detection_accuracy"] = m["localisation_all"]["trigger_detection_accuracy"]
+    if getattr(result, "map_windows", None) is not None:  # the maps' own windows, before match placed the trigger
+        m["localisation_all_maps"] = localisation_metrics(result.map_windows[pos], true)
     m["scored_poisons"] = int((result.scored & is_poison).sum())
     result.metrics.update(m)
     return result

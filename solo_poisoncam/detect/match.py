@@ -1,0 +1,128 @@
+"""Removal by pattern match, and where the trigger is in each removed image (docs/design.md, method
+step 7).
+
+``match``: remove every image that holds a confirmed trigger window's pattern (normalised cross-
+correlation above ``ncc`` and RMSE below ``rmse`` at one position: ``detect/verdict.py: pattern_errors``).
+
+Extent: a confirmed window is where the activation map pointed, not the trigger's outline; it may
+hold part of the trigger and some of its image. The pasted pixels are the same in every copy and the
+image around them is not, so the trigger is the connected region around the window where the
+window's image agrees, pixel by pixel, with most of the images the pattern matched in (aligned at
+the match). Each removed image's window is that region at the place its best match sits. No labels
+and no trigger: only the images and the confirmed windows.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from solo_poisoncam.checks import check
+from solo_poisoncam.detect.verdict import pattern_errors
+
+
+def match_scan(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, chunk: int = 1024):
+    """Every image against every window: ((N, T) RMSE of the best position, inf = no match; (N, T, 2)
+    long top-left (x, y) of that position). ``images``: ``take(positions)`` -> uint8 (B, 3, S, S)."""
+    n = len(images)
+    errs, ats = [], []
+    for i in range(0, n, chunk):
+        e, a = pattern_errors(src_images, boxes, images.take(np.arange(i, min(n, i + chunk))), ncc, where=True)
+        errs.append(e)
+        ats.append(a)
+    return torch.cat(errs), torch.cat(ats)
+
+
+@torch.no_grad()
+def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.Tensor, tol: float = 0.1,
+                   agree: float = 0.5) -> np.ndarray:
+    """The trigger's box (x0, y0, x1, y1) in ``template``'s pixels, grown or shrunk from ``box``.
+
+    Args:
+        template: uint8 (3, S, S), the image the confirmed window ``box`` was cut from.
+        copies: uint8 (C, 3, S, S), images the window's pattern matched in; ``at`` (C, 2) the top-left
+            (x, y) of each match.
+        tol: a pixel agrees with a copy when its largest channel difference is below this (in [0, 1]).
+        agree: a pixel is the trigger's when it agrees with at least this share of the copies that
+            cover it; the region is the 8-connected one through the window's agreeing pixels, at most
+            the window grown by its own size on each side.
+
+    With no copy, or no agreeing pixel inside the window, the window itself.
+    """
+    box = [int(v) for v in box]
+    if len(copies) == 0:
+        return np.asarray(box, dtype=np.int64)
+    side = template.shape[-1]
+    a = template.float() / 255
+    shift = at.long() - torch.tensor(box[:2])  # (C, 2): a copy's pixel (y + sy, x + sx) is the template's (y, x)
+    padded = F.pad(copies.float() / 255, (side, side, side, side), value=float("nan"))
+    grid = torch.arange(side) + side
+    agree_count = torch.zeros(side, side)
+    cover = torch.zeros(side, side)
+    for c in range(len(copies)):
+        sx, sy = int(shift[c, 0]), int(shift[c, 1])
+        b = padded[c][:, grid + sy][:, :, grid + sx]
+        d = (a - b).abs().amax(0)
+        valid = ~torch.isnan(d)
+        cover += valid
+        agree_count += valid & (d < tol)
+    w, h = box[2] - box[0], box[3] - box[1]
+    region = torch.zeros(side, side, dtype=torch.bool)
+    region[max(0, box[1] - h):min(side, box[3] + h), max(0, box[0] - w):min(side, box[2] + w)] = True
+    mask = (agree_count >= agree * cover) & (cover >= max(1, len(copies) // 2)) & region
+    inside = torch.zeros_like(mask)
+    inside[box[1]:box[3], box[0]:box[2]] = True
+    comp = mask & inside
+    if not comp.any():
+        return np.asarray(box, dtype=np.int64)
+    while True:  # flood fill of the agreeing pixels from the window's
+        grown = F.max_pool2d(comp[None, None].float(), 3, 1, 1)[0, 0].bool() & mask
+        if torch.equal(grown, comp):
+            break
+        comp = grown
+    ys, xs = torch.nonzero(comp, as_tuple=True)
+    return np.array([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1], dtype=np.int64)
+
+
+def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0.9, rmse: float = 0.1,
+                  copies: int = 64, tol: float = 0.1, agree: float = 0.5) -> Dict[str, np.ndarray]:
+    """Remove every image that holds one of the confirmed windows' patterns, and place the trigger in it.
+
+    Args:
+        images: the training images (``take(positions)`` -> uint8 (B, 3, S, S)).
+        src_pos: (T,) positions of the confirmed windows' images; ``boxes`` (T, 4) their windows.
+        copies: the extent of a window is measured on at most this many of its matches (the closest).
+
+    Returns ``removed`` (N,) bool, ``windows`` (N, 4) the trigger box in each removed image (-1 rows
+    elsewhere), ``template`` (N,) the window that matched best (-1: none) and ``extents`` (T, 4).
+    """
+    src_pos = np.asarray(src_pos, dtype=np.int64)
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    check(len(src_pos) == len(boxes) and len(boxes) > 0, "match_removal needs one source position per window")
+    err, at = match_scan(images.take(src_pos), torch.as_tensor(boxes), images, ncc)
+    hit = err < rmse
+    removed = hit.any(1).numpy()
+    best = torch.where(hit, err, torch.full_like(err, float("inf"))).argmin(1)
+    extents = np.empty_like(boxes)
+    for t in range(len(boxes)):
+        e = err[:, t].clone()
+        e[int(src_pos[t])] = float("inf")  # the window's own image agrees with itself everywhere
+        rows = torch.nonzero(e < rmse).flatten()
+        rows = rows[torch.argsort(e[rows], stable=True)[:copies]]
+        if len(rows) == 0:  # matched only in its own image: nothing to compare with
+            extents[t] = boxes[t]
+            continue
+        extents[t] = trigger_extent(images.take(src_pos[t:t + 1])[0], boxes[t], images.take(rows.numpy()),
+                                    at[rows, t], tol, agree)
+    n, side = len(removed), int(images.take(src_pos[:1]).shape[-1])
+    windows = np.full((n, 4), -1, dtype=np.int64)
+    rows = np.flatnonzero(removed)
+    t = best[rows].numpy()
+    offset = extents[t] - np.tile(boxes[t, :2], 2)  # the extent relative to the window's top-left
+    where = at[torch.as_tensor(rows), torch.as_tensor(t)].numpy().reshape(-1, 2)
+    windows[rows] = np.clip(np.tile(where, 2) + offset, 0, side)
+    return {"removed": removed, "windows": windows, "template": np.where(removed, best.numpy(), -1),
+            "extents": extents}

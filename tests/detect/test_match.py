@@ -1,0 +1,75 @@
+"""Removal by pattern match and the trigger's extent: hand-made cases where the answer is known pixel for pixel."""
+
+import numpy as np
+import torch
+
+from solo_poisoncam.detect.match import match_removal, trigger_extent
+from solo_poisoncam.detect.verdict import pattern_errors
+
+
+class Stack:
+    """The ``take(positions)`` interface of the detector's images over a uint8 tensor."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def take(self, positions):
+        return self.x[torch.as_tensor(np.asarray(positions), dtype=torch.long)]
+
+
+def _planted(n=40, poisons=10, side=24, t=8, seed=0):
+    """Mid-grey noise images (values 0.3-0.7, so two images rarely agree within 0.1 in all three channels), a
+    random-colour t x t trigger pasted at a random place on the first ``poisons``, 2 px or more from the border
+    (a window that holds a column of image beside the trigger can only match where that column exists); their
+    true boxes."""
+    g = torch.Generator().manual_seed(seed)
+    x = (0.3 + 0.4 * torch.rand(n, 3, side, side, generator=g)).mul(255).round().to(torch.uint8)
+    trigger = torch.randint(0, 256, (3, t, t), generator=g, dtype=torch.uint8)
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for i in range(poisons):
+        x0, y0 = rng.integers(2, side - t - 1, 2)
+        x[i, :, y0:y0 + t, x0:x0 + t] = trigger
+        boxes.append([x0, y0, x0 + t, y0 + t])
+    return x, np.array(boxes)
+
+
+def test_pattern_errors_where_is_the_top_left_of_the_best_match():
+    x, boxes = _planted()
+    err, at = pattern_errors(x[:1], torch.as_tensor(boxes[:1]), x[:10], where=True)
+    assert torch.all(err[:, 0] < 1e-6)  # the same pixels in every poison
+    assert at[:, 0].tolist() == boxes[:10, :2].tolist()
+
+
+def test_trigger_extent_grows_a_partial_window_to_the_trigger_and_cuts_the_image_off():
+    x, boxes = _planted()
+    x0, y0, x1, y1 = boxes[0]
+    # the maps' window: 2 px right of and 1 px below the trigger, so 6 x 7 of its 8 x 8 pixels are trigger
+    window = np.array([x0 + 2, y0 + 1, x1 + 2, y1 + 1])
+    shift = window[:2] - boxes[0, :2]
+    copies = x[1:10]
+    at = torch.as_tensor(boxes[1:10, :2] + shift)  # where the window's pattern sits in each copy
+    assert trigger_extent(x[0], window, copies, at).tolist() == boxes[0].tolist()
+    # no copy: the window as it was
+    assert trigger_extent(x[0], window, copies[:0], at[:0]).tolist() == window.tolist()
+
+
+def test_match_removal_removes_the_poisons_only_and_boxes_each_trigger():
+    x, boxes = _planted()
+    window = boxes[3] + np.array([1, 0, 1, 0])  # one column of image, seven of trigger
+    out = match_removal(Stack(x), np.array([3]), window[None], ncc=0.9, rmse=0.1)
+    assert out["removed"].tolist() == [True] * 10 + [False] * 30
+    assert out["windows"][:10].tolist() == boxes.tolist()  # the trigger's own box in every poison
+    assert (out["windows"][10:] == -1).all() and (out["template"][10:] == -1).all()
+    assert out["extents"][0].tolist() == boxes[3].tolist()
+
+
+def test_match_removal_on_clean_noise_removes_nothing():
+    x, _ = _planted(poisons=0)
+    out = match_removal(Stack(x), np.array([0]), np.array([[4, 4, 12, 12]]))
+    # a window of noise is in no other image (its own holds it: the verdict decides whether it is a trigger)
+    assert out["removed"].tolist() == [True] + [False] * 39
+    assert out["extents"][0].tolist() == [4, 4, 12, 12]
