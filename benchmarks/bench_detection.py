@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, markdown_table, mean_std, print_tables, write_results  # noqa: E402
+from common import environment, markdown_table, mean_std, print_tables, stage_seconds, write_results  # noqa: E402
 
 # setting -> run-config overrides (over the embedded demo config)
 SETTINGS: Dict[str, Dict[str, Any]] = {
@@ -106,11 +106,22 @@ def run_clean(chain) -> Dict[str, Any]:
     return {"clean": out}
 
 
+def _detection_row(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A detection's metrics plus its hit rate, the maps' own window accuracy (where match placed the
+    trigger; else the same windows) and the seconds its stages cost when computed."""
+    m = dict(d["metrics"])
+    m["hit_rate"] = m.get("localisation_all", {}).get("hit_rate")
+    m["maps_accuracy"] = m.get("localisation_all_maps", m.get("localisation_all", {})).get("trigger_detection_accuracy")
+    m["seconds"] = stage_seconds(d.get("timings", {}))
+    return m
+
+
 def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) -> Dict[str, str]:
     det_rows, bd_rows, ds_rows, clean_rows = [], [], [], []
-    keys = [("trigger_detection_accuracy", "trigger det. acc"), ("precision", "precision"), ("recall", "recall"),
+    keys = [("trigger_detection_accuracy", "trigger det. acc"), ("hit_rate", "hit rate"),
+            ("maps_accuracy", "trigger det. acc (maps)"), ("precision", "precision"), ("recall", "recall"),
             ("f1", "F1"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("precision_at_20", "P@20"),
-            ("num_removed", "removed")]
+            ("num_removed", "removed"), ("seconds", "s (as computed)")]
     for setting, by_seed in results.items():
         runs = list(by_seed.values())
         if setting.endswith("clean"):
@@ -128,17 +139,19 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                         f"{rf('patched_to_poison_cluster')} ({rf('control_to_poison_cluster')})",
                         f"{t('probe_asr_patched')} ({t('probe_asr_control')})"])
         for method in methods:
-            ms = [r["detections"][method]["metrics"] for r in runs if method in r["detections"]]
+            ms = [_detection_row(r["detections"][method]) for r in runs if method in r["detections"]]
             row = [setting, method, f"{len(ms)}"]
             for k, _ in keys:
                 vals = [m.get(k) for m in ms]
-                row.append(mean_std(vals, 1 if k == "num_removed" else 3))
+                row.append(mean_std(vals, 1 if k == "num_removed" else 0 if k == "seconds" else 3))
             det_rows.append(row)
-        if all("evaluations" in r and r["evaluations"] for r in runs):
-            for name in runs[0]["evaluations"]:
-                frac = sorted(runs[0]["evaluations"][name]["budgets"])[-1]
-                lin = [r["evaluations"][name]["budgets"][frac]["linear"] for r in runs]
-                ds_rows.append([setting, name, f"{float(frac):.0%}", mean_std([m["clean_acc1"] for m in lin], pct=True),
+        evaluated = [r for r in runs if r.get("evaluations")]  # the seeds run with --downstream
+        if evaluated:
+            for name in dict.fromkeys(n for r in evaluated for n in r["evaluations"]):
+                frac = sorted(next(r for r in evaluated if name in r["evaluations"])["evaluations"][name]["budgets"])[-1]
+                lin = [r["evaluations"][name]["budgets"][frac]["linear"] for r in evaluated if name in r["evaluations"]]
+                ds_rows.append([setting, name, str(len(lin)), f"{float(frac):.0%}",
+                                mean_std([m["clean_acc1"] for m in lin], pct=True),
                                 mean_std([m["patched_acc1"] for m in lin], pct=True),
                                 mean_std([m["asr"] for m in lin], pct=True), mean_std([m["fp"] for m in lin], 1)])
     out = {
@@ -153,7 +166,7 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
             ["method", "seeds", "removed", "of", "share"], clean_rows)
     if ds_rows:
         out["Downstream (linear probe; mean ± std over seeds)"] = markdown_table(
-            ["setting", "model", "labels", "clean acc", "patched acc", "ASR", "FP"], ds_rows)
+            ["setting", "model", "seeds", "labels", "clean acc", "patched acc", "ASR", "FP"], ds_rows)
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_detection import QUICK, SETTINGS, deep_merge, point_colour_settings_at  # noqa: E402
-from common import environment, markdown_table, print_tables, write_results  # noqa: E402
+from common import environment, markdown_table, print_tables, stage_seconds, write_results  # noqa: E402
 
 MODES = ("probe", "match", "classifier")
 
@@ -69,12 +69,6 @@ def _f(v, digits=3):
     return "n/a" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
-def _stage_seconds(t: Dict[str, Any]) -> float:
-    """Seconds the run's stages cost when computed (cache hits count what they cost at the time)."""
-    comp = t.get("stage_compute_s", {})
-    return float(sum(v for v in comp.values() if v is not None))
-
-
 def summary(rows: List[Dict[str, Any]]) -> str:
     """One row per (setting, detector:removal): per-seed backdoor, verdict and removed; mean ± std of the rest."""
     from common import mean_std
@@ -94,7 +88,7 @@ def summary(rows: List[Dict[str, Any]]) -> str:
         out.append([setting, " ".join(str(s) for s, *_ in lst), " ".join(c for _, c, _, _ in lst), name, verdicts,
                     " ".join(str(m["num_removed"]) for m in ms), mean_std([m.get("precision") for m in ms]),
                     mean_std([m.get("recall") for m in ms]), mean_std([m.get("false_removal_rate") for m in ms]),
-                    mean_std([_stage_seconds(t) for *_, t in lst], 0)])
+                    mean_std([stage_seconds(t) for *_, t in lst], 0)])
     return markdown_table(["setting", "seeds", "backdoor check (per seed)", "detector:removal", "verdict (per seed)",
                            "removed (per seed)", "precision", "recall", "false removal rate", "stages s"], out)
 
@@ -116,7 +110,7 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
                        f"{v.get('coherence', 0):.2f} vs {v.get('coherence_threshold', 0):.2f})") if v else "n/a (no verdict)"
             det.append([r["setting"], str(r["seed"]), name, verdict, str(m["num_removed"]),
                         _f(m.get("precision")), _f(m.get("recall")), _f(m.get("f1")), _f(m.get("auroc")),
-                        _f(m.get("false_removal_rate")), f"{_stage_seconds(t):.0f}",
+                        _f(m.get("false_removal_rate")), f"{stage_seconds(t):.0f}",
                         ", ".join(f"{k} {v:.0f}" for k, v in t.get("stage_compute_s", {}).items() if v)])
     return {
         "Summary over seeds (backdoor check: T targeted, L learned, N not learned by its rule)": summary(rows),

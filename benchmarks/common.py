@@ -38,6 +38,11 @@ def mean_std(values: Sequence[Any], digits: int = 3, pct: bool = False) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(v) > 1 else f"{m:.{digits}f}"
 
 
+def stage_seconds(t: Dict[str, Any]) -> float:
+    """Seconds a detection's stages cost when computed (cache hits count what they cost at the time)."""
+    return float(sum(v for v in t.get("stage_compute_s", {}).values() if v is not None))
+
+
 def markdown_table(head: List[str], rows: List[List[str]]) -> str:
     from solo_poisoncam.report.tables import markdown
 

@@ -30,6 +30,21 @@ def test_run_config_layers_and_errors(tmp_path):
         load_run_config(overrides=["detect.methods=[strip]"])
 
 
+def test_run_identity_ignores_switches_that_only_add_stages():
+    from solo_poisoncam.io import hash_obj
+    from solo_poisoncam.pipeline.run import _identity
+
+    cfg = load_run_config()
+    ident = lambda c: hash_obj(_identity(c))  # noqa: E731
+    more = {**cfg, "retrain": {**cfg["retrain"], "enabled": not cfg["retrain"].get("enabled", True)},
+            "reference": {**cfg["reference"], "clean": not cfg["reference"].get("clean", True)},
+            "pretrain": {**cfg["pretrain"], "wandb": True}}
+    assert ident(more) == ident(cfg)  # retraining, the clean reference and logging switched: the same run
+    other = {**cfg, "retrain": {**cfg["retrain"], "epochs": 99}}
+    assert ident(other) != ident(cfg)  # what a retrained model is made with is part of the run
+    assert ident({**cfg, "seed": cfg["seed"] + 1}) != ident(cfg)
+
+
 @needs_fashion_mnist
 def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeypatch):
     from solo_poisoncam.pipeline import run as run_module

@@ -33,7 +33,9 @@ def metrics_document(result: DetectionResult, extra: Optional[Dict[str, Any]] = 
             "auroc/auprc": "of the poison score against the manifest",
             "precision_at_k": "poison share of the k highest scores (ties broken uniformly at random, in expectation)",
             "trigger_detection_accuracy": "share of poisoned images whose candidate window has IoU >= 0.5 with the "
-                                          "true trigger box (localisation_all; localisation_topK: poisons among the top K)",
+                                          "true trigger box (localisation_all; localisation_topK: poisons among the top K); "
+                                          "for images match removal removed, the trigger box it placed "
+                                          "(localisation_all_maps: the activation maps' own windows)",
             "hit_rate": "share of poisoned images whose window contains the true box centre",
             "masking_overhead": "time applying masks and building maps / time of the masked forward passes",
         },
@@ -72,10 +74,15 @@ def write_detection_outputs(result: DetectionResult, out: Path, images: IndexedI
     save_npy(out / "scores.npy", result.scores.astype(np.float32))
     save_npy(out / "windows.npy", result.windows.astype(np.int32))
     save_npy(out / "indexes.npy", result.indexes.astype(np.int64))
+    # an optional output this detection does not make must not survive from an earlier one in the folder
     if result.probability is not None:
         save_npy(out / "probability.npy", result.probability.astype(np.float32))
+    else:
+        (out / "probability.npy").unlink(missing_ok=True)
     if result.config.get("gallery", 0) > 0:
         save_png(gallery(result, images, model), out / "gallery.png")
+    else:
+        (out / "gallery.png").unlink(missing_ok=True)
     write_json(out / "metrics.json", metrics_document(result, extra))
     return out / "metrics.json"
 

@@ -205,10 +205,13 @@ class Chain:
 
 
 def _identity(cfg: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The settings that define a run's results (logging switches are not among them)."""
+    """The settings that define a run's results: not the logging switches, nor the switches that only add
+    or skip stages (retraining, the clean-data reference), whose stages have keys of their own."""
     if cfg is None:
         return None
     out = {**cfg, "pretrain": {k: v for k, v in cfg.get("pretrain", {}).items() if k != "wandb"}}
+    out["retrain"] = {k: v for k, v in cfg.get("retrain", {}).items() if k != "enabled"}
+    out["reference"] = {k: v for k, v in cfg.get("reference", {}).items() if k != "clean"}
     return out
 
 

@@ -54,6 +54,17 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
     hits = other.timings["cache_hits"]
     assert hits["features"] and hits["kmeans"] and hits["cam"] and "flip" not in hits
     assert np.array_equal(other.scores, r.scores) is False and other.metrics["num_removed"] == 0
+    # outputs of the second detection into the first one's folder: nothing of the first survives
+    from solo_poisoncam.data.indexed import IndexedImages
+    from solo_poisoncam.detect.outputs import write_detection_outputs
+
+    out, images = tmp_path / "out", IndexedImages(data, size=32)
+    write_detection_outputs(r, out, images)
+    assert (out / "probability.npy").is_file() and (out / "gallery.png").is_file()
+    other.config["gallery"] = 0
+    write_detection_outputs(other, out, images)
+    assert not (out / "probability.npy").exists() and not (out / "gallery.png").exists()
+    assert (out / "removed.txt").read_text().strip() == ""
 
 
 @needs_fashion_mnist
