@@ -88,10 +88,12 @@ def write_detection_outputs(result: DetectionResult, out: Path, images: IndexedI
 
 
 def gallery(result: DetectionResult, images: IndexedImages, model=None):
-    """The top flagged images, in pairs: the image with the true trigger box (green, when known), and
-    the activation map overlaid (PoisonCAM) with the candidate window (red)."""
+    """The flagged images, in pairs: the image with the true trigger box (green, when known), and the
+    activation map overlaid (PoisonCAM) with the window (red). The removed images come first (by score),
+    then the highest scores: what the detector acted on, not only what it ranked."""
     cfg = DetectConfig.from_dict(result.config)
-    order = np.argsort(-result.scores, kind="stable")[: cfg.gallery]
+    by_score = np.argsort(-result.scores, kind="stable")
+    order = np.concatenate([by_score[result.removed[by_score]], by_score[~result.removed[by_score]]])[: cfg.gallery]
     x = images.take(order)
     side = x.shape[-1]
     plain = [x[i].permute(1, 2, 0).numpy() for i in range(len(order))]
@@ -110,5 +112,6 @@ def gallery(result: DetectionResult, images: IndexedImages, model=None):
         tb = [(np.round(true[int(j)]).astype(int), TRUE_COLOUR)] if int(j) in true else []
         boxes += [tb, [(result.windows[j], PRED_COLOUR)]]
         tag = "poison" if int(j) in true else ("clean" if result.is_poison is not None else "")
-        captions += [f"#{int(result.indexes[j])} {tag}", f"score {result.scores[j]:.2f}"]
+        captions += [f"#{int(result.indexes[j])} {tag}",
+                     f"score {result.scores[j]:.2f}" + (" removed" if result.removed[j] else "")]
     return tile(pictures, boxes, scale=max(1, 96 // side), columns=8, captions=captions)
