@@ -27,6 +27,8 @@ from common import environment, markdown_table, mean_std, print_tables, stage_se
 # setting -> run-config overrides (over the embedded demo config)
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}},
+    # the main setting on 20,000 images (cost: how each stage grows with N)
+    "patch-0.5-20k": {"data": {"num_samples": 20000}, "poison": {"attack": "patch", "size": 12, "rate": 0.5}},
     "patch-1.0": {"poison": {"attack": "patch", "size": 12, "rate": 1.0}},
     "patch-0.1": {"poison": {"attack": "patch", "size": 12, "rate": 0.1}},
     "patch-0.05": {"poison": {"attack": "patch", "size": 12, "rate": 0.05}},
@@ -117,7 +119,7 @@ def _detection_row(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) -> Dict[str, str]:
-    det_rows, bd_rows, ds_rows, clean_rows = [], [], [], []
+    det_rows, bd_rows, ds_rows, clean_rows, cost_rows, seed_rows = [], [], [], [], [], []
     keys = [("trigger_detection_accuracy", "trigger det. acc"), ("hit_rate", "hit rate"),
             ("maps_accuracy", "trigger det. acc (maps)"), ("precision", "precision"), ("recall", "recall"),
             ("f1", "F1"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("precision_at_20", "P@20"),
@@ -138,6 +140,20 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                         f"{t('patched_to_poison_cluster')} ({t('control_to_poison_cluster')})",
                         f"{rf('patched_to_poison_cluster')} ({rf('control_to_poison_cluster')})",
                         f"{t('probe_asr_patched')} ({t('probe_asr_control')})"])
+        for seed, r in by_seed.items():  # one row per seed and method: each seed is another threat model
+            b = r["backdoor"]
+            strength = (("targeted" if b.get("targeted") else "learned" if b["learned"] else "NOT learned")
+                        + f" ({', '.join(k for k, v in b.get('criteria', {}).items() if v) or 'none'}); probe ASR "
+                        f"{b['threat']['probe_asr_patched']:.1%} vs control {b['threat']['probe_asr_control']:.1%}")
+            for method in methods:
+                if method not in r["detections"]:
+                    continue
+                m = _detection_row(r["detections"][method])
+                f = lambda k: "n/a" if m.get(k) is None else f"{m[k]:.3f}"  # noqa: E731
+                seed_rows.append([setting, str(seed), strength if method == methods[0] else "", method,
+                                  *[f(k) for k in ("trigger_detection_accuracy", "maps_accuracy", "hit_rate",
+                                                   "precision", "recall", "auroc", "auprc")],
+                                  str(m["num_removed"]), f"{m['seconds']:.0f}"])
         for method in methods:
             ms = [_detection_row(r["detections"][method]) for r in runs if method in r["detections"]]
             row = [setting, method, f"{len(ms)}"]
@@ -145,6 +161,14 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                 vals = [m.get(k) for m in ms]
                 row.append(mean_std(vals, 1 if k == "num_removed" else 0 if k == "seconds" else 3))
             det_rows.append(row)
+            stages = [r["detections"][method].get("timings", {}) for r in runs if method in r["detections"]]
+            per = {}
+            for t in stages:  # seconds per stage as computed (cache hits: what they cost at the time)
+                for k, v in t.get("stage_compute_s", {}).items():
+                    per.setdefault(k, []).append(v)
+            cost_rows.append([setting, method, str(stages[0].get("images", "")) if stages else "",
+                              ", ".join(f"{k} {mean_std(v, 0)}" for k, v in per.items()),
+                              mean_std([stage_seconds(t) for t in stages], 0)])
         evaluated = [r for r in runs if r.get("evaluations")]  # the seeds run with --downstream
         if evaluated:
             for name in dict.fromkeys(n for r in evaluated for n in r["evaluations"]):
@@ -161,6 +185,13 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
         "Detection quality (mean ± std over seeds)": markdown_table(
             ["setting", "method", "seeds"] + [label for _, label in keys], det_rows),
     }
+    if seed_rows:
+        out["Per seed (backdoor: the check's verdict and the criteria that hold)"] = markdown_table(
+            ["setting", "seed", "backdoor", "method", "trigger det. acc", "(maps)", "hit rate", "precision",
+             "recall", "AUROC", "AUPRC", "removed", "s"], seed_rows)
+    if cost_rows:
+        out["Time per stage, seconds as computed (mean ± std over seeds; the features stage is shared)"] = \
+            markdown_table(["setting", "method", "images", "stages", "total"], cost_rows)
     if clean_rows:
         out["Clean data: what each defence removes when there is nothing to find"] = markdown_table(
             ["method", "seeds", "removed", "of", "share"], clean_rows)
