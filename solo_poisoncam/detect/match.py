@@ -102,7 +102,8 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     src_pos = np.asarray(src_pos, dtype=np.int64)
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     check(len(src_pos) == len(boxes) and len(boxes) > 0, "match_removal needs one source position per window")
-    err, at = match_scan(images.take(src_pos), torch.as_tensor(boxes), images, ncc)
+    src = images.take(src_pos)  # the windows' own images, read once
+    err, at = match_scan(src, torch.as_tensor(boxes), images, ncc)
     hit = err < rmse
     removed = hit.any(1).numpy()
     best = torch.where(hit, err, torch.full_like(err, float("inf"))).argmin(1)
@@ -115,9 +116,8 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
         if len(rows) == 0:  # matched only in its own image: nothing to compare with
             extents[t] = boxes[t]
             continue
-        extents[t] = trigger_extent(images.take(src_pos[t:t + 1])[0], boxes[t], images.take(rows.numpy()),
-                                    at[rows, t], tol, agree)
-    n, side = len(removed), int(images.take(src_pos[:1]).shape[-1])
+        extents[t] = trigger_extent(src[t], boxes[t], images.take(rows.numpy()), at[rows, t], tol, agree)
+    n, side = len(removed), int(src.shape[-1])
     windows = np.full((n, 4), -1, dtype=np.int64)
     rows = np.flatnonzero(removed)
     t = best[rows].numpy()

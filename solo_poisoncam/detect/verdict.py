@@ -54,7 +54,9 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
     and pool image p over the positions where their normalised cross-correlation exceeds ``ncc``
     (inf where there is none). Flat image regions and windows with a flat quadrant (pixel std < 1/64)
     match nothing (inf): a window that is mostly background (an object's corner on black) matches
-    every image with that background.
+    every image with that background. A pattern *matches* where this error is below an RMSE bound (0.1
+    for repetition and match removal): a pasted trigger is pixel-identical (up to resampling), while a
+    simple structure (an edge, a gradient) correlates with many images but at other intensities.
 
     Args:
         src_images: uint8 (T, 3, S, S) the windows are cut from; boxes (T, 4) long.
@@ -89,15 +91,6 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
             out[:, part] = err
             at[:, part] = torch.stack([idx % sq.shape[-1], idx // sq.shape[-1]], -1)
     return (out, at) if where else out
-
-
-def pattern_hits(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-                 rmse: float = 0.1, chunk: int = 64) -> torch.Tensor:
-    """(P, T) bool: pool image p holds window t's pattern somewhere: at one position, both the normalised
-    cross-correlation exceeds ``ncc`` and the root-mean-square pixel difference is below ``rmse``
-    (:func:`pattern_errors`). A pasted trigger is pixel-identical (up to resampling); a simple
-    structure (an edge, a gradient) correlates with many images but at other intensities."""
-    return pattern_errors(src_images, boxes, pool, ncc, chunk) < rmse
 
 
 def _partly_flat(x: torch.Tensor) -> torch.Tensor:

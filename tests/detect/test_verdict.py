@@ -10,7 +10,7 @@ from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
 from solo_poisoncam.detect.decision import decide, describe
-from solo_poisoncam.detect.verdict import null_windows, pattern_errors, pattern_hits, repetition
+from solo_poisoncam.detect.verdict import null_windows, pattern_errors, repetition
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
@@ -59,7 +59,7 @@ def test_pattern_errors_separate_exact_copies_from_alike_ones():
     assert counts[:, 0].tolist() == [2, 1]
 
 
-def test_pattern_hits_find_a_pasted_pattern_anywhere_and_nothing_in_noise():
+def test_pattern_matches_find_a_pasted_pattern_anywhere_and_nothing_in_noise():
     rng = np.random.default_rng(0)
     pool = torch.as_tensor(rng.integers(0, 256, size=(6, 3, 16, 16)), dtype=torch.uint8)
     pattern = torch.as_tensor(rng.integers(0, 256, size=(3, 4, 4)), dtype=torch.uint8)
@@ -68,12 +68,12 @@ def test_pattern_hits_find_a_pasted_pattern_anywhere_and_nothing_in_noise():
     pool[4, :, 10:14, 0:4] = (pattern.long() + noise).clamp(0, 255).to(torch.uint8)  # the same, slightly noisy
     pool[5, :, 0:4, 0:4] = pattern // 2 + 60  # the same structure at another contrast: correlates, but no match
     src = pool[1:2].clone()
-    hits = pattern_hits(src, torch.tensor([[9, 2, 13, 6]]), pool, ncc=0.9)
-    assert hits[:, 0].tolist() == [False, True, False, False, True, False]
-    assert pattern_hits(src, torch.tensor([[9, 2, 13, 6]]), pool, ncc=0.9, rmse=1.0)[5, 0]  # NCC alone takes it
+    err = pattern_errors(src, torch.tensor([[9, 2, 13, 6]]), pool, ncc=0.9)
+    assert (err[:, 0] < 0.1).tolist() == [False, True, False, False, True, False]  # the match bound, RMSE < 0.1
+    assert err[5, 0] < 1.0  # NCC alone takes it
     assert repetition(src, torch.tensor([[9, 2, 13, 6]]), pool, 0.9, np.array([1])).tolist() == [1]
     flat = torch.full((1, 3, 16, 16), 128, dtype=torch.uint8)
-    assert not pattern_hits(flat, torch.tensor([[0, 0, 4, 4]]), pool).any()  # a flat window matches nothing
+    assert not (pattern_errors(flat, torch.tensor([[0, 0, 4, 4]]), pool) < 0.1).any()  # a flat window matches nothing
 
 
 def test_null_windows_come_from_the_least_affected_images_with_the_candidates_sides():
@@ -142,17 +142,17 @@ def test_patchsearch_has_no_verdict_and_refuses_poisoncam_removals():
     assert DetectConfig().remove == "match"
 
 
-def test_pattern_hits_ignore_flat_regions_of_the_searched_images():
+def test_pattern_matches_ignore_flat_regions_of_the_searched_images():
     # a black image with one faint pixel: its flat regions must not "match" a textured window
     rng = np.random.default_rng(1)
     src = torch.as_tensor(rng.integers(0, 256, size=(1, 3, 16, 16)), dtype=torch.uint8)
     pool = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
     pool[1, :, 8, 8] = 1
-    assert not pattern_hits(src, torch.tensor([[0, 0, 5, 5]]), pool).any()
+    assert not (pattern_errors(src, torch.tensor([[0, 0, 5, 5]]), pool) < 0.1).any()
 
 
 def test_a_window_that_is_mostly_background_matches_nothing():
     # an object's corner on black: it would match every image with a black background
     pool = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
     pool[:, :, 4:12, 4:12] = 150
-    assert not pattern_hits(pool[:1], torch.tensor([[0, 0, 6, 6]]), pool).any()
+    assert not (pattern_errors(pool[:1], torch.tensor([[0, 0, 6, 6]]), pool) < 0.1).any()
