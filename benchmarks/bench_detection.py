@@ -119,6 +119,8 @@ def _detection_row(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) -> Dict[str, str]:
+    from solo_poisoncam.eval.backdoor import describe_verdict
+
     det_rows, bd_rows, ds_rows, clean_rows, cost_rows, seed_rows = [], [], [], [], [], []
     keys = [("trigger_detection_accuracy", "trigger det. acc"), ("hit_rate", "hit rate"),
             ("maps_accuracy", "trigger det. acc (maps)"), ("precision", "precision"), ("recall", "recall"),
@@ -140,35 +142,35 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                         f"{t('patched_to_poison_cluster')} ({t('control_to_poison_cluster')})",
                         f"{rf('patched_to_poison_cluster')} ({rf('control_to_poison_cluster')})",
                         f"{t('probe_asr_patched')} ({t('probe_asr_control')})"])
-        for seed, r in by_seed.items():  # one row per seed and method: each seed is another threat model
+        # each method's detections once, by seed (each seed is another threat model): (metrics row, timings)
+        dets = {method: {seed: (_detection_row(r["detections"][method]), r["detections"][method].get("timings", {}))
+                         for seed, r in by_seed.items() if method in r["detections"]} for method in methods}
+        for seed, r in by_seed.items():
             b = r["backdoor"]
-            strength = (("targeted" if b.get("targeted") else "learned" if b["learned"] else "NOT learned")
-                        + f" ({', '.join(k for k, v in b.get('criteria', {}).items() if v) or 'none'}); probe ASR "
-                        f"{b['threat']['probe_asr_patched']:.1%} vs control {b['threat']['probe_asr_control']:.1%}")
-            for method in methods:
-                if method not in r["detections"]:
-                    continue
-                m = _detection_row(r["detections"][method])
+            strength = (f"{describe_verdict(b)}; probe ASR {b['threat']['probe_asr_patched']:.1%} vs control "
+                        f"{b['threat']['probe_asr_control']:.1%}")
+            for method in (m_ for m_ in methods if seed in dets[m_]):
+                m = dets[method][seed][0]
                 f = lambda k: "n/a" if m.get(k) is None else f"{m[k]:.3f}"  # noqa: E731
                 seed_rows.append([setting, str(seed), strength if method == methods[0] else "", method,
                                   *[f(k) for k in ("trigger_detection_accuracy", "maps_accuracy", "hit_rate",
                                                    "precision", "recall", "auroc", "auprc")],
                                   str(m["num_removed"]), f"{m['seconds']:.0f}"])
         for method in methods:
-            ms = [_detection_row(r["detections"][method]) for r in runs if method in r["detections"]]
+            ms = [m for m, _ in dets[method].values()]
             row = [setting, method, f"{len(ms)}"]
             for k, _ in keys:
                 vals = [m.get(k) for m in ms]
                 row.append(mean_std(vals, 1 if k == "num_removed" else 0 if k == "seconds" else 3))
             det_rows.append(row)
-            stages = [r["detections"][method].get("timings", {}) for r in runs if method in r["detections"]]
+            stages = [t for _, t in dets[method].values()]
             per = {}
             for t in stages:  # seconds per stage as computed (cache hits: what they cost at the time)
                 for k, v in t.get("stage_compute_s", {}).items():
                     per.setdefault(k, []).append(v)
             cost_rows.append([setting, method, str(stages[0].get("images", "")) if stages else "",
                               ", ".join(f"{k} {mean_std(v, 0)}" for k, v in per.items()),
-                              mean_std([stage_seconds(t) for t in stages], 0)])
+                              mean_std([m["seconds"] for m in ms], 0)])
         evaluated = [r for r in runs if r.get("evaluations")]  # the seeds run with --downstream
         if evaluated:
             for name in dict.fromkeys(n for r in evaluated for n in r["evaluations"]):

@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import copy
 import importlib
+import json
 import os
 import sys
 import tempfile
@@ -241,12 +242,6 @@ def _runs_of(made: Dict[str, Any]) -> Dict[str, Dict[int, Dict[str, Any]]]:
                      for s_, m, t in zip(made["settings"]["port_seeds"], results["port"], results["port_timings"])}}
 
 
-def _reusable_official(path: Path) -> set:
-    import json
-
-    return set(_runs_of(json.loads(path.read_text()))["official"])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--official", type=Path, default=None, help="a checkout of UCDvision/PatchSearch")
@@ -263,8 +258,11 @@ def main(argv=None) -> int:
                         "only the seeds it lacks are run")
     p.add_argument("--name", default="patchsearch-official")
     args = p.parse_args(argv)
+    # the runs of an earlier call of this script (its settings are checked against this call's below)
+    made = json.loads(args.reuse.read_text()) if args.reuse else None
+    prev = _runs_of(made) if made else {"official": {}, "port": {}}
     checkout_ok = args.official is not None and (args.official / "patch_search_iterative_search.py").is_file()
-    if not checkout_ok and (args.reuse is None or set(args.official_seeds) - _reusable_official(args.reuse)):
+    if not checkout_ok and set(args.official_seeds) - set(prev["official"]):
         p.error(f"--official {args.official} is not a PatchSearch checkout (no patch_search_iterative_search.py)")
     ckpt = args.run / "threat" / "last.ckpt"
     if not ckpt.is_file() or not (args.run / "poison" / "manifest.json").is_file():
@@ -293,15 +291,10 @@ def main(argv=None) -> int:
     k = args.num_clusters or 10 * len(classes)
     window = args.window or max(1, round(PATCHSEARCH_WINDOW * side))
 
-    prev = {"official": {}, "port": {}}
-    if args.reuse:  # the runs of an earlier call of this script on the same model and settings
-        import json
-
-        made = json.loads(args.reuse.read_text())
+    if made:  # reused runs must come from the same model and settings
         same = {key: made["settings"].get(key) for key in ("run", "K", "test_images_size", "window_px")}
         if same != {"run": str(args.run), "K": k, "test_images_size": args.test_images_size, "window_px": window}:
             p.error(f"--reuse {args.reuse} was made with other settings: {same}")
-        prev = _runs_of(made)
     officials, ports = {}, {}
     for seed in args.official_seeds:
         if seed in prev["official"]:
