@@ -27,7 +27,8 @@ from common import environment, markdown_table, mean_std, print_tables, stage_se
 # setting -> run-config overrides (over the embedded demo config)
 SETTINGS: Dict[str, Dict[str, Any]] = {
     "patch-0.5": {"poison": {"attack": "patch", "size": 12, "rate": 0.5}},
-    # the main setting on 20,000 images (cost: how each stage grows with N)
+    # the main setting on 10,000 and 20,000 images (cost: how each stage grows with N)
+    "patch-0.5-10k": {"data": {"num_samples": 10000}, "poison": {"attack": "patch", "size": 12, "rate": 0.5}},
     "patch-0.5-20k": {"data": {"num_samples": 20000}, "poison": {"attack": "patch", "size": 12, "rate": 0.5}},
     "patch-1.0": {"poison": {"attack": "patch", "size": 12, "rate": 1.0}},
     "patch-0.1": {"poison": {"attack": "patch", "size": 12, "rate": 0.1}},
@@ -44,6 +45,8 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
                           "poison": {"attack": "patch", "size": 16, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},
     "cifar-patch16-0.5": {"data": {"dataset": "npz", "num_samples": None, "size": None},
                           "poison": {"attack": "patch", "size": 16, "rate": 0.5, "target": 2}, "pretrain": {"epochs": 20}},
+    "cifar-patch16-0.1": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                          "poison": {"attack": "patch", "size": 16, "rate": 0.1, "target": 2}, "pretrain": {"epochs": 20}},
     "cifar-clean": {"data": {"dataset": "npz", "num_samples": None, "size": None}, "pretrain": {"epochs": 20}},
     "cifar-patch12-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},
                           "poison": {"attack": "patch", "size": 12, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import needs_fashion_mnist
 
+from solo_poisoncam import PoisonCamError
 from solo_poisoncam.cli import main
 
 FAST_DETECT = ["--num-clusters", "10", "--flip-images", "20", "--set", "classifier.models=1",
@@ -164,6 +165,14 @@ def test_detect_flags_map_to_detect_config():
     assert cfg.probe.samples == 256 and cfg.classifier.models == 2
     plain = DetectConfig.from_dict(config_overrides(p.parse_args(["--ckpt", "x", "--out", "o"])))
     assert (plain.remove, plain.force_remove, plain.amp) == ("match", False, "off")
+    assert (plain.coarse_stride, plain.coarse_top) == (0.25, 0.2)
+    # null / None, as the YAML configs write it, is one pass; a word where a number belongs is one clear error
+    for word in ("null", "None"):
+        one = config_overrides(p.parse_args(["--ckpt", "x", "--out", "o", "--set", f"coarse_stride={word}"]))
+        assert DetectConfig.from_dict(one).coarse_stride is None
+    bad = config_overrides(p.parse_args(["--ckpt", "x", "--out", "o", "--set", "coarse_stride=fine"]))
+    with pytest.raises(PoisonCamError, match="coarse_stride must be a share of the side"):
+        DetectConfig.from_dict(bad)
     with pytest.raises(SystemExit):
         p.parse_args(["--ckpt", "x", "--out", "o", "--amp", "half"])
 

@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_value(text: str) -> Any:
+    if text.strip().lower() in ("null", "none", "~"):  # as in the YAML configs: --set coarse_stride=null
+        return None
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

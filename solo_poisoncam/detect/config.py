@@ -36,6 +36,10 @@ class DetectConfig:
     masks: str = "occlusion"                    # occlusion | rise | both
     occluder: float = 0.25                      # sliding occluder side, share of the image side
     occluder_stride: float = 0.125
+    # coarse to fine: every image under occluders at coarse_stride, then the coarse_top share it ranks
+    # highest (at least flip_top images) under the full set; None: one pass, every image under the full set
+    coarse_stride: Optional[float] = 0.25
+    coarse_top: float = 0.2
     num_masks: int = 64                         # RISE masks per image
     rise_grid: int = 8
     rise_p: float = 0.5
@@ -100,6 +104,10 @@ class DetectConfig:
         check(self.test_images_size >= 1, "test_images_size must be >= 1")
         check(0 <= self.remove_per_iteration < 1 and self.samples_per_iteration >= 1,
               "remove_per_iteration must be in [0, 1) (0: no pruning) and samples_per_iteration >= 1")
+        check(self.coarse_stride is None or (isinstance(self.coarse_stride, (int, float)) and 0 < self.coarse_stride < 1),
+              f"coarse_stride must be a share of the side in (0, 1), or null for one pass; got {self.coarse_stride!r}")
+        check(isinstance(self.coarse_top, (int, float)) and 0 < self.coarse_top <= 1,
+              f"coarse_top must be in (0, 1], got {self.coarse_top!r}")
         check(0 <= self.refine <= 1 and 0 < self.refine_tau <= 1, "refine must be in [0, 1] and refine_tau in (0, 1]")
 
     def to_dict(self) -> Dict[str, Any]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -16,12 +16,13 @@ from solo_poisoncam.detect.versions import stage_version
 from solo_poisoncam.ops.masks import occlusion_masks, rise_masks
 
 
-def build_masks(cfg: DetectConfig, side: int, seed: int = 0) -> torch.Tensor:
-    """The shared mask set (M, 1, S, S) of cluster activation masking."""
+def build_masks(cfg: DetectConfig, side: int, seed: int = 0, stride: Optional[float] = None) -> torch.Tensor:
+    """The shared mask set (M, 1, S, S) of cluster activation masking (occluders at ``stride``, a
+    share of the side; default ``cfg.occluder_stride``)."""
     parts = []
     if cfg.masks in ("occlusion", "both"):
         size = max(1, round(cfg.occluder * side))
-        stride = max(1, round(cfg.occluder_stride * side))
+        stride = max(1, round((stride or cfg.occluder_stride) * side))
         parts.append(occlusion_masks(side, side, size, stride)[0])
     if cfg.masks in ("rise", "both"):
         g = torch.Generator().manual_seed(seed)
@@ -37,6 +38,15 @@ def fill_value(cfg: DetectConfig, model: torch.nn.Module):
     return "blur"
 
 
+def fine_count(cfg: DetectConfig, n: int) -> int:
+    """How many of ``n`` images are masked under the full mask set. With a coarse pass: the
+    ``coarse_top`` share with the highest coarse window drops, at least the flip test's
+    ``flip_top`` candidates; ``n`` (one pass) without one, or when that covers every image."""
+    if cfg.coarse_stride is None or cfg.masks == "rise" or cfg.coarse_stride <= cfg.occluder_stride:
+        return n
+    return min(n, max(int(np.ceil(cfg.coarse_top * n)), cfg.flip_top))
+
+
 def poisoncam_scores(act, images: IndexedImages, cfg: DetectConfig, fill, side: int, runner, cache,
                      key: Dict[str, Any], clock, km) -> Dict[str, Any]:
     """Windows and scores of every image. Returns ``scores, windows, clusters, scored, drop`` (N,) arrays
@@ -47,10 +57,30 @@ def poisoncam_scores(act, images: IndexedImages, cfg: DetectConfig, fill, side: 
            "masks": [cfg.masks, cfg.occluder, cfg.occluder_stride, cfg.num_masks, cfg.rise_grid, cfg.rise_p],
            "window": [cfg.window, list(cfg.window_range)]}
     n = len(images)
+    fine = fine_count(cfg, n)
+
+    def masking(subset: IndexedImages, mask_set: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return cluster_activation_masking(act, subset, mask_set, fill, runner, cfg.window, cfg.window_range,
+                                          cfg.batch_size, cfg.forward_batch, clock=clock).__dict__
+
     with clock("masking", n), runner.autocast(cfg.amp):
-        cam = cache.get_or_compute("cam", key, lambda: cluster_activation_masking(
-            act, images, masks, fill, runner, cfg.window, cfg.window_range, cfg.batch_size, cfg.forward_batch,
-            clock=clock).__dict__)
+        if fine == n:
+            cam = cache.get_or_compute("cam", key, lambda: masking(images, masks))
+        else:
+            # coarse to fine: masking cost follows the suspicious images, not N. Every image under the
+            # coarse occluders; the ones they rank highest again under the full set, whose maps,
+            # windows and drops replace theirs (the same window-drop measurement, a finer window)
+            coarse_masks = build_masks(cfg, side, cfg.seed, stride=cfg.coarse_stride)
+            cam = dict(cache.get_or_compute("cam-coarse", {**key, "coarse_stride": cfg.coarse_stride},
+                                            lambda: masking(images, coarse_masks)))
+            top = np.sort(np.argsort(-cam["window_drop"].numpy(), kind="stable")[:fine])
+            key = {**key, "coarse": [cfg.coarse_stride, fine]}
+            sub = IndexedImages(images.dataset, images.indexes[top], size=side)
+            finer = cache.get_or_compute("cam", key, lambda: masking(sub, masks))
+            rows = torch.as_tensor(top)
+            for name, value in finer.items():
+                cam[name] = cam[name].clone()
+                cam[name][rows] = value
     cam = CamResult(**cam)
     clock.counts["masked_forwards"] = clock.counts.get("forward", 0)
     if cfg.refine > 0:

@@ -11,7 +11,7 @@ from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PoisonedDataset
 
-FAST = {"num_clusters": 10, "occluder_stride": 1 / 16, "flip_images": 40, "flip_top": 60, "remove": "classifier",
+FAST = {"num_clusters": 10, "occluder_stride": 1 / 16, "coarse_stride": None, "flip_images": 40, "flip_top": 60, "remove": "classifier",
         "classifier": {"models": 1, "iters": 150, "batch_size": 32}}
 
 
@@ -89,6 +89,48 @@ def test_patchsearch_runs_its_own_clustering_window_and_search(poisoned, tmp_pat
 
 
 @needs_fashion_mnist
+def test_fine_count_follows_the_coarse_share_and_the_flip_candidates():
+    from solo_poisoncam.detect.poisoncam import fine_count
+
+    cfg = DetectConfig()  # coarse 0.25 -> fine 0.125: 20% of the images, at least flip_top = 200
+    assert fine_count(cfg, 5000) == 1000 and fine_count(cfg, 20000) == 4000 and fine_count(cfg, 5085) == 1017
+    assert fine_count(cfg, 600) == 200 and fine_count(cfg, 150) == 150  # the flip candidates all masked finely
+    assert fine_count(DetectConfig(coarse_top=0.05, flip_top=10), 1000) == 50
+    # one pass: no coarse stride, a coarse stride no coarser than the full one, or RISE masks alone
+    assert fine_count(DetectConfig(coarse_stride=None), 5000) == 5000
+    assert fine_count(DetectConfig(occluder_stride=0.25), 5000) == 5000
+    assert fine_count(DetectConfig(masks="rise"), 5000) == 5000
+    with pytest.raises(PoisonCamError, match="coarse_top must be in"):
+        DetectConfig(coarse_top=0)
+    with pytest.raises(PoisonCamError, match="coarse_stride must be in"):
+        DetectConfig(coarse_stride=1.5)
+
+
+@needs_fashion_mnist
+def test_coarse_to_fine_masks_the_top_coarse_images_exactly_as_one_pass(poisoned, tmp_path):
+    data, _ = poisoned
+    base = {**FAST, "score": "drop", "refine": 0, "flip_top": 0, "remove": "none"}
+
+    def detect(**kw):
+        return run_detection(SaturationNet(), data, DetectConfig.from_dict({**base, **kw}), Runner(progress=False),
+                             StageCache(tmp_path / "cache"))
+
+    full = detect()                                          # every image under 169 masks (stride 2 px)
+    coarse = detect(occluder_stride=0.125)                   # every image under 49 masks (stride 4 px)
+    two = detect(coarse_stride=0.125, coarse_top=0.25)       # 49 masks for all, 169 for the top 150 of those
+    assert two.timings["masked_forwards"] == 600 * 49 + 150 * 169 < full.timings["masked_forwards"] == 600 * 169
+    top = np.argsort(-coarse.scores, kind="stable")[:150]
+    rest = np.setdiff1d(np.arange(600), top)
+    # the top coarse images get exactly the single pass's windows and drops, the others keep the coarse ones
+    assert np.array_equal(two.windows[top], full.windows[top]) and np.allclose(two.scores[top], full.scores[top], atol=1e-6)
+    assert np.array_equal(two.windows[rest], coarse.windows[rest]) and np.array_equal(two.scores[rest], coarse.scores[rest])
+    assert not np.array_equal(two.scores, full.scores) and not np.array_equal(two.scores, coarse.scores)
+    # another fine share reuses the coarse pass and recomputes only the fine one
+    again = detect(coarse_stride=0.125, coarse_top=0.5)
+    assert again.timings["cache_hits"]["cam-coarse"] and not again.timings["cache_hits"]["cam"]
+    assert again.timings["masked_forwards"] == 300 * 169
+
+
 def test_without_manifest_everything_but_ground_truth(poisoned):
     data, _ = poisoned
     r = run_detection(SaturationNet(), data.base, DetectConfig.from_dict({**FAST, "remove": "none", "score": "drop"}),
