@@ -15,9 +15,10 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     A candidate *repeats* when its repetition is at least ``min_count - 1`` (it and that many others
     share the pattern), above the null's ``quantile``, and at least one copy is exact (``stats["exact"]``).
     The pattern is *learned* when the repeating candidates' median coherence exceeds the null's
-    ``quantile`` plus ``margin``. ``confirmed`` marks the
-    repeating candidates whose own coherence exceeds it too (the triggers removal uses); found = learned
-    and at least ``min_count`` confirmed.
+    ``quantile`` plus ``margin``, or (where the statistics hold in-place flip rates, ``flip`` and
+    ``null_flip``) their median in-place flip rate exceeds the null's ``quantile`` (and 0: nothing
+    moved is nothing learned). ``confirmed`` marks the repeating candidates that pass the same test
+    themselves (the triggers removal uses); found = learned and at least ``min_count`` confirmed.
     A quantile, not the maximum: a few null windows may still fall on a trigger.
     """
     rep, null_rep = np.asarray(stats["rep"]), np.asarray(stats["null_rep"])
@@ -27,26 +28,42 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     rep_threshold = max(float(min_count - 1), null_q, 0.0)  # as reported: at least this many others
     coh_threshold = (float(np.quantile(null_coh, quantile)) if len(null_coh) else 0.0) + margin
     coh_median = float(np.median(coh[repeats])) if repeats.any() else 0.0
-    learned = bool(repeats.any() and coh_median > coh_threshold)
-    # the triggers removal uses: repeating candidates that each cohere beyond the null themselves (a clean
-    # texture that happens to repeat, e.g. among near-identical garments, does not)
-    confirmed = repeats & (coh > coh_threshold) & learned
+    coheres = coh > coh_threshold
+    learned_by = []
+    if repeats.any() and coh_median > coh_threshold:
+        learned_by.append("coherence")
+    flip_median = flip_threshold = None
+    if stats.get("flip") is not None and stats.get("null_flip") is not None:
+        flip, null_flip = np.asarray(stats["flip"], dtype=np.float64), np.asarray(stats["null_flip"], dtype=np.float64)
+        flip_threshold = max(float(np.quantile(null_flip, quantile)) if len(null_flip) else 0.0, 0.0)
+        flip_median = float(np.median(flip[repeats])) if repeats.any() else 0.0
+        if repeats.any() and flip_median > flip_threshold:
+            learned_by.append("in-place flip")
+        coheres = coheres | ((flip > flip_threshold) & ("in-place flip" in learned_by))
+    learned = bool(learned_by)
+    # the triggers removal uses: repeating candidates that each pass the test beyond the null themselves
+    # (a clean texture that happens to repeat, e.g. among near-identical garments, does not)
+    confirmed = repeats & coheres & learned
     count = int(repeats.sum())
-    return {"found": learned and int(confirmed.sum()) >= min_count, "repeated": count,
-            "confirmed_count": int(confirmed.sum()), "learned": learned,
-            "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
-            "coherence": round(coh_median, 6), "coherence_threshold": round(coh_threshold, 6),
-            "quantile": quantile, "null_windows": int(len(null_coh)), "candidates": int(len(coh)),
-            "confirmed": confirmed}
+    out = {"found": learned and int(confirmed.sum()) >= min_count, "repeated": count,
+           "confirmed_count": int(confirmed.sum()), "learned": learned, "learned_by": learned_by,
+           "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
+           "coherence": round(coh_median, 6), "coherence_threshold": round(coh_threshold, 6),
+           "quantile": quantile, "null_windows": int(len(null_coh)), "candidates": int(len(coh)),
+           "confirmed": confirmed}
+    if flip_median is not None:
+        out.update({"flip": round(flip_median, 6), "flip_threshold": round(flip_threshold, 6)})
+    return out
 
 
 def describe(verdict: Dict[str, Any]) -> str:
     """``backdoor found (...)`` or ``no backdoor found (...)``: both statistics and their thresholds, in words."""
     v = verdict
     head = "backdoor found" if v["found"] else "no backdoor found"
+    flip = (f", in-place flip rate {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None else "")
     why = (f"{v['repeated']} of {v['candidates']} candidate windows repeat in >= {v['rep_threshold']:g} other "
-           f"candidates; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}, the "
-           f"{v['quantile']:.0%} quantile of {v['null_windows']} random windows; {v['confirmed_count']} confirmed, "
+           f"candidates; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}{flip}, the "
+           f"{v['quantile']:.0%} quantile{'s' if flip else ''} of {v['null_windows']} random windows; {v['confirmed_count']} confirmed, "
            f"needs {v['min_count']}")
     if not v["found"] and v["repeated"] >= v["min_count"] and not v["learned"]:
         why += ": a repeated pattern the model did not learn"

@@ -123,7 +123,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
                 return None
             return verdict_statistics(embed, images, out["drop"], cand, windows[cand], out["flip_set"],
                                       cfg.null_windows, runner.device, cfg.verdict_ncc, cfg.seed, cfg.forward_batch,
-                                      cfg.verdict_exact)
+                                      cfg.verdict_exact, act, clusters)
 
         with clock("verdict", (len(cand) + cfg.null_windows) * len(out["flip_set"])):
             stats = runner.broadcast_object(cache.get_or_compute("verdict", vkey, statistics))

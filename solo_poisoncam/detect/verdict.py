@@ -10,14 +10,20 @@ trigger-carrying image is unlikely):
    correlation over positions > ``ncc``). Colour shortcuts (a red car, blue sky) do not repeat:
    their textures differ. Some copies of a pasted trigger are exact (those pasted at the same
    resampling phase); aligned natural content (the same garment outline at the centre of centred
-   photographs) is alike but never exact.
+   photographs) is alike but never exact. Exactness is also asked of the window's *core* (its
+   central half, :func:`core_boxes`): a window that overlaps the trigger and a strip of background
+   has no exact copy, its core inside the trigger has.
 2. **Learned** (did the model take it?): a backdoor the threat model learned makes images that
    carry the trigger collapse together in feature space, whatever their content (what an SSL
    backdoor is). A window's *coherence* is how close together the flip images' features come with
-   it pasted (||mean of unit features||^2, the mean pairwise cosine).
+   it pasted at random places (||mean of unit features||^2, the mean pairwise cosine); its
+   *in-place flip rate* is the share of flip images that move into its own image's cluster when it
+   is pasted at its own place (:func:`flip_in_place`; a trigger always pasted at one place is
+   learned there, and a random place misses it).
 
-Found = at least ``min_count`` candidates repeat beyond the null, and their median coherence beats
-the null's quantile. No ground truth and no trigger: only the model, the images and the candidates.
+Found = at least ``min_count`` candidates repeat beyond the null, and their median coherence or
+median in-place flip rate beats the null's quantile (``detect/decision.py``). No ground truth and
+no trigger: only the model, the images and the candidates.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 
 from solo_poisoncam.checks import check
 from solo_poisoncam.detect.flip import pasted_on_flips
-from solo_poisoncam.detect.window import crop_boxes
+from solo_poisoncam.detect.window import crop_boxes, paste_patches
 
 
 def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: int, seed: int = 0):
@@ -127,22 +133,76 @@ def coherence(embed, src_images: torch.Tensor, boxes: torch.Tensor, flip_images:
     return out.numpy()
 
 
+def core_boxes(boxes: torch.Tensor, share: float = 0.5) -> torch.Tensor:
+    """(T, 4) long: the central ``share`` of each box's side (at least 2 px), centred in it.
+
+    >>> core_boxes(torch.tensor([[5, 8, 20, 23]])).tolist()
+    [[8, 11, 16, 19]]
+    """
+    side = boxes[:, 2:] - boxes[:, :2]
+    inner = torch.clamp(torch.round(side.float() * share).long(), min=2)
+    inner = torch.minimum(inner, side)
+    x0 = boxes[:, :2] + (side - inner) // 2
+    return torch.cat([x0, x0 + inner], 1)
+
+
+@torch.no_grad()
+def flip_in_place(act, src_images: torch.Tensor, boxes: torch.Tensor, clusters: torch.Tensor,
+                  flip_images: torch.Tensor, device, forward_batch: int = 4096) -> np.ndarray:
+    """Per window (T,): the share of the flip images that fall in the window's cluster ``clusters[t]``
+    with the window pasted at its own place on them, minus the share there already (in [-1, 1]).
+
+    Args:
+        act: the cluster activation (``act.logits``: [0, 1] images -> cluster logits).
+        src_images: uint8 (T, 3, S, S) the windows are cut from; boxes (T, 4) long.
+        flip_images: uint8 (F, 3, S, S).
+    """
+    flips = flip_images.to(device).float() / 255
+    n_flip = flips.shape[0]
+    base = torch.cat([act.logits(flips[i:i + forward_batch]).argmax(1) for i in range(0, n_flip, forward_batch)])
+    out = torch.zeros(len(boxes))
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    per_chunk = max(1, forward_batch // n_flip)
+    for size in torch.unique(sizes, dim=0):
+        group = torch.nonzero((sizes == size).all(1)).flatten()
+        for start in range(0, len(group), per_chunk):
+            part = group[start:start + per_chunk]
+            patches = crop_boxes(src_images[part].to(device).float() / 255, boxes[part].to(device))
+            pos = boxes[part, :2].to(device).repeat_interleave(n_flip, 0)
+            pasted = paste_patches(flips.repeat(len(part), 1, 1, 1), patches.repeat_interleave(n_flip, 0), pos)
+            new = act.logits(pasted).argmax(1).view(len(part), n_flip)
+            target = clusters[part].to(device)[:, None]
+            out[part] = ((new == target).sum(1) - (base[None] == target).sum(1)).float().cpu() / n_flip
+    return out.numpy()
+
+
 def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, cand_windows: np.ndarray,
                        flip_pos: np.ndarray, count: int, device, ncc: float = 0.9, seed: int = 0,
-                       forward_batch: int = 4096, exact: float = 0.02) -> Dict[str, np.ndarray]:
-    """Repetition and coherence of the candidates and of :func:`null_windows` (with the null windows
-    themselves, ``null_src`` and ``null_boxes``); repetition is searched in the candidates' own images
-    (where the poisons concentrate, if there are any). ``exact`` / ``null_exact``: how many of those
-    copies match within RMSE ``exact`` (pasted pixels at the same resampling phase; natural content,
-    however alike, does not)."""
+                       forward_batch: int = 4096, exact: float = 0.02, act=None,
+                       clusters: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Repetition, coherence and (with ``act`` and the images' ``clusters``) in-place flip rates of the
+    candidates and of :func:`null_windows` (with the null windows themselves, ``null_src`` and
+    ``null_boxes``); repetition is searched in the candidates' own images (where the poisons
+    concentrate, if there are any). ``exact`` / ``null_exact``: how many of those copies match within
+    RMSE ``exact``, the window or its core (pasted pixels at the same resampling phase; natural
+    content, however alike, does not)."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
     cw, nb = torch.as_tensor(cand_windows), torch.as_tensor(boxes)
     row = {int(p): i for i, p in enumerate(cand_pos)}
-    rep = repetition(cand_x, cw, cand_x, ncc, np.arange(len(cand_pos)), (0.1, exact))
-    null_rep = repetition(null_x, nb, cand_x, ncc, np.array([row.get(int(p), -1) for p in src]), (0.1, exact))
-    return {"rep": rep[0], "exact": rep[1], "null_rep": null_rep[0], "null_exact": null_rep[1],
-            "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
-            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
-            "null_src": src, "null_boxes": boxes}
+    own, null_own = np.arange(len(cand_pos)), np.array([row.get(int(p), -1) for p in src])
+    rep = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact))
+    null_rep = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact))
+    core_exact = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,))
+    null_core_exact = repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,))
+    out = {"rep": rep[0], "exact": np.maximum(rep[1], core_exact), "null_rep": null_rep[0],
+           "null_exact": np.maximum(null_rep[1], null_core_exact),
+           "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
+           "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
+           "null_src": src, "null_boxes": boxes}
+    if act is not None and clusters is not None:
+        c = torch.as_tensor(np.asarray(clusters))
+        out["flip"] = flip_in_place(act, cand_x, cw, c[torch.as_tensor(cand_pos)], flips, device, forward_batch)
+        out["null_flip"] = flip_in_place(act, null_x, nb, c[torch.as_tensor(src)], flips, device, forward_batch)
+    return out

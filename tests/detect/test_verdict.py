@@ -10,7 +10,7 @@ from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
 from solo_poisoncam.detect.decision import decide, describe
-from solo_poisoncam.detect.verdict import null_windows, pattern_errors, repetition
+from solo_poisoncam.detect.verdict import core_boxes, flip_in_place, null_windows, pattern_errors, repetition
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
@@ -40,6 +40,65 @@ def test_decide_by_hand():
     v = decide({**stats, "exact": np.array([0, 1, 1, 3, 0, 0])}, min_count=3, quantile=1.0)
     assert v["repeated"] == 3 and v["confirmed"].tolist() == [False, True, True, False, False, False]
     assert not v["found"]  # 2 confirmed < 3
+
+
+def test_decide_by_hand_with_in_place_flip_rates():
+    """Coherence below the null (a trigger learned at one place only), in-place flip rates above it."""
+    stats = {"rep": np.array([9, 8, 8, 7, 1, 0]), "exact": np.array([2, 1, 1, 3, 0, 0]),
+             "null_rep": np.array([0, 0, 1, 0]),
+             "coh": np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15]),
+             "flip": np.array([0.3, 0.2, 0.05, 0.15, 0.9, 0.0]), "null_flip": np.array([0.0, 0.02, 0.1, -0.01])}
+    v = decide(stats, min_count=3, quantile=1.0)
+    # repeating rows 0-3: median coherence 0.1 < 0.25, median flip (0.2 + 0.15) / 2 = 0.175 > the null's 0.1;
+    # confirmed: those whose own flip rate beats 0.1 (rows 0, 1, 3); row 4 flips but does not repeat
+    assert v["learned"] and v["learned_by"] == ["in-place flip"] and v["found"]
+    assert v["flip"] == pytest.approx(0.175) and v["flip_threshold"] == pytest.approx(0.1)
+    assert v["confirmed"].tolist() == [True, True, False, True, False, False] and v["confirmed_count"] == 3
+    assert "in-place flip rate 0.175 vs 0.100, the 100% quantiles" in describe(v)
+    # nothing moved is nothing learned, whatever the null: a threshold never below 0
+    v = decide({**stats, "flip": np.zeros(6), "null_flip": np.full(4, -0.2)}, min_count=3, quantile=1.0)
+    assert v["flip_threshold"] == 0.0 and not v["learned"] and not v["found"] and v["learned_by"] == []
+    # without flip statistics (the statistics of before), the rule is coherence alone
+    v = decide({k: x for k, x in stats.items() if "flip" not in k}, min_count=3, quantile=1.0)
+    assert not v["learned"] and "flip" not in v and "in-place" not in describe(v)
+
+
+def test_core_boxes_centre_half_the_side():
+    boxes = torch.tensor([[5, 8, 20, 23], [0, 0, 16, 16], [3, 3, 6, 6], [0, 0, 2, 2]])
+    # sides 15 -> round(7.5) = 8 (offset 3), 16 -> 8, 3 -> 2 (offset 0), 2 -> 1, at least 2
+    assert core_boxes(boxes).tolist() == [[8, 11, 16, 19], [4, 4, 12, 12], [3, 3, 5, 5], [0, 0, 2, 2]]
+
+
+def test_a_window_spilling_into_background_is_exact_by_its_core():
+    """A 12 px textured trigger pasted at (10, 10) on 6 noise images; the window found is 2 px left of it:
+    the window's copies are alike (the background strip differs) but none exact; its core's copies are."""
+    g = torch.Generator().manual_seed(0)
+    trigger = torch.randint(30, 226, (3, 12, 12), generator=g, dtype=torch.uint8)
+    pool = torch.randint(0, 256, (6, 3, 32, 32), generator=g, dtype=torch.uint8)
+    pool[:, :, 10:22, 10:22] = trigger
+    window = torch.tensor([[8, 10, 20, 22]])
+    full = repetition(pool[:1], window, pool, 0.5, np.array([0]), (0.1, 0.02))
+    core = repetition(pool[:1], core_boxes(window), pool, 0.9, np.array([0]), (0.02,))
+    assert full[1, 0] == 0 and core[0] == 5
+
+
+def test_in_place_flip_rate_counts_moves_into_the_window_cluster():
+    """A toy cluster model: cluster 1 when the 8 px block at (8, 8) is bright, else 0. A bright window
+    pasted at its own place (8, 8) moves every flip image into cluster 1; the same window from another
+    place, or a dark one, moves none; a flip image already in cluster 1 does not count."""
+    class Act:
+        def logits(self, x):
+            bright = (x[:, :, 8:16, 8:16].mean((1, 2, 3)) > 0.5).float()
+            return torch.stack([1 - bright, bright], 1)
+
+    flips = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
+    flips[0, :, 8:16, 8:16] = 255  # already in cluster 1
+    src = torch.zeros(3, 3, 32, 32, dtype=torch.uint8)
+    src[0, :, 8:16, 8:16] = 255
+    src[1, :, 20:28, 20:28] = 255
+    boxes = torch.tensor([[8, 8, 16, 16], [20, 20, 28, 28], [0, 0, 8, 8]])
+    rates = flip_in_place(Act(), src, boxes, torch.tensor([1, 1, 1]), flips, torch.device("cpu"), forward_batch=16)
+    assert rates.tolist() == pytest.approx([0.9, 0.0, 0.0])
 
 
 def test_pattern_errors_separate_exact_copies_from_alike_ones():
