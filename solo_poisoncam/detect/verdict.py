@@ -183,9 +183,9 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     """Repetition, coherence and (with ``act`` and the images' ``clusters``) in-place flip rates of the
     candidates and of :func:`null_windows` (with the null windows themselves, ``null_src`` and
     ``null_boxes``); repetition is searched in the candidates' own images (where the poisons
-    concentrate, if there are any). ``exact`` / ``null_exact``: how many of those copies match within
-    RMSE ``exact``, the window or its core (pasted pixels at the same resampling phase; natural
-    content, however alike, does not)."""
+    concentrate, if there are any). ``exact`` / ``core_exact``: how many of those copies match within
+    RMSE ``exact``, by the window and by its core (pasted pixels at the same resampling phase; natural
+    content, however alike, does not); ``null_exact``: either, for the null."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
@@ -196,7 +196,7 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     null_rep = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact))
     core_exact = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,))
     null_core_exact = repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,))
-    out = {"rep": rep[0], "exact": np.maximum(rep[1], core_exact), "null_rep": null_rep[0],
+    out = {"rep": rep[0], "exact": rep[1], "core_exact": core_exact, "null_rep": null_rep[0],
            "null_exact": np.maximum(null_rep[1], null_core_exact),
            "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),

@@ -63,6 +63,23 @@ def test_decide_by_hand_with_in_place_flip_rates():
     assert not v["learned"] and "flip" not in v and "in-place" not in describe(v)
 
 
+def test_decide_by_hand_with_core_exact_copies_and_templates():
+    """Rows 0-2 are exact by their own window, rows 3-5 only by their core: all six repeat and are
+    confirmed; removal's templates are the three exact by their window (at least min_count of them)."""
+    stats = {"rep": np.array([9, 8, 8, 7, 6, 6, 0]), "exact": np.array([2, 1, 1, 0, 0, 0, 0]),
+             "core_exact": np.array([2, 1, 1, 4, 3, 2, 0]), "null_rep": np.array([0, 0, 1, 0]),
+             "coh": np.array([0.5, 0.4, 0.3, 0.6, 0.5, 0.4, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15])}
+    v = decide(stats, min_count=3, quantile=1.0)
+    assert v["found"] and v["repeated"] == 6 and v["confirmed_count"] == 6 and v["templates"] == 3
+    assert v["confirmed"].tolist() == [True, True, True, False, False, False, False]
+    # with fewer than min_count exact by their window, every confirmed window is a template
+    v = decide(stats, min_count=4, quantile=1.0)
+    assert v["found"] and v["templates"] == 6 and v["confirmed"].sum() == 6
+    # without core copies (the statistics of before), rows 3-5 do not repeat
+    v = decide({k: x for k, x in stats.items() if k != "core_exact"}, min_count=3, quantile=1.0)
+    assert v["repeated"] == 3 and v["confirmed_count"] == 3
+
+
 def test_core_boxes_centre_half_the_side():
     boxes = torch.tensor([[5, 8, 20, 23], [0, 0, 16, 16], [3, 3, 6, 6], [0, 0, 2, 2]])
     # sides 15 -> round(7.5) = 8 (offset 3), 16 -> 8, 3 -> 2 (offset 0), 2 -> 1, at least 2
