@@ -102,7 +102,7 @@ def test_fine_count_follows_the_coarse_share_and_the_flip_candidates():
     assert fine_count(DetectConfig(masks="rise"), 5000) == 5000
     with pytest.raises(PoisonCamError, match="coarse_top must be in"):
         DetectConfig(coarse_top=0)
-    with pytest.raises(PoisonCamError, match="coarse_stride must be in"):
+    with pytest.raises(PoisonCamError, match="coarse_stride must be a share of the side in"):
         DetectConfig(coarse_stride=1.5)
 
 
