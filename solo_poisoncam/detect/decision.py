@@ -43,7 +43,7 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
         flip_median = float(np.median(flip[repeats])) if repeats.any() else 0.0
         if repeats.any() and flip_median > flip_threshold:
             learned_by.append("in-place flip")
-        coheres = coheres | ((flip > flip_threshold) & ("in-place flip" in learned_by))
+            coheres = coheres | (flip > flip_threshold)
     learned = bool(learned_by)
     # the triggers removal uses: repeating candidates that each pass the test beyond the null themselves
     # (a clean texture that happens to repeat, e.g. among near-identical garments, does not)

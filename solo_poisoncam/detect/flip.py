@@ -37,10 +37,11 @@ def flip_images_of(km, size: int, seed: int = 0) -> np.ndarray:
 
 
 def pasted_on_flips(cand_images: torch.Tensor, windows: torch.Tensor, flip_images: torch.Tensor,
-                    device: torch.device, seed: int = 0, forward_batch: int = 4096):
+                    device: torch.device, seed: int = 0, forward_batch: int = 4096, in_place: bool = False):
     """Yield ``(rows, pasted)``: for a group of candidates ``rows`` with one window size, every flip image
-    with each candidate's window crop pasted at a random place, (len(rows) * F, 3, S, S) in [0, 1] on
-    ``device``, candidate-major. One paste per group, groups sized to ``forward_batch``."""
+    with each candidate's window crop pasted at a random place (``in_place``: at the window's own place),
+    (len(rows) * F, 3, S, S) in [0, 1] on ``device``, candidate-major. One paste per group, groups sized
+    to ``forward_batch``."""
     flips = flip_images.to(device).float() / 255
     n_flip, s = flips.shape[0], flips.shape[-1]
     g = torch.Generator().manual_seed(seed)
@@ -54,15 +55,18 @@ def pasted_on_flips(cand_images: torch.Tensor, windows: torch.Tensor, flip_image
             x = cand_images[part].to(device).float() / 255
             patches = crop_boxes(x, windows[part].to(device))  # (G, 3, h, w)
             g_n = len(part)
-            pos = torch.stack([torch.randint(0, s - w + 1, (g_n * n_flip,), generator=g),
-                               torch.randint(0, s - h + 1, (g_n * n_flip,), generator=g)], 1).to(device)
+            if in_place:
+                pos = windows[part, :2].to(device).repeat_interleave(n_flip, 0)
+            else:
+                pos = torch.stack([torch.randint(0, s - w + 1, (g_n * n_flip,), generator=g),
+                                   torch.randint(0, s - h + 1, (g_n * n_flip,), generator=g)], 1).to(device)
             yield part, paste_patches(flips.repeat(g_n, 1, 1, 1), patches.repeat_interleave(n_flip, 0), pos)
 
 
 @torch.no_grad()
 def flip_scores(act: ClusterActivation, cand_images: torch.Tensor, windows: torch.Tensor, clusters: torch.Tensor,
                 flip_images: torch.Tensor, device: torch.device, seed: int = 0, forward_batch: int = 4096,
-                normalise: bool = True) -> torch.Tensor:
+                normalise: bool = True, in_place: bool = False) -> torch.Tensor:
     """Flip scores (T,) of T candidates.
 
     Args:
@@ -70,12 +74,14 @@ def flip_scores(act: ClusterActivation, cand_images: torch.Tensor, windows: torc
         windows: (T, 4) long candidate boxes; clusters: (T,) their clusters.
         flip_images: uint8 (F, 3, S, S).
         normalise: divide by F (a rate in [-1, 1]) instead of returning counts.
+        in_place: paste each window at its own place instead of a random one (the verdict's
+            in-place flip rate: a trigger always pasted at one place is learned there).
     """
     act = act.to(device).eval()
     n_flip = flip_images.shape[0]
     base_clusters = act.logits(flip_images.to(device).float() / 255).argmax(1)  # (F,)
     out = torch.zeros(len(windows))
-    for part, pasted in pasted_on_flips(cand_images, windows, flip_images, device, seed, forward_batch):
+    for part, pasted in pasted_on_flips(cand_images, windows, flip_images, device, seed, forward_batch, in_place):
         target = clusters[part].to(device)
         new = torch.cat([act.logits(pasted[i:i + forward_batch]).argmax(1)
                          for i in range(0, len(pasted), forward_batch)]).view(len(part), n_flip)

@@ -18,7 +18,7 @@ trigger-carrying image is unlikely):
    backdoor is). A window's *coherence* is how close together the flip images' features come with
    it pasted at random places (||mean of unit features||^2, the mean pairwise cosine); its
    *in-place flip rate* is the share of flip images that move into its own image's cluster when it
-   is pasted at its own place (:func:`flip_in_place`; a trigger always pasted at one place is
+   is pasted at its own place (``flip_scores(..., in_place=True)``; a trigger always pasted at one place is
    learned there, and a random place misses it).
 
 Found = at least ``min_count`` candidates repeat beyond the null, and their median coherence or
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from solo_poisoncam.checks import check
-from solo_poisoncam.detect.flip import pasted_on_flips
-from solo_poisoncam.detect.window import crop_boxes, paste_patches
+from solo_poisoncam.detect.flip import flip_scores, pasted_on_flips
+from solo_poisoncam.detect.window import crop_boxes
 
 
 def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: int, seed: int = 0):
@@ -146,36 +146,6 @@ def core_boxes(boxes: torch.Tensor, share: float = 0.5) -> torch.Tensor:
     return torch.cat([x0, x0 + inner], 1)
 
 
-@torch.no_grad()
-def flip_in_place(act, src_images: torch.Tensor, boxes: torch.Tensor, clusters: torch.Tensor,
-                  flip_images: torch.Tensor, device, forward_batch: int = 4096) -> np.ndarray:
-    """Per window (T,): the share of the flip images that fall in the window's cluster ``clusters[t]``
-    with the window pasted at its own place on them, minus the share there already (in [-1, 1]).
-
-    Args:
-        act: the cluster activation (``act.logits``: [0, 1] images -> cluster logits).
-        src_images: uint8 (T, 3, S, S) the windows are cut from; boxes (T, 4) long.
-        flip_images: uint8 (F, 3, S, S).
-    """
-    flips = flip_images.to(device).float() / 255
-    n_flip = flips.shape[0]
-    base = torch.cat([act.logits(flips[i:i + forward_batch]).argmax(1) for i in range(0, n_flip, forward_batch)])
-    out = torch.zeros(len(boxes))
-    sizes = boxes[:, 2:] - boxes[:, :2]
-    per_chunk = max(1, forward_batch // n_flip)
-    for size in torch.unique(sizes, dim=0):
-        group = torch.nonzero((sizes == size).all(1)).flatten()
-        for start in range(0, len(group), per_chunk):
-            part = group[start:start + per_chunk]
-            patches = crop_boxes(src_images[part].to(device).float() / 255, boxes[part].to(device))
-            pos = boxes[part, :2].to(device).repeat_interleave(n_flip, 0)
-            pasted = paste_patches(flips.repeat(len(part), 1, 1, 1), patches.repeat_interleave(n_flip, 0), pos)
-            new = act.logits(pasted).argmax(1).view(len(part), n_flip)
-            target = clusters[part].to(device)[:, None]
-            out[part] = ((new == target).sum(1) - (base[None] == target).sum(1)).float().cpu() / n_flip
-    return out.numpy()
-
-
 def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, cand_windows: np.ndarray,
                        flip_pos: np.ndarray, count: int, device, ncc: float = 0.9, seed: int = 0,
                        forward_batch: int = 4096, exact: float = 0.02, act=None,
@@ -185,7 +155,7 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     ``null_boxes``); repetition is searched in the candidates' own images (where the poisons
     concentrate, if there are any). ``exact`` / ``core_exact``: how many of those copies match within
     RMSE ``exact``, by the window and by its core (pasted pixels at the same resampling phase; natural
-    content, however alike, does not); ``null_exact``: either, for the null."""
+    content, however alike, does not)."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
@@ -194,15 +164,15 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     own, null_own = np.arange(len(cand_pos)), np.array([row.get(int(p), -1) for p in src])
     rep = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact))
     null_rep = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact))
-    core_exact = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,))
-    null_core_exact = repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,))
-    out = {"rep": rep[0], "exact": rep[1], "core_exact": core_exact, "null_rep": null_rep[0],
-           "null_exact": np.maximum(null_rep[1], null_core_exact),
+    out = {"rep": rep[0], "exact": rep[1], "core_exact": repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,)),
+           "null_rep": null_rep[0], "null_exact": null_rep[1],
            "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
            "null_src": src, "null_boxes": boxes}
     if act is not None and clusters is not None:
         c = torch.as_tensor(np.asarray(clusters))
-        out["flip"] = flip_in_place(act, cand_x, cw, c[torch.as_tensor(cand_pos)], flips, device, forward_batch)
-        out["null_flip"] = flip_in_place(act, null_x, nb, c[torch.as_tensor(src)], flips, device, forward_batch)
+        out["flip"] = flip_scores(act, cand_x, cw, c[torch.as_tensor(cand_pos)], flips, device,
+                                  forward_batch=forward_batch, in_place=True).numpy()
+        out["null_flip"] = flip_scores(act, null_x, nb, c[torch.as_tensor(src)], flips, device,
+                                       forward_batch=forward_batch, in_place=True).numpy()
     return out

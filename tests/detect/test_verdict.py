@@ -10,7 +10,8 @@ from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
 from solo_poisoncam.detect.decision import decide, describe
-from solo_poisoncam.detect.verdict import core_boxes, flip_in_place, null_windows, pattern_errors, repetition
+from solo_poisoncam.detect.flip import flip_scores
+from solo_poisoncam.detect.verdict import core_boxes, null_windows, pattern_errors, repetition
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
@@ -103,7 +104,7 @@ def test_in_place_flip_rate_counts_moves_into_the_window_cluster():
     """A toy cluster model: cluster 1 when the 8 px block at (8, 8) is bright, else 0. A bright window
     pasted at its own place (8, 8) moves every flip image into cluster 1; the same window from another
     place, or a dark one, moves none; a flip image already in cluster 1 does not count."""
-    class Act:
+    class Act(torch.nn.Module):
         def logits(self, x):
             bright = (x[:, :, 8:16, 8:16].mean((1, 2, 3)) > 0.5).float()
             return torch.stack([1 - bright, bright], 1)
@@ -114,7 +115,8 @@ def test_in_place_flip_rate_counts_moves_into_the_window_cluster():
     src[0, :, 8:16, 8:16] = 255
     src[1, :, 20:28, 20:28] = 255
     boxes = torch.tensor([[8, 8, 16, 16], [20, 20, 28, 28], [0, 0, 8, 8]])
-    rates = flip_in_place(Act(), src, boxes, torch.tensor([1, 1, 1]), flips, torch.device("cpu"), forward_batch=16)
+    rates = flip_scores(Act(), src, boxes, torch.tensor([1, 1, 1]), flips, torch.device("cpu"), forward_batch=16,
+                        in_place=True)
     assert rates.tolist() == pytest.approx([0.9, 0.0, 0.0])
 
 
