@@ -42,8 +42,9 @@ def detection_table(detections: Dict[str, Dict[str, Any]]) -> Table:
         v = m.get("verdict")
         verdict = "n/a (PatchSearch has none)" if not v else (
             ("backdoor found" if v["found"] else "no backdoor found") + f" ({v['repeated']} repeating windows, "
-            f"coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f})"
-            + (", nothing removed" if v.get("removal_skipped") else ""))
+            f"coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}"
+            + (f", in-place flip rate {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None else "")
+            + ")" + (", nothing removed" if v.get("removal_skipped") else ""))
         rows.append([method, verdict, f"{m['num_removed']}/{m['num_samples']}", fmt(m.get("precision")), fmt(m.get("recall")),
                      fmt(m.get("f1")), fmt(m.get("auroc")), fmt(m.get("auprc")), fmt(m.get("precision_at_20")),
                      fmt(loc.get("trigger_detection_accuracy")), fmt(loc.get("hit_rate")), fmt(loc.get("mean_iou")),
