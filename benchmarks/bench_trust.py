@@ -106,8 +106,10 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
         for name, d in r["detections"].items():
             m, t = d["metrics"], d["timings"]
             v = m.get("verdict") or {}
+            flip = (f"; flip {v['flip']:.2f} vs {v['flip_threshold']:.2f}" if v.get("flip") is not None else "")
             verdict = (("found" if v.get("found") else "none") + f" ({v.get('repeated')} repeat; coherence "
-                       f"{v.get('coherence', 0):.2f} vs {v.get('coherence_threshold', 0):.2f})") if v else "n/a (no verdict)"
+                       f"{v.get('coherence', 0):.2f} vs {v.get('coherence_threshold', 0):.2f}{flip})"
+                       ) if v else "n/a (no verdict)"
             det.append([r["setting"], str(r["seed"]), name, verdict, str(m["num_removed"]),
                         _f(m.get("precision")), _f(m.get("recall")), _f(m.get("f1")), _f(m.get("auroc")),
                         _f(m.get("false_removal_rate")), f"{stage_seconds(t):.0f}",
@@ -118,7 +120,8 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
             ["setting", "seed", "backdoor", "purity (random-init)", "patched / control -> poison cluster",
              "probe ASR patched / control (random-init patched)"], bd),
         "Verdict and removal (PoisonCAM per removal mode; PatchSearch with its classifier)": markdown_table(
-            ["setting", "seed", "method:removal", "verdict (repeating candidates; their coherence vs null)", "removed", "precision",
+            ["setting", "seed", "method:removal",
+             "verdict (repeating candidates; their coherence and in-place flip rate vs null)", "removed", "precision",
              "recall", "F1", "AUROC", "false removal rate", "stages s", "per stage s (as computed)"], det),
     }
 
