@@ -14,7 +14,10 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
 
     A candidate *repeats* when its repetition is at least ``min_count - 1`` (it and that many others
     share the pattern), above the null's ``quantile``, and at least one copy is exact, by the window
-    (``stats["exact"]``) or by its core (``stats["core_exact"]``).
+    (``stats["exact"]``) or by its core (``stats["core_exact"]``); or when its core alone has at least
+    ``min_count - 1`` exact copies, above the null's ``quantile`` of the same count
+    (``stats["null_core_exact"]``): a window 2-3 px off a pasted trigger takes a strip of varying
+    background along, which breaks its own match, while the core inside the trigger is still pasted pixels.
     The pattern is *learned* when the repeating candidates' median coherence exceeds the null's
     ``quantile`` plus ``margin``, or (where the statistics hold in-place flip rates, ``flip`` and
     ``null_flip``) their median in-place flip rate exceeds the null's ``quantile`` (and 0: nothing
@@ -29,6 +32,13 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     exact = np.asarray(stats["exact"]) >= 1
     core_exact = np.asarray(stats.get("core_exact", np.zeros(len(rep)))) >= 1
     repeats = (rep >= min_count - 1) & (rep > null_q) & (exact | core_exact)
+    core_count = np.asarray(stats.get("core_exact", np.zeros(len(rep))))
+    by_core = np.zeros(len(rep), dtype=bool)
+    if stats.get("null_core_exact") is not None:  # statistics of before hold no null for it: the rule of before
+        null_core = np.asarray(stats["null_core_exact"])
+        core_q = float(np.quantile(null_core, quantile)) if len(null_core) else 0.0
+        by_core = (core_count >= min_count - 1) & (core_count > core_q) & ~repeats
+        repeats = repeats | by_core
     rep_threshold = max(float(min_count - 1), null_q, 0.0)  # as reported: at least this many others
     coh_threshold = (float(np.quantile(null_coh, quantile)) if len(null_coh) else 0.0) + margin
     coh_median = float(np.median(coh[repeats])) if repeats.any() else 0.0
@@ -55,6 +65,7 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     if int((confirmed & exact).sum()) >= min_count:
         confirmed = confirmed & exact
     out = {"found": learned and confirmed_count >= min_count, "repeated": count,
+           "repeated_by_core": int(by_core.sum()),
            "confirmed_count": confirmed_count, "templates": int(confirmed.sum()), "learned": learned,
            "learned_by": learned_by,
            "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
@@ -71,8 +82,9 @@ def describe(verdict: Dict[str, Any]) -> str:
     v = verdict
     head = "backdoor found" if v["found"] else "no backdoor found"
     flip = (f", in-place flip rate {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None else "")
+    core = f" ({v['repeated_by_core']} by their core's exact copies)" if v.get("repeated_by_core") else ""
     why = (f"{v['repeated']} of {v['candidates']} candidate windows repeat in >= {v['rep_threshold']:g} other "
-           f"candidates; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}{flip}, the "
+           f"candidates{core}; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}{flip}, the "
            f"{v['quantile']:.0%} quantile{'s' if flip else ''} of {v['null_windows']} random windows; {v['confirmed_count']} confirmed, "
            f"needs {v['min_count']}")
     if not v["found"] and v["repeated"] >= v["min_count"] and not v["learned"]:

@@ -21,9 +21,9 @@ trigger-carrying image is unlikely):
    is pasted at its own place (``flip_scores(..., in_place=True)``; a trigger always pasted at one place is
    learned there, and a random place misses it).
 
-Found = at least ``min_count`` candidates repeat beyond the null, and their median coherence or
-median in-place flip rate beats the null's quantile (``detect/decision.py``). No ground truth and
-no trigger: only the model, the images and the candidates.
+Found = at least ``min_count`` candidates repeat beyond the null (by their window, or by their core's
+exact copies), and their median coherence or median in-place flip rate beats the null's quantile
+(``detect/decision.py``). No ground truth and no trigger: only the model, the images and the candidates.
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     """Repetition, coherence and (with ``act`` and the images' ``clusters``) in-place flip rates of the
     candidates and of :func:`null_windows` (with the null windows themselves, ``null_src`` and
     ``null_boxes``); repetition is searched in the candidates' own images (where the poisons
-    concentrate, if there are any). ``exact`` / ``core_exact``: how many of those copies match within
-    RMSE ``exact``, by the window and by its core (pasted pixels at the same resampling phase; natural
+    concentrate, if there are any). ``exact`` / ``core_exact`` (and the null's ``null_exact`` /
+    ``null_core_exact``): how many of those copies match within RMSE ``exact``, by the window and by its core (pasted pixels at the same resampling phase; natural
     content, however alike, does not)."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
@@ -166,6 +166,7 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     null_rep = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact))
     out = {"rep": rep[0], "exact": rep[1], "core_exact": repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,)),
            "null_rep": null_rep[0], "null_exact": null_rep[1],
+           "null_core_exact": repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,)),
            "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
            "null_src": src, "null_boxes": boxes}

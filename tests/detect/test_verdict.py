@@ -234,3 +234,26 @@ def test_a_window_that_is_mostly_background_matches_nothing():
     pool = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
     pool[:, :, 4:12, 4:12] = 150
     assert not (pattern_errors(pool[:1], torch.tensor([[0, 0, 6, 6]]), pool) < 0.1).any()
+
+
+def test_decide_by_hand_repeats_by_the_core_exact_copies_alone():
+    """Rows 0-3: windows 2-3 px off a trigger, whose own matches are few (rep 1-2 < min_count - 1 = 3) but
+    whose cores have 3-5 exact copies; the null's cores have at most 1 (its 100% quantile). They repeat by
+    their core, and with in-place flip rates above the null the backdoor is found; a null whose cores
+    copy as often (4) takes the route away, and statistics without a core null keep the rule of before."""
+    stats = {"rep": np.array([1, 2, 1, 2, 0, 0]), "exact": np.zeros(6, dtype=int),
+             "core_exact": np.array([5, 4, 3, 5, 1, 0]), "null_rep": np.array([0, 1, 2, 0]),
+             "null_core_exact": np.array([0, 1, 0, 0]),
+             "coh": np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15]),
+             "flip": np.array([0.3, 0.4, 0.2, 0.05, 0.9, 0.0]), "null_flip": np.array([0.0, 0.02, 0.1, -0.01])}
+    v = decide(stats, min_count=4, quantile=1.0)
+    # repeating by core: core_exact >= 3 and > 1: rows 0-3; median flip (0.2 + 0.3) / 2 = 0.25 > 0.1; confirmed:
+    # own flip > 0.1 (rows 0-2): 3 < min_count 4, not found; with min_count 3 the core bar is 2 others: found
+    assert v["repeated"] == 4 and v["repeated_by_core"] == 4 and v["flip"] == pytest.approx(0.25)
+    assert v["confirmed_count"] == 3 and not v["found"]
+    v = decide(stats, min_count=3, quantile=1.0)
+    assert v["found"] and v["repeated"] == 4 and v["confirmed"].tolist() == [True, True, True, False, False, False]
+    assert "(4 by their core's exact copies)" in describe(v)
+    assert not decide({**stats, "null_core_exact": np.array([0, 4, 0, 0])}, min_count=3, quantile=1.0)["found"]
+    v = decide({k: x for k, x in stats.items() if k != "null_core_exact"}, min_count=3, quantile=1.0)
+    assert v["repeated"] == 0 and v["repeated_by_core"] == 0 and not v["found"] and "core's" not in describe(v)
