@@ -19,9 +19,9 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     (``stats["null_core_exact"]``): a window 2-3 px off a pasted trigger takes a strip of varying
     background along, which breaks its own match, while the core inside the trigger is still pasted pixels.
     The pattern is *learned* when the repeating candidates' median coherence exceeds the null's
-    ``quantile`` plus ``margin``, or (where the statistics hold in-place flips) their median in-place
-    flip rate into the repeating candidates' clusters (:func:`in_place_flip_rates`) exceeds the null's
-    ``quantile`` of the same rate (and 0: nothing moved is nothing learned). Confirmed: the repeating candidates that pass the same test themselves;
+    ``quantile`` plus ``margin``, or (where the statistics hold in-place flip rates, ``flip`` and
+    ``null_flip``) their median in-place flip rate exceeds the null's ``quantile`` (and 0: nothing
+    moved is nothing learned). Confirmed: the repeating candidates that pass the same test themselves;
     found = learned and at least ``min_count`` confirmed. ``confirmed`` (the array) marks the triggers
     removal uses: the confirmed ones exact by their own window where at least ``min_count`` are.
     A quantile, not the maximum: a few null windows may still fall on a trigger.
@@ -47,8 +47,8 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     if repeats.any() and coh_median > coh_threshold:
         learned_by.append("coherence")
     flip_median = flip_threshold = None
-    flip, null_flip, flip_clusters = in_place_flip_rates(stats, repeats)
-    if flip is not None:
+    if stats.get("flip") is not None and stats.get("null_flip") is not None:
+        flip, null_flip = np.asarray(stats["flip"], dtype=np.float64), np.asarray(stats["null_flip"], dtype=np.float64)
         flip_threshold = max(float(np.quantile(null_flip, quantile)) if len(null_flip) else 0.0, 0.0)
         flip_median = float(np.median(flip[repeats])) if repeats.any() else 0.0
         if repeats.any() and flip_median > flip_threshold:
@@ -74,36 +74,14 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
            "confirmed": confirmed}
     if flip_median is not None:
         out.update({"flip": round(flip_median, 6), "flip_threshold": round(flip_threshold, 6)})
-        if flip_clusters is not None:
-            out["flip_clusters"] = flip_clusters
     return out
-
-
-def in_place_flip_rates(stats: Dict[str, np.ndarray], repeats: np.ndarray):
-    """Per candidate (T,) and per null window (R,): the share of flip images that, with the window pasted
-    at its own place, fall in the clusters of the ``repeating`` candidates, minus the share there
-    already; and how many clusters those are. From the pasted assignments (``flip_new``,
-    ``null_flip_new``, ``flip_base``, ``cand_clusters``); statistics of before hold per-window rates into
-    the window's own cluster (``flip``, ``null_flip``), used as they are. (None, None, None) without either."""
-    if stats.get("flip_new") is not None:
-        targets = np.unique(np.asarray(stats["cand_clusters"])[repeats])
-        base = np.isin(np.asarray(stats["flip_base"]), targets).mean()
-        flip = np.isin(np.asarray(stats["flip_new"]), targets).mean(1) - base
-        null_flip = np.isin(np.asarray(stats["null_flip_new"]), targets).mean(1) - base
-        return flip.astype(np.float64), null_flip.astype(np.float64), int(len(targets))
-    if stats.get("flip") is not None and stats.get("null_flip") is not None:
-        return np.asarray(stats["flip"], dtype=np.float64), np.asarray(stats["null_flip"], dtype=np.float64), None
-    return None, None, None
 
 
 def describe(verdict: Dict[str, Any]) -> str:
     """``backdoor found (...)`` or ``no backdoor found (...)``: both statistics and their thresholds, in words."""
     v = verdict
     head = "backdoor found" if v["found"] else "no backdoor found"
-    n = v.get("flip_clusters")
-    into = (" into their cluster" if n == 1 else f" into their {n} clusters") if n else ""
-    flip = (f", in-place flip rate{into} {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None
-            else "")
+    flip = (f", in-place flip rate {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None else "")
     core = f" ({v['repeated_by_core']} by their core's exact copies)" if v.get("repeated_by_core") else ""
     why = (f"{v['repeated']} of {v['candidates']} candidate windows repeat in >= {v['rep_threshold']:g} other "
            f"candidates{core}; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}{flip}, the "

@@ -64,21 +64,6 @@ def pasted_on_flips(cand_images: torch.Tensor, windows: torch.Tensor, flip_image
 
 
 @torch.no_grad()
-def flip_assignments(act: ClusterActivation, cand_images: torch.Tensor, windows: torch.Tensor,
-                     flip_images: torch.Tensor, device: torch.device, seed: int = 0, forward_batch: int = 4096,
-                     in_place: bool = False):
-    """The clusters of the flip images, ``base`` (F,), and with each candidate's window pasted on them,
-    ``new`` (T, F) (long, on the CPU); arguments as :func:`flip_scores`."""
-    act = act.to(device).eval()
-    n_flip = flip_images.shape[0]
-    base = act.logits(flip_images.to(device).float() / 255).argmax(1).cpu()
-    new = torch.zeros(len(windows), n_flip, dtype=torch.long)
-    for part, pasted in pasted_on_flips(cand_images, windows, flip_images, device, seed, forward_batch, in_place):
-        new[part] = torch.cat([act.logits(pasted[i:i + forward_batch]).argmax(1)
-                               for i in range(0, len(pasted), forward_batch)]).view(len(part), n_flip).cpu()
-    return base, new
-
-
 def flip_scores(act: ClusterActivation, cand_images: torch.Tensor, windows: torch.Tensor, clusters: torch.Tensor,
                 flip_images: torch.Tensor, device: torch.device, seed: int = 0, forward_batch: int = 4096,
                 normalise: bool = True, in_place: bool = False) -> torch.Tensor:
@@ -92,7 +77,14 @@ def flip_scores(act: ClusterActivation, cand_images: torch.Tensor, windows: torc
         in_place: paste each window at its own place instead of a random one (the verdict's
             in-place flip rate: a trigger always pasted at one place is learned there).
     """
-    base, new = flip_assignments(act, cand_images, windows, flip_images, device, seed, forward_batch, in_place)
-    target = clusters.cpu().long()[:, None]
-    out = ((new == target).sum(1) - (base[None, :] == target).sum(1)).float()
-    return out / flip_images.shape[0] if normalise else out
+    act = act.to(device).eval()
+    n_flip = flip_images.shape[0]
+    base_clusters = act.logits(flip_images.to(device).float() / 255).argmax(1)  # (F,)
+    out = torch.zeros(len(windows))
+    for part, pasted in pasted_on_flips(cand_images, windows, flip_images, device, seed, forward_batch, in_place):
+        target = clusters[part].to(device)
+        new = torch.cat([act.logits(pasted[i:i + forward_batch]).argmax(1)
+                         for i in range(0, len(pasted), forward_batch)]).view(len(part), n_flip)
+        moved = (new == target[:, None]).sum(1) - (base_clusters[None, :] == target[:, None]).sum(1)
+        out[part] = moved.float().cpu()
+    return out / n_flip if normalise else out

@@ -17,10 +17,9 @@ trigger-carrying image is unlikely):
    carry the trigger collapse together in feature space, whatever their content (what an SSL
    backdoor is). A window's *coherence* is how close together the flip images' features come with
    it pasted at random places (||mean of unit features||^2, the mean pairwise cosine); its
-   *in-place flip rate* is the share of flip images that move into the repeating candidates'
-   clusters when it is pasted at its own place (``flip_assignments(..., in_place=True)``; a trigger
-   always pasted at one place is learned there, and a random place misses it; a trigger the model
-   split over several clusters moves images into any of them).
+   *in-place flip rate* is the share of flip images that move into its own image's cluster when it
+   is pasted at its own place (``flip_scores(..., in_place=True)``; a trigger always pasted at one place is
+   learned there, and a random place misses it).
 
 Found = at least ``min_count`` candidates repeat beyond the null (by their window, or by their core's
 exact copies), and their median coherence or median in-place flip rate beats the null's quantile
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from solo_poisoncam.checks import check
-from solo_poisoncam.detect.flip import flip_assignments, pasted_on_flips
+from solo_poisoncam.detect.flip import flip_scores, pasted_on_flips
 from solo_poisoncam.detect.window import crop_boxes
 
 
@@ -172,11 +171,9 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
            "null_src": src, "null_boxes": boxes}
     if act is not None and clusters is not None:
-        # the flip images' clusters with each window pasted at its own place: decide() asks how many move
-        # into the clusters of the repeating candidates (a trigger may sit in several clusters)
-        c = np.asarray(clusters)
-        base, new = flip_assignments(act, cand_x, cw, flips, device, forward_batch=forward_batch, in_place=True)
-        _, null_new = flip_assignments(act, null_x, nb, flips, device, forward_batch=forward_batch, in_place=True)
-        out.update({"flip_base": base.numpy(), "flip_new": new.numpy(), "null_flip_new": null_new.numpy(),
-                    "cand_clusters": c[np.asarray(cand_pos)], "null_clusters": c[np.asarray(src)]})
+        c = torch.as_tensor(np.asarray(clusters))
+        out["flip"] = flip_scores(act, cand_x, cw, c[torch.as_tensor(cand_pos)], flips, device,
+                                  forward_batch=forward_batch, in_place=True).numpy()
+        out["null_flip"] = flip_scores(act, null_x, nb, c[torch.as_tensor(src)], flips, device,
+                                       forward_batch=forward_batch, in_place=True).numpy()
     return out

@@ -10,7 +10,7 @@ from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
 from solo_poisoncam.detect.decision import decide, describe
-from solo_poisoncam.detect.flip import flip_assignments, flip_scores
+from solo_poisoncam.detect.flip import flip_scores
 from solo_poisoncam.detect.verdict import core_boxes, null_windows, pattern_errors, repetition
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
@@ -118,8 +118,6 @@ def test_in_place_flip_rate_counts_moves_into_the_window_cluster():
     rates = flip_scores(Act(), src, boxes, torch.tensor([1, 1, 1]), flips, torch.device("cpu"), forward_batch=16,
                         in_place=True)
     assert rates.tolist() == pytest.approx([0.9, 0.0, 0.0])
-    base, new = flip_assignments(Act(), src, boxes, flips, torch.device("cpu"), forward_batch=16, in_place=True)
-    assert base.tolist() == [1] + [0] * 9 and new[0].tolist() == [1] * 10 and new[1:].sum() == 2  # flip 0 stays in 1
 
 
 def test_pattern_errors_separate_exact_copies_from_alike_ones():
@@ -259,26 +257,3 @@ def test_decide_by_hand_repeats_by_the_core_exact_copies_alone():
     assert not decide({**stats, "null_core_exact": np.array([0, 4, 0, 0])}, min_count=3, quantile=1.0)["found"]
     v = decide({k: x for k, x in stats.items() if k != "null_core_exact"}, min_count=3, quantile=1.0)
     assert v["repeated"] == 0 and v["repeated_by_core"] == 0 and not v["found"] and "core's" not in describe(v)
-
-
-def test_decide_by_hand_flip_into_the_repeating_candidates_clusters():
-    """A trigger split over clusters 1 and 2: rows 0-3 repeat (rows 0-1 in cluster 1, rows 2-3 in 2). Pasted
-    in place, each moves flip images into cluster 1 or 2, often not its own: into its own cluster the rates
-    are 0.25/0.0/0.0/0.25 (median 0.125), into {1, 2} 0.5 each, against a null whose windows move one flip
-    image of 4 there (0.25 - base 0 = 0.25)."""
-    base = np.array([0, 0, 3, 3])
-    new = np.array([[1, 2, 0, 3], [2, 2, 0, 3], [1, 1, 0, 3], [2, 1, 0, 3], [0, 0, 3, 3], [0, 0, 3, 3]])
-    null_new = np.array([[1, 0, 3, 3], [0, 0, 3, 3], [0, 0, 3, 3], [0, 3, 3, 3]])
-    stats = {"rep": np.array([9, 8, 8, 7, 0, 0]), "exact": np.array([2, 1, 1, 3, 0, 0]),
-             "null_rep": np.array([0, 0, 1, 0]),
-             "coh": np.full(6, 0.1), "null_coh": np.array([0.1, 0.2, 0.25, 0.15]),
-             "flip_base": base, "flip_new": new, "null_flip_new": null_new,
-             "cand_clusters": np.array([1, 1, 2, 2, 0, 3]), "null_clusters": np.array([0, 0, 3, 0])}
-    v = decide(stats, min_count=3, quantile=1.0)
-    assert v["learned_by"] == ["in-place flip"] and v["found"] and v["flip_clusters"] == 2
-    assert v["flip"] == pytest.approx(0.5) and v["flip_threshold"] == pytest.approx(0.25)
-    assert v["confirmed"].tolist() == [True, True, True, True, False, False]
-    assert "in-place flip rate into their 2 clusters 0.500 vs 0.250" in describe(v)
-    # a null that moves as many into {1, 2} (2 of 4) is not beaten
-    v = decide({**stats, "null_flip_new": np.array([[1, 2, 3, 3]] * 4)}, min_count=3, quantile=1.0)
-    assert v["flip_threshold"] == pytest.approx(0.5) and not v["learned"] and not v["found"]
