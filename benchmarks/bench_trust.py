@@ -106,12 +106,14 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
         for name, d in r["detections"].items():
             m, t = d["metrics"], d["timings"]
             v = m.get("verdict") or {}
+            core = f", {v['repeated_by_core']} by core" if v.get("repeated_by_core") else ""
             flip = (f"; flip {v['flip']:.2f} vs {v['flip_threshold']:.2f}" if v.get("flip") is not None else "")
-            verdict = (("found" if v.get("found") else "none") + f" ({v.get('repeated')} repeat; coherence "
+            verdict = (("found" if v.get("found") else "none") + f" ({v.get('repeated')} repeat{core}; coherence "
                        f"{v.get('coherence', 0):.2f} vs {v.get('coherence_threshold', 0):.2f}{flip})"
                        ) if v else "n/a (no verdict)"
             det.append([r["setting"], str(r["seed"]), name, verdict, str(m["num_removed"]),
-                        _f(m.get("precision")), _f(m.get("recall")), _f(m.get("f1")), _f(m.get("auroc")),
+                        _f(m.get("precision")), _f(m.get("recall")), _f(m.get("f1")),
+                        _f((m.get("localisation_all") or {}).get("trigger_detection_accuracy")), _f(m.get("auroc")),
                         _f(m.get("false_removal_rate")), f"{stage_seconds(t):.0f}",
                         ", ".join(f"{k} {v:.0f}" for k, v in t.get("stage_compute_s", {}).items() if v)])
     return {
@@ -122,7 +124,8 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
         "Verdict and removal (PoisonCAM per removal mode; PatchSearch with its classifier)": markdown_table(
             ["setting", "seed", "method:removal",
              "verdict (repeating candidates; their coherence and in-place flip rate vs null)", "removed", "precision",
-             "recall", "F1", "AUROC", "false removal rate", "stages s", "per stage s (as computed)"], det),
+             "recall", "F1", "trigger det. acc", "AUROC", "false removal rate", "stages s",
+             "per stage s (as computed)"], det),
     }
 
 
