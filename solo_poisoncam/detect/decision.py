@@ -23,7 +23,8 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     ``null_flip``) their median in-place flip rate exceeds the null's ``quantile`` (and 0: nothing
     moved is nothing learned). Confirmed: the repeating candidates that pass the same test themselves;
     found = learned and at least ``min_count`` confirmed. ``confirmed`` (the array) marks the triggers
-    removal uses: the confirmed ones exact by their own window where at least ``min_count`` are.
+    removal uses: the confirmed ones exact by their own window where at least ``min_count`` are;
+    ``template_core`` (the array) those of them to match by their core (not exact by their window).
     A quantile, not the maximum: a few null windows may still fall on a trigger.
     """
     rep, null_rep = np.asarray(stats["rep"]), np.asarray(stats["null_rep"])
@@ -64,6 +65,10 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     # less well: on Fashion-MNIST they took trigger detection accuracy from 0.996 to 0.952)
     if int((confirmed & exact).sum()) >= min_count:
         confirmed = confirmed & exact
+    # a template exact only by its core is matched by its core: the window's strip of background agrees
+    # with the background of every copy, and the trigger's box grown from it took most of the image
+    # (Fashion-MNIST, 0.5% of the set, seed 0: IoU >= 0.5 on 3 of 25 poisons by the window, 25 by the core)
+    template_core = confirmed & ~exact
     out = {"found": learned and confirmed_count >= min_count, "repeated": count,
            "repeated_by_core": int(by_core.sum()),
            "confirmed_count": confirmed_count, "templates": int(confirmed.sum()), "learned": learned,
@@ -71,7 +76,7 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
            "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
            "coherence": round(coh_median, 6), "coherence_threshold": round(coh_threshold, 6),
            "quantile": quantile, "null_windows": int(len(null_coh)), "candidates": int(len(coh)),
-           "confirmed": confirmed}
+           "confirmed": confirmed, "template_core": template_core}
     if flip_median is not None:
         out.update({"flip": round(flip_median, 6), "flip_threshold": round(flip_threshold, 6)})
     return out

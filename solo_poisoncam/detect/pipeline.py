@@ -25,7 +25,7 @@ from solo_poisoncam.detect.patchsearch import patchsearch_scores
 from solo_poisoncam.detect.poisoncam import fill_value, poisoncam_scores
 from solo_poisoncam.detect.removal import feature_probe
 from solo_poisoncam.detect.match import match_removal
-from solo_poisoncam.detect.verdict import verdict_statistics
+from solo_poisoncam.detect.verdict import core_boxes, verdict_statistics
 from solo_poisoncam.detect.versions import stage_version
 from solo_poisoncam.engine.cache import StageCache
 from solo_poisoncam.engine.features import extract_features, unit_features
@@ -142,23 +142,27 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
         probability, removed = cls["probability"], cls["removed"]
     elif act_on and cfg.remove in ("probe", "match"):
         confirmed = cand[verdict["confirmed"]]
+        boxes = windows[confirmed]
+        boxes[verdict["template_core"][verdict["confirmed"]]] = core_boxes(
+            torch.as_tensor(boxes[verdict["template_core"][verdict["confirmed"]]])).numpy()
         if len(confirmed) == 0:  # forced with nothing confirmed: the top candidates stand in, as the classifier's
             confirmed = np.argsort(-scores, kind="stable")[: cfg.classifier.topk]
+            boxes = windows[confirmed]
         # at most probe.triggers of them, spread over the ranking
-        confirmed = confirmed[np.unique(np.linspace(0, len(confirmed) - 1, min(cfg.probe.triggers, len(confirmed)))
-                                        .round().astype(int))]
+        pick = np.unique(np.linspace(0, len(confirmed) - 1, min(cfg.probe.triggers, len(confirmed))).round().astype(int))
+        confirmed, boxes = confirmed[pick], boxes[pick]
         rkey = {**vkey, "removal_v": stage_version("probe"), "remove": cfg.remove,
                 "verdict": [cfg.verdict_min, cfg.verdict_margin, cfg.verdict_quantile, cfg.force_remove],
                 "probe": vars(cfg.probe)}
         with clock(cfg.remove, n):
             if cfg.remove == "probe":  # the verdict's null windows are the probe's pasted negatives
                 res = cache.get_or_compute("probe", rkey, lambda: feature_probe(
-                    embed, images, feats, scores, images.take(confirmed), torch.as_tensor(windows[confirmed]),
+                    embed, images, feats, scores, images.take(confirmed), torch.as_tensor(boxes),
                     images.take(stats["null_src"]), torch.as_tensor(stats["null_boxes"]), cfg.probe, cfg.seed))
                 probability, removed = res["probability"], res["removed"]
             else:  # match: every image that holds a confirmed trigger's pattern, with the trigger's box in it
                 res = cache.get_or_compute("match", rkey, lambda: match_removal(
-                    images, confirmed, windows[confirmed], cfg.verdict_ncc))
+                    images, confirmed, boxes, cfg.verdict_ncc))
                 removed = res["removed"]
                 map_windows, windows = windows, np.where(removed[:, None], res["windows"], windows)
 
@@ -171,7 +175,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     result.metrics["num_removed"] = int(removed.sum())
     result.metrics["num_samples"] = n
     if verdict is not None:
-        result.metrics["verdict"] = {k: v for k, v in verdict.items() if k != "confirmed"}
+        result.metrics["verdict"] = {k: v for k, v in verdict.items() if k not in ("confirmed", "template_core")}
         result.metrics["verdict"]["text"] = verdict_text
         result.metrics["verdict"]["removal_skipped"] = bool(cfg.remove != "none" and not act_on)
     return result

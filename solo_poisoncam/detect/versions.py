@@ -22,7 +22,7 @@ STAGE_SOURCES = {
     "search": ("detect/flip.py",),
     "verdict": ("detect/verdict.py", "detect/flip.py"),
     "classifier": ("detect/classifier.py", "ssl/augment.py"),
-    "probe": ("detect/removal.py", "detect/match.py", "detect/decision.py"),
+    "probe": ("detect/removal.py", "detect/match.py", "detect/decision.py", "detect/pipeline.py"),
 }
 
 

@@ -73,9 +73,12 @@ def test_decide_by_hand_with_core_exact_copies_and_templates():
     v = decide(stats, min_count=3, quantile=1.0)
     assert v["found"] and v["repeated"] == 6 and v["confirmed_count"] == 6 and v["templates"] == 3
     assert v["confirmed"].tolist() == [True, True, True, False, False, False, False]
-    # with fewer than min_count exact by their window, every confirmed window is a template
+    assert not v["template_core"].any()
+    # with fewer than min_count exact by their window, every confirmed window is a template, and those
+    # exact only by their core (rows 3-5) are matched by their core
     v = decide(stats, min_count=4, quantile=1.0)
     assert v["found"] and v["templates"] == 6 and v["confirmed"].sum() == 6
+    assert v["template_core"].tolist() == [False, False, False, True, True, True, False]
     # without core copies (the statistics of before), rows 3-5 do not repeat
     v = decide({k: x for k, x in stats.items() if k != "core_exact"}, min_count=3, quantile=1.0)
     assert v["repeated"] == 3 and v["confirmed_count"] == 3
