@@ -48,7 +48,7 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     "byol-16px-r0.5": {"poison": {"size": 16, "rate": 0.5}},
     "byol-16px-r0.1": {"poison": {"size": 16, "rate": 0.1}},
     # torchvision's ResNet-18 with its ImageNet stem (stride-2 conv + max-pool: 8 x 8 after the stem at 32 px;
-    # the CIFAR stem, no downsampling before layer 2, trains about 12x slower on these 2 cores)
+    # the CIFAR stem, no downsampling before layer 2, costs far more per image and was not tried)
     "byol-resnet18-16px-r1.0": {"poison": {"size": 16}, "pretrain": {"backbone": "resnet18"}},
 }
 
