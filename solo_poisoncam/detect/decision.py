@@ -31,9 +31,8 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     coh, null_coh = np.asarray(stats["coh"], dtype=np.float64), np.asarray(stats["null_coh"], dtype=np.float64)
     null_q = float(np.quantile(null_rep, quantile)) if len(null_rep) else -np.inf
     exact = np.asarray(stats["exact"]) >= 1
-    core_exact = np.asarray(stats.get("core_exact", np.zeros(len(rep)))) >= 1
-    repeats = (rep >= min_count - 1) & (rep > null_q) & (exact | core_exact)
     core_count = np.asarray(stats.get("core_exact", np.zeros(len(rep))))
+    repeats = (rep >= min_count - 1) & (rep > null_q) & (exact | (core_count >= 1))
     by_core = np.zeros(len(rep), dtype=bool)
     if stats.get("null_core_exact") is not None:  # statistics of before hold no null for it: the rule of before
         null_core = np.asarray(stats["null_core_exact"])

@@ -143,8 +143,8 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     elif act_on and cfg.remove in ("probe", "match"):
         confirmed = cand[verdict["confirmed"]]
         boxes = windows[confirmed]
-        boxes[verdict["template_core"][verdict["confirmed"]]] = core_boxes(
-            torch.as_tensor(boxes[verdict["template_core"][verdict["confirmed"]]])).numpy()
+        by_core = verdict["template_core"][verdict["confirmed"]]  # matched by their core (decide())
+        boxes[by_core] = core_boxes(torch.as_tensor(boxes[by_core])).numpy()
         if len(confirmed) == 0:  # forced with nothing confirmed: the top candidates stand in, as the classifier's
             confirmed = np.argsort(-scores, kind="stable")[: cfg.classifier.topk]
             boxes = windows[confirmed]

@@ -154,8 +154,8 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     candidates and of :func:`null_windows` (with the null windows themselves, ``null_src`` and
     ``null_boxes``); repetition is searched in the candidates' own images (where the poisons
     concentrate, if there are any). ``exact`` / ``core_exact`` (and the null's ``null_exact`` /
-    ``null_core_exact``): how many of those copies match within RMSE ``exact``, by the window and by its core (pasted pixels at the same resampling phase; natural
-    content, however alike, does not)."""
+    ``null_core_exact``): how many of those copies match within RMSE ``exact``, by the window and by
+    its core (pasted pixels at the same resampling phase; natural content, however alike, does not)."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
