@@ -49,6 +49,12 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
                           "poison": {"attack": "patch", "size": 16, "rate": 0.1, "target": 2}, "pretrain": {"epochs": 20}},
     "cifar-patch16-0.05": {"data": {"dataset": "npz", "num_samples": None, "size": None},
                            "poison": {"attack": "patch", "size": 16, "rate": 0.05, "target": 2}, "pretrain": {"epochs": 20}},
+    # the same patch at random places: in the central region (0.25, 0.75) a 16 px patch on 32 px images has one
+    # position, so every copy above sits at (8, 8); here it goes anywhere in 10-90% of the side (the patched
+    # validation set's region), 10 x 10 positions
+    "cifar-patch16-1.0-wide": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                               "poison": {"attack": "patch", "size": 16, "rate": 1.0, "target": 2,
+                                          "region": [0.1, 0.9]}, "pretrain": {"epochs": 20}},
     # SSL-Backdoor's trigger size (50/224 of the side): the recipe table's 7 px rows learned nothing, so this
     # is the "threat model the attack never took" on colour photographs
     "cifar-patch7-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},

@@ -24,6 +24,17 @@ def test_poison_cli_writes_manifest_grid_and_summary(tmp_path, capsys):
     assert Image.open(out / "trigger.png").size == (64, 64)
 
 
+@needs_fashion_mnist
+def test_poison_cli_region_spreads_the_patch(tmp_path):
+    out = tmp_path / "p"
+    assert main(["poison", "--num-samples", "1000", "--patch-size", "16", "--region", "0.1", "0.9",
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["attack"]["region"] == [0.1, 0.9]
+    boxes = np.array([p["box"] for p in m["poisons"]])
+    assert boxes[:, :2].min() >= 3 and boxes[:, :2].max() <= 12 and len(np.unique(boxes[:, :2], axis=0)) > 20
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--attack", "badnet"], "unknown attack 'badnet'"),
@@ -31,6 +42,7 @@ def test_poison_cli_writes_manifest_grid_and_summary(tmp_path, capsys):
     (["--rate", "1.2"], r"rate must be in \(0, 1\]"),
     (["--patch-size", "40"], "larger than the 32x32 image"),
     (["--target", "10"], "target class 10 does not exist"),
+    (["--region", "0.6", "0.4"], "patch region must be"),
     (["--trigger", "/nonexistent/t.png"], "does not exist"),
 ])
 @needs_fashion_mnist

@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trigger-seed", type=int, default=10)
     g.add_argument("--patch-size", type=float, default=50 / 224,
                    help="patch side: fraction of the shorter image side (<1) or pixels (>=1)")
+    g.add_argument("--region", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="patch: share of each side the patch lies in (default 0.25 0.75, SSL-Backdoor's central "
+                        "region; 0.1 0.9 spreads a large patch over many places)")
     g.add_argument("--alpha", type=float, default=None, help="patch opacity (1) or blend weight (0.2)")
     g.add_argument("--magnitude", type=float, default=100.0, help="frequency attack: DCT magnitude")
     g.add_argument("--target", type=int, default=0, help="target class index")
@@ -46,6 +49,8 @@ def attack_config(args: argparse.Namespace) -> Dict[str, Any]:
     cfg: Dict[str, Any] = {"name": name, "trigger": trig}
     if name == "patch":
         cfg["size"] = args.patch_size
+        if args.region is not None:
+            cfg["region"] = list(args.region)
     if args.alpha is not None:
         cfg["alpha"] = args.alpha
     return cfg

@@ -36,7 +36,7 @@ class Attack:
         raise NotImplementedError
 
     def sample_box(self, width: int, height: int, rng: np.random.Generator,
-                   region: Sequence[float] = TRAIN_REGION) -> Box:
+                   region: Optional[Sequence[float]] = None) -> Box:
         return (0, 0, width, height)
 
     def apply(self, image: np.ndarray, box: Box) -> np.ndarray:
@@ -59,21 +59,32 @@ class PatchAttack(Attack):
         size: patch side, as a fraction of the image's shorter side (< 1) or in pixels (>= 1).
             Default 50/224, SSL-Backdoor's 50 px on 224 px images. Non-square triggers keep their aspect.
         alpha: opacity of the patch; 1 replaces the pixels under it.
+        region: (lo, hi) share of each side the whole patch lies in on the poisoned training images.
+            Default SSL-Backdoor's central region (0.25, 0.75); where the patch does not fit (a 16 px
+            patch on 32 px images) it sits at the region's centre, one position for every copy.
+            (0.1, 0.9), the patched validation set's region, spreads it over many places.
     """
 
     name = "patch"
     is_patch = True
 
-    def __init__(self, trigger: Optional[Dict[str, Any]] = None, size: float = 50 / 224, alpha: float = 1.0):
+    def __init__(self, trigger: Optional[Dict[str, Any]] = None, size: float = 50 / 224, alpha: float = 1.0,
+                 region: Sequence[float] = TRAIN_REGION):
         self.trigger_spec = dict(trigger or {"kind": "htba", "seed": 10})
         self.trigger = build_trigger(self.trigger_spec)
         check(size > 0, f"patch size must be positive, got {size}")
         check(0 < alpha <= 1, f"patch alpha must be in (0, 1], got {alpha}")
+        check(len(region) == 2 and 0 <= float(region[0]) < float(region[1]) <= 1,
+              f"patch region must be (lo, hi) with 0 <= lo < hi <= 1, got {list(region)}")
         self.size, self.alpha = float(size), float(alpha)
+        self.region = (float(region[0]), float(region[1]))
         self._resized = lru_cache(maxsize=32)(self._resize)
 
     def config(self) -> Dict[str, Any]:
-        return {"name": self.name, "trigger": self.trigger_spec, "size": self.size, "alpha": self.alpha}
+        cfg = {"name": self.name, "trigger": self.trigger_spec, "size": self.size, "alpha": self.alpha}
+        if self.region != TRAIN_REGION:  # manifests written before the field existed keep their hash
+            cfg["region"] = list(self.region)
+        return cfg
 
     def patch_shape(self, width: int, height: int) -> Tuple[int, int]:
         """(w, h) of the pasted patch on an image of this size."""
@@ -93,7 +104,9 @@ class PatchAttack(Attack):
         return np.asarray(img.resize((w, h), resample, reducing_gap=None)).astype(np.float32)
 
     def sample_box(self, width: int, height: int, rng: np.random.Generator,
-                   region: Sequence[float] = TRAIN_REGION) -> Box:
+                   region: Optional[Sequence[float]] = None) -> Box:
+        """A box in ``region`` (default: the attack's own training region)."""
+        region = self.region if region is None else region
         w, h = self.patch_shape(width, height)
         x0 = _sample_start(width, w, region, rng)
         y0 = _sample_start(height, h, region, rng)

@@ -12,13 +12,13 @@ from solo_poisoncam.checks import check, check_rate
 from solo_poisoncam.data.base import ArrayImageDataset, ImageDataset
 from solo_poisoncam.data.registry import dataset_from_spec
 from solo_poisoncam.io import hash_obj
-from solo_poisoncam.poison.attacks import EVAL_REGION, TRAIN_REGION, Attack, build_attack
+from solo_poisoncam.poison.attacks import EVAL_REGION, Attack, build_attack
 from solo_poisoncam.poison.manifest import PoisonManifest, select_poison_indexes
 
 
 def make_manifest(dataset: ImageDataset, attack: Attack, target: int, rate: float, rate_of: str = "target",
-                  targeted: bool = True, seed: int = 0, region: Sequence[float] = TRAIN_REGION) -> PoisonManifest:
-    """Choose the poisons and place the trigger on each; nothing is written.
+                  targeted: bool = True, seed: int = 0) -> PoisonManifest:
+    """Choose the poisons and place the trigger on each (in the attack's own region); nothing is written.
 
     Selection and placement use independent RNG streams of ``seed``, so a different trigger size
     poisons the same images.
@@ -30,7 +30,7 @@ def make_manifest(dataset: ImageDataset, attack: Attack, target: int, rate: floa
     indexes = select_poison_indexes(dataset.targets, target, rate, rate_of, targeted, seed)
     rng = np.random.default_rng([seed, 1])
     sizes = np.array([dataset.image_size(int(i)) for i in indexes], dtype=np.int64)
-    boxes = np.array([attack.sample_box(int(w), int(h), rng, region) for w, h in sizes], dtype=np.int64)
+    boxes = np.array([attack.sample_box(int(w), int(h), rng) for w, h in sizes], dtype=np.int64)
     return PoisonManifest(
         dataset=dict(dataset.spec), fingerprint=dataset.fingerprint(), num_samples=len(dataset),
         attack=attack.config(), target=int(target), target_name=str(dataset.classes[target]),

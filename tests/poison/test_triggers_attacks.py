@@ -61,6 +61,28 @@ def test_patch_size_fraction_and_region():
     assert ((boxes[:, 2] - boxes[:, 0]) == 50).all()
 
 
+def test_patch_region_is_the_attacks_own_and_roundtrips():
+    rng = np.random.default_rng(0)
+    central = PatchAttack(size=16)  # 16 px on 32 px: the central region (8..24) fits one position
+    assert {central.sample_box(32, 32, rng) for _ in range(50)} == {(8, 8, 24, 24)}
+    wide = PatchAttack(size=16, region=(0.1, 0.9))
+    boxes = np.array([wide.sample_box(32, 32, rng) for _ in range(2000)])
+    # top-left in [floor(0.1 * 32), floor(0.9 * 32) - 16] = [3, 12] on each axis, every value used
+    assert set(boxes[:, 0]) == set(range(3, 13)) and set(boxes[:, 1]) == set(range(3, 13))
+    assert (boxes[:, 2:] - boxes[:, :2] == 16).all()
+    # an explicit region (the patched validation set's) still wins over the attack's own
+    assert wide.sample_box(32, 32, rng, (0.25, 0.75)) == (8, 8, 24, 24)
+    assert "region" not in central.config()  # manifests of the default keep their former hash
+    again = build_attack(wide.config())
+    assert again.region == (0.1, 0.9) and again.config() == wide.config()
+
+
+@pytest.mark.parametrize("region", [(0.5, 0.5), (-0.1, 0.5), (0.2, 1.2), (0.1,)])
+def test_bad_patch_region_is_one_clear_error(region):
+    with pytest.raises(PoisonCamError, match="patch region must be"):
+        PatchAttack(region=region)
+
+
 def test_trigger_larger_than_image_is_an_error():
     with pytest.raises(PoisonCamError, match="larger than the 16x16 image"):
         PatchAttack(size=20).sample_box(16, 16, np.random.default_rng(0))
