@@ -46,6 +46,17 @@ def test_run_identity_ignores_switches_that_only_add_stages():
 
 
 @needs_fashion_mnist
+def test_run_poison_stage_takes_the_patch_region(tmp_path):
+    from solo_poisoncam.pipeline.run import Chain
+
+    cfg = load_run_config(overrides=["data.num_samples=300", "poison.size=16", "poison.region=[0.1,0.9]"])
+    m = Chain(cfg, tmp_path / "run", progress=False, log=lambda s: None).poison()
+    assert m.attack["region"] == [0.1, 0.9]
+    starts = {tuple(b[:2]) for b in m.boxes.tolist()}
+    assert len(starts) > 5 and all(3 <= v <= 12 for xy in starts for v in xy)  # not the one central position
+
+
+@needs_fashion_mnist
 def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeypatch):
     from solo_poisoncam.pipeline import run as run_module
 

@@ -67,6 +67,17 @@ def test_plugin_groups_compose_onto_zoo_configs(path, poison, detect):
     assert DetectConfig.from_dict(fields).method == detect  # every key of the group is a DetectConfig field
 
 
+def test_patch_region_composes_into_the_attack():
+    from solo_poisoncam.poison.attacks import TRAIN_REGION, build_attack
+
+    path = ZOO / "pretrain" / "cifar10" / "byol.yaml"
+    default = build_attack(OmegaConf.to_container(_compose(path, ["+poison=patch"]).poison.attack))
+    assert default.region == TRAIN_REGION and "region" not in default.config()
+    wide = _compose(path, ["+poison=patch", "poison.attack.region=[0.1,0.9]", "poison.attack.size=16"])
+    attack = build_attack(OmegaConf.to_container(wide.poison.attack))
+    assert attack.region == (0.1, 0.9) and attack.config()["region"] == [0.1, 0.9]
+
+
 @pytest.mark.parametrize("path", LINEAR, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_linear_config_composes(path):
     cfg = _compose(path)
