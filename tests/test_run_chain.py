@@ -1,6 +1,7 @@
 """The one-command chain on tiny real data: end to end, report, and resume after an interruption."""
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import needs_fashion_mnist
@@ -56,6 +57,24 @@ def test_run_poison_stage_takes_the_patch_region(tmp_path):
     assert len(starts) > 5 and all(3 <= v <= 12 for xy in starts for v in xy)  # not the one central position
 
 
+def test_retraining_is_keyed_by_the_kept_set(tmp_path, monkeypatch):
+    """A detector whose kept set changed (a new default, a fixed bug) retrains beside the former model."""
+    from solo_poisoncam.pipeline import run as run_module
+
+    trained = []
+    monkeypatch.setattr("solo_poisoncam.ssl.pretrain", lambda cfg: trained.append(cfg.out) or cfg.out)
+    chain = run_module.Chain(load_run_config(), tmp_path / "run", progress=False, log=lambda s: None)
+    kept = tmp_path / "run" / "detect-poisoncam" / "kept.txt"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("0\n1\n2\n")
+    first = chain.retrain("poisoncam")
+    assert chain.retrain("poisoncam") == first  # the same kept set: the same folder (training resumes there)
+    kept.write_text("0\n2\n")
+    second = chain.retrain("poisoncam")
+    assert second != first and Path(first).parent == Path(second).parent
+    assert Path(first).name.startswith("retrain-poisoncam-") and Path(second).name.startswith("retrain-poisoncam-")
+
+
 @needs_fashion_mnist
 def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeypatch):
     from solo_poisoncam.pipeline import run as run_module
@@ -89,7 +108,7 @@ def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeyp
     assert next((out / "threat").glob("*-ep=0.ckpt")).stat().st_mtime == ckpt_mtime
     assert calls["detect"] == 1 + 2  # asked again for both methods
     assert (out / "detect-poisoncam" / "metrics.json").stat().st_mtime_ns == detect_mtime
-    assert (out / "detect-patchsearch" / "metrics.json").is_file() and (out / "retrain-poisoncam").is_dir()
+    assert (out / "detect-patchsearch" / "metrics.json").is_file() and len(list(out.glob("retrain-poisoncam-*"))) == 1
     stdout = capsys.readouterr().out
     assert "method" in stdout and "poisoncam" in stdout and "patchsearch" in stdout and "report:" in stdout
     results = json.loads((out / "results.json").read_text())

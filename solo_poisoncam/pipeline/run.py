@@ -139,8 +139,11 @@ class Chain:
         from solo_poisoncam.ssl import pretrain
 
         keep = read_indexes(self.out / f"detect-{method}" / "kept.txt")
-        return pretrain(_pretrain_cfg(self.cfg, self.out / f"retrain-{method}", manifest=str(self.out / "poison"),
-                                      keep=keep, progress=self.progress))
+        # one folder per kept set: a detector that now keeps other images trains anew beside the model
+        # retrained on its former kept set, instead of being refused by it
+        folder = self.out / f"retrain-{method}-{hash_obj(keep)[:8]}"
+        return pretrain(_pretrain_cfg(self.cfg, folder, manifest=str(self.out / "poison"), keep=keep,
+                                      progress=self.progress))
 
     def clean(self):
         from solo_poisoncam.ssl import pretrain
