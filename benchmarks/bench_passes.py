@@ -1,7 +1,8 @@
-"""PoisonCAM's masking in one pass vs coarse to fine, side by side on the same trained threat models,
-beside PatchSearch's time on each of them.
+"""PoisonCAM under other detector settings, side by side on the same trained threat models, beside
+PatchSearch's time on each of them: by default its masking in one pass vs coarse to fine.
 
     python benchmarks/bench_passes.py --runs runs/bench/quick/patch-0.5-s0 runs/bench/quick/patch-0.5-20k-s0
+    python benchmarks/bench_passes.py --runs RUN ... --variant "default" --variant "occluder 0.5:occluder=0.5"
 
 Each run folder is one of ``bench_detection.py`` (a trained threat model, its poisons, its stage
 cache, its PatchSearch detection). On each: PoisonCAM at its defaults (coarse to fine: every image
@@ -10,7 +11,9 @@ under the coarse occluders, the top ``coarse_top`` again under the full set) and
 run's own detection settings otherwise. Quality against the run's manifest, and seconds per stage as
 computed (a stage read from the cache counts what it cost when it was computed, so run this alone on
 the machine). PatchSearch's seconds come from the run's ``detect-patchsearch/metrics.json``.
-Writes benchmarks/results/<name>.md and .json.
+``--variant "NAME:key=value,key=value"`` (DetectConfig fields; ``NAME`` alone: the run's settings)
+replaces the two passes with the variants given; the quality table then also shows each verdict's
+statistics against their thresholds. Writes benchmarks/results/<name>.md and .json.
 """
 
 from __future__ import annotations
@@ -39,7 +42,18 @@ def masked_forwards(cfg, n: int, side: int) -> int:
     return n * build_masks(cfg, side, cfg.seed, stride=cfg.coarse_stride).shape[0] + fine * full
 
 
-def run_one(folder: Path) -> Dict[str, Any]:
+def parse_variant(text: str) -> tuple:
+    """``NAME:key=value,key=value`` -> (NAME, {key: value}); values as YAML scalars (null, 0.5, true)."""
+    import yaml
+
+    name, _, rest = text.partition(":")
+    pairs = [kv.split("=", 1) for kv in rest.split(",") if kv.strip()]
+    if not name.strip() or any(len(kv) != 2 for kv in pairs):
+        raise ValueError(f"--variant must be NAME or NAME:key=value,key=value; got {text!r}")
+    return name.strip(), {k.strip(): yaml.safe_load(v) for k, v in pairs}
+
+
+def run_one(folder: Path, variants: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.pipeline import run_detection
     from solo_poisoncam.engine.cache import StageCache
@@ -57,7 +71,7 @@ def run_one(folder: Path) -> Dict[str, Any]:
     model = load_threat_model(results["models"]["undefended"])
     base = {**cfg["detect"].get("settings", {}), "method": "poisoncam", "seed": cfg["seed"]}
     out: Dict[str, Any] = {"run": folder.name, "backdoor": describe_verdict(results["backdoor"]), "variants": {}}
-    for name, extra in VARIANTS.items():
+    for name, extra in variants.items():
         dcfg = DetectConfig.from_dict({**base, **extra})
         r = score_detection(run_detection(model, data, dcfg, Runner(progress=False), StageCache(folder / "cache")),
                             manifest)
@@ -69,6 +83,8 @@ def run_one(folder: Path) -> Dict[str, Any]:
             "maps_accuracy": m.get("localisation_all_maps", m.get("localisation_all", {})).get("trigger_detection_accuracy"),
             "precision": m.get("precision"), "recall": m.get("recall"), "auroc": m.get("auroc"),
             "num_removed": m["num_removed"], "verdict": m.get("verdict", {}).get("found"),
+            "verdict_stats": {k: m.get("verdict", {}).get(k) for k in ("repeated", "coherence", "coherence_threshold",
+                                                                        "flip", "flip_threshold")},
             "masked_forwards": masked_forwards(dcfg, m["num_samples"], r.side),
             "masking_s": round(sum(t.get(k, 0.0) for k in MASKING), 1), "stages_s": t,
             "total_s": round(stage_seconds(r.timings), 1)}
@@ -77,40 +93,59 @@ def run_one(folder: Path) -> Dict[str, Any]:
     return out
 
 
+def _verdict_cell(v: Dict[str, Any]) -> str:
+    st = v.get("verdict_stats") or {}
+    if st.get("coherence") is None:
+        return "n/a"
+    flip = (f", flip {st['flip']:.3f} vs {st['flip_threshold']:.3f}" if st.get("flip") is not None else "")
+    return (f"{'found' if v['verdict'] else 'none'}: {st['repeated']} repeat, coherence {st['coherence']:.3f} vs "
+            f"{st['coherence_threshold']:.3f}{flip}")
+
+
 def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     quality, stages, growth = [], [], []
     for r in rows:
-        one, c2f = r["variants"]["one pass"], r["variants"]["coarse to fine"]
         ps = r["patchsearch"]["total_s"]
-        for name, v in r["variants"].items():
-            quality.append([r["run"], str(r["images"]), r["backdoor"] if name == "one pass" else "", name,
+        for i, (name, v) in enumerate(r["variants"].items()):
+            quality.append([r["run"], str(r["images"]), r["backdoor"] if i == 0 else "", name,
                             f(v["trigger_detection_accuracy"]), f(v["maps_accuracy"]), f(v["precision"]),
-                            f(v["recall"]), f(v["auroc"]), str(v["num_removed"]), f"{v['masked_forwards']:,}",
-                            f"{v['masking_s']:.0f}", f"{v['total_s']:.0f}", f"{ps:.0f}", f"{ps / v['total_s']:.2f}x"])
+                            f(v["recall"]), f(v["auroc"]), str(v["num_removed"]), _verdict_cell(v),
+                            f"{v['masked_forwards']:,}", f"{v['masking_s']:.0f}", f"{v['total_s']:.0f}", f"{ps:.0f}",
+                            f"{ps / v['total_s']:.2f}x"])
             stages.append([r["run"], name, ", ".join(f"{k} {s:.0f}" for k, s in v["stages_s"].items())])
         stages.append([r["run"], "patchsearch", ", ".join(f"{k} {s:.0f}" for k, s in r["patchsearch"]["stages_s"].items())])
-        growth.append([r["run"], str(r["images"]), f"{one['masking_s']:.0f}", f"{c2f['masking_s']:.0f}",
-                       f"{one['total_s']:.0f}", f"{c2f['total_s']:.0f}", f"{ps:.0f}",
-                       f"{one['total_s'] / c2f['total_s']:.2f}x",
-                       "yes" if c2f["total_s"] <= ps else f"no, {c2f['total_s'] / ps:.2f}x PatchSearch's time"])
-    return {
-        "Quality and time, one pass vs coarse to fine, PoisonCAM's other settings as the run's (seconds as computed)":
-            markdown_table(["run", "images", "backdoor", "masking", "trigger det. acc", "(maps)", "precision",
-                            "recall", "AUROC", "removed", "masked forwards", "masking s", "total s",
-                            "PatchSearch s", "PatchSearch / this"], quality),
+        if set(VARIANTS) <= set(r["variants"]):
+            one, c2f = r["variants"]["one pass"], r["variants"]["coarse to fine"]
+            growth.append([r["run"], str(r["images"]), f"{one['masking_s']:.0f}", f"{c2f['masking_s']:.0f}",
+                           f"{one['total_s']:.0f}", f"{c2f['total_s']:.0f}", f"{ps:.0f}",
+                           f"{one['total_s'] / c2f['total_s']:.2f}x",
+                           "yes" if c2f["total_s"] <= ps else f"no, {c2f['total_s'] / ps:.2f}x PatchSearch's time"])
+    out = {
+        "Quality and time per variant, PoisonCAM's other settings as the run's (seconds as computed)":
+            markdown_table(["run", "images", "backdoor", "variant", "trigger det. acc", "(maps)", "precision",
+                            "recall", "AUROC", "removed", "verdict (statistic vs threshold)", "masked forwards",
+                            "masking s", "total s", "PatchSearch s", "PatchSearch / this"], quality),
         "Seconds per stage as computed": markdown_table(["run", "detector", "stages"], stages),
-        "Growth with the number of images (features to removed list)": markdown_table(
-            ["run", "images", "masking s, one pass", "masking s, coarse to fine", "total s, one pass",
-             "total s, coarse to fine", "PatchSearch total s", "speed-up", "coarse to fine <= PatchSearch"], growth),
     }
+    if growth:
+        out["Growth with the number of images (features to removed list)"] = markdown_table(
+            ["run", "images", "masking s, one pass", "masking s, coarse to fine", "total s, one pass",
+             "total s, coarse to fine", "PatchSearch total s", "speed-up", "coarse to fine <= PatchSearch"], growth)
+    return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, help="run folders of bench_detection.py")
     p.add_argument("--name", default="passes", help="results file name")
+    p.add_argument("--variant", action="append", default=None,
+                   help="NAME or NAME:key=value,key=value (repeatable); default: one pass and coarse to fine")
     args = p.parse_args()
+    try:
+        variants = dict(parse_variant(v) for v in args.variant) if args.variant else VARIANTS
+    except ValueError as e:
+        p.error(str(e))
     folders = [Path(r) for r in args.runs]
     for folder in folders:
         need = [folder / "run.json", folder / "results.json", folder / "detect-patchsearch" / "metrics.json"]
@@ -120,9 +155,9 @@ def main() -> int:
     rows = []
     for folder in folders:
         print(f"== {folder.name}", flush=True)
-        rows.append(run_one(folder))
+        rows.append(run_one(folder, variants))
     t = tables(rows)
-    path = write_results(args.name, environment(), {"runs": [str(f) for f in folders], "variants": VARIANTS}, t, rows)
+    path = write_results(args.name, environment(), {"runs": [str(f) for f in folders], "variants": variants}, t, rows)
     return print_tables(t, path)
 
 
