@@ -63,6 +63,7 @@ def run_one(folder: Path, variants: Dict[str, Dict[str, Any]]) -> Dict[str, Any]
     from solo_poisoncam.io import read_json
     from solo_poisoncam.models.threat_model import load_threat_model
     from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
+    from solo_poisoncam.report.tables import verdict_cell
 
     cfg = read_json(folder / "run.json")["config"]
     results = read_json(folder / "results.json")
@@ -83,23 +84,13 @@ def run_one(folder: Path, variants: Dict[str, Dict[str, Any]]) -> Dict[str, Any]
             "maps_accuracy": m.get("localisation_all_maps", m.get("localisation_all", {})).get("trigger_detection_accuracy"),
             "precision": m.get("precision"), "recall": m.get("recall"), "auroc": m.get("auroc"),
             "num_removed": m["num_removed"], "verdict": m.get("verdict", {}).get("found"),
-            "verdict_stats": {k: m.get("verdict", {}).get(k) for k in ("repeated", "coherence", "coherence_threshold",
-                                                                        "flip", "flip_threshold")},
+            "verdict_cell": verdict_cell(m.get("verdict")),
             "masked_forwards": masked_forwards(dcfg, m["num_samples"], r.side),
             "masking_s": round(sum(t.get(k, 0.0) for k in MASKING), 1), "stages_s": t,
             "total_s": round(stage_seconds(r.timings), 1)}
     ps = read_json(folder / "detect-patchsearch" / "metrics.json")
     out["patchsearch"] = {"stages_s": ps["timings"]["stage_compute_s"], "total_s": round(stage_seconds(ps["timings"]), 1)}
     return out
-
-
-def _verdict_cell(v: Dict[str, Any]) -> str:
-    st = v.get("verdict_stats") or {}
-    if st.get("coherence") is None:
-        return "n/a"
-    flip = (f", flip {st['flip']:.3f} vs {st['flip_threshold']:.3f}" if st.get("flip") is not None else "")
-    return (f"{'found' if v['verdict'] else 'none'}: {st['repeated']} repeat, coherence {st['coherence']:.3f} vs "
-            f"{st['coherence_threshold']:.3f}{flip}")
 
 
 def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
@@ -110,7 +101,7 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
         for i, (name, v) in enumerate(r["variants"].items()):
             quality.append([r["run"], str(r["images"]), r["backdoor"] if i == 0 else "", name,
                             f(v["trigger_detection_accuracy"]), f(v["maps_accuracy"]), f(v["precision"]),
-                            f(v["recall"]), f(v["auroc"]), str(v["num_removed"]), _verdict_cell(v),
+                            f(v["recall"]), f(v["auroc"]), str(v["num_removed"]), v.get("verdict_cell", "n/a"),
                             f"{v['masked_forwards']:,}", f"{v['masking_s']:.0f}", f"{v['total_s']:.0f}", f"{ps:.0f}",
                             f"{ps / v['total_s']:.2f}x"])
             stages.append([r["run"], name, ", ".join(f"{k} {s:.0f}" for k, s in v["stages_s"].items())])

@@ -31,6 +31,16 @@ def backdoor_table(bd: Dict[str, Any]) -> Table:
     return ["", "threat model", f"reference ({bd['reference'].get('kind', 'random-init')})"], rows
 
 
+def verdict_cell(v: Optional[Dict[str, Any]]) -> str:
+    """A verdict's short form: found or not, with its statistics against their thresholds."""
+    if not v:
+        return "n/a (PatchSearch has none)"
+    return (("backdoor found" if v["found"] else "no backdoor found") + f" ({v['repeated']} repeating windows, "
+            f"coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}"
+            + (f", in-place flip rate {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None else "")
+            + ")" + (", nothing removed" if v.get("removal_skipped") else ""))
+
+
 def detection_table(detections: Dict[str, Dict[str, Any]]) -> Table:
     head = ["method", "verdict (label-free)", "removed", "precision", "recall", "F1", "AUROC", "AUPRC", "P@20",
             "trigger det. acc", "hit rate", "mean IoU", "time (s)"]
@@ -39,13 +49,7 @@ def detection_table(detections: Dict[str, Dict[str, Any]]) -> Table:
         m, t = doc["metrics"], doc.get("timings", {})
         loc = m.get("localisation_all", {})
         total = t.get("total_s") or 0.0
-        v = m.get("verdict")
-        verdict = "n/a (PatchSearch has none)" if not v else (
-            ("backdoor found" if v["found"] else "no backdoor found") + f" ({v['repeated']} repeating windows, "
-            f"coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}"
-            + (f", in-place flip rate {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None else "")
-            + ")" + (", nothing removed" if v.get("removal_skipped") else ""))
-        rows.append([method, verdict, f"{m['num_removed']}/{m['num_samples']}", fmt(m.get("precision")), fmt(m.get("recall")),
+        rows.append([method, verdict_cell(m.get("verdict")), f"{m['num_removed']}/{m['num_samples']}", fmt(m.get("precision")), fmt(m.get("recall")),
                      fmt(m.get("f1")), fmt(m.get("auroc")), fmt(m.get("auprc")), fmt(m.get("precision_at_20")),
                      fmt(loc.get("trigger_detection_accuracy")), fmt(loc.get("hit_rate")), fmt(loc.get("mean_iou")),
                      f"{total:.0f}"])
