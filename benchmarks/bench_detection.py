@@ -136,7 +136,7 @@ def _detection_row(d: Dict[str, Any]) -> Dict[str, Any]:
 def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) -> Dict[str, str]:
     from solo_poisoncam.eval.backdoor import describe_verdict
 
-    det_rows, bd_rows, ds_rows, clean_rows, cost_rows, seed_rows = [], [], [], [], [], []
+    det_rows, bd_rows, ds_rows, clean_rows, cost_rows, seed_rows, ds_seed_rows = [], [], [], [], [], [], []
     keys = [("trigger_detection_accuracy", "trigger det. acc"), ("hit_rate", "hit rate"),
             ("maps_accuracy", "trigger det. acc (maps)"), ("precision", "precision"), ("recall", "recall"),
             ("f1", "F1"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("precision_at_20", "P@20"),
@@ -194,7 +194,15 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                 ds_rows.append([setting, name, str(len(lin)), f"{float(frac):.0%}",
                                 mean_std([m["clean_acc1"] for m in lin], pct=True),
                                 mean_std([m["patched_acc1"] for m in lin], pct=True),
-                                mean_std([m["asr"] for m in lin], pct=True), mean_std([m["fp"] for m in lin], 1)])
+                                mean_std([m["asr"] for m in lin], pct=True), mean_std([m["fp"] for m in lin], 1),
+                                mean_std([m["asr_control"] for m in lin if "asr_control" in m], pct=True)])
+            for seed, r in by_seed.items():  # each seed's retrained models: a mean hides which seed missed
+                for name, ev in r.get("evaluations", {}).items():
+                    frac = sorted(ev["budgets"])[-1]
+                    m = ev["budgets"][frac]["linear"]
+                    ds_seed_rows.append([setting, str(seed), name, f"{float(frac):.0%}"]
+                                        + [mean_std([m.get(k)], pct=True) for k in ("clean_acc1", "patched_acc1", "asr")]
+                                        + [str(m["fp"]), mean_std([m.get("asr_control")], pct=True)])
     out = {
         "Backdoor strength of the threat models (precondition of every detection number)": markdown_table(
             ["setting", "learned", "purity", "purity (random-init)", "patched -> poison cluster (control)",
@@ -214,7 +222,11 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
             ["method", "seeds", "removed", "of", "share"], clean_rows)
     if ds_rows:
         out["Downstream (linear probe; mean ± std over seeds)"] = markdown_table(
-            ["setting", "model", "seeds", "labels", "clean acc", "patched acc", "ASR", "FP"], ds_rows)
+            ["setting", "model", "seeds", "labels", "clean acc", "patched acc", "ASR", "FP", "control ASR"], ds_rows)
+    if len({(r[0], r[1]) for r in ds_seed_rows}) > 1:
+        out["Downstream per seed (control ASR: a same-size random-colour patch instead of the trigger)"] = \
+            markdown_table(["setting", "seed", "model", "labels", "clean acc", "patched acc", "ASR", "FP", "control ASR"],
+                           ds_seed_rows)
     return out
 
 

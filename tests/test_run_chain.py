@@ -113,7 +113,7 @@ def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeyp
     assert "method" in stdout and "poisoncam" in stdout and "patchsearch" in stdout and "report:" in stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["models"]) == {"undefended", "poisoncam", "patchsearch", "clean-data"}
-    assert set(results["evaluations"]["undefended"]["budgets"]["0.1"]["linear"]) >= {"clean_acc1", "asr", "fp"}
+    assert set(results["evaluations"]["undefended"]["budgets"]["0.1"]["linear"]) >= {"clean_acc1", "asr", "fp", "asr_control"}
     assert isinstance(results["backdoor"]["learned"], bool)
     page = (out / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page and "<svg" in page

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     result.update({"checkpoint": str(args.ckpt), "manifest": args.manifest,
                    "definitions": {"asr": "non-target patched validation images predicted as the target / their number",
                                    "fp": "their count (SSL-Backdoor / PatchSearch)",
+                                   "asr_control": "the same with a same-size random-colour patch instead of the trigger",
                                    "label_fraction": "share of the clean training labels the probe and kNN bank use"}})
     out = Path(args.out)
     write_json(out / "metrics.json", result)
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         lin = row["linear"]
         text = f"labels {float(fraction):.0%}: linear clean acc {lin['clean_acc1']:.3f}"
         if manifest:
-            text += f", patched acc {lin['patched_acc1']:.3f}, ASR {lin['asr']:.3f} (FP {lin['fp']})"
+            text += (f", patched acc {lin['patched_acc1']:.3f}, ASR {lin['asr']:.3f} (FP {lin['fp']}; "
+                     f"control patch {lin['asr_control']:.3f})")
         print(text + f" | kNN clean acc {row['knn']['clean_acc1']:.3f}")
     print(f"-> {out / 'metrics.json'}")
     return 0

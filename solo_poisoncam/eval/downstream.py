@@ -2,7 +2,10 @@
 
 The probe is trained on a stratified label budget of the clean training images (SSL-Backdoor /
 PatchSearch: 1% and 10%); the kNN bank is the same labelled subset. Patched images are the
-non-target validation images with the trigger pasted at a random place (10-90% of the side).
+non-target validation images with the trigger pasted at a random place (10-90% of the side); the
+control images carry a same-size patch of one random colour at the same places, so ``asr_control``
+is the share a patch of that size sends to the target class without being the trigger (the natural
+shortcut a residual ASR is measured against).
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ def evaluate_backbone(model: torch.nn.Module, train: ImageDataset, val: ImageDat
     f_val = extract_features(model, IndexedImages(val, size=size), runner)
     y_train, y_val = torch.as_tensor(train.targets), torch.as_tensor(val.targets)
     num_classes = len(train.classes)
-    f_patched = y_patched = None
+    f_patched = f_control = y_patched = None
     if attack is not None:
         patched = PatchedDataset(val, attack, target, seed=seed)
-        f_patched = extract_features(model, IndexedImages(patched, size=size), runner)
+        control = PatchedDataset(val, attack, target, seed=seed, control=True)
+        f_patched, f_control = (extract_features(model, IndexedImages(d, size=size), runner) for d in (patched, control))
         y_patched = torch.as_tensor(patched.targets)
     results: Dict[str, Any] = {}
     for fraction in fractions:
@@ -51,6 +55,8 @@ def evaluate_backbone(model: torch.nn.Module, train: ImageDataset, val: ImageDat
             pred_val = predict(f_val)
             if attack is not None:
                 m = attack_metrics(predict(f_patched), y_patched, target, pred_val, y_val, num_classes=num_classes)
+                mc = attack_metrics(predict(f_control), y_patched, target)
+                m.update(asr_control=mc["asr"], fp_control=mc["fp"])
             else:
                 m = {"clean_acc1": float((pred_val == y_val).float().mean())}
             row[name] = m

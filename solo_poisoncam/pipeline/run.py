@@ -159,7 +159,8 @@ class Chain:
 
         folder = self.out / f"eval-{name}"
         e = self.cfg["eval"]
-        key = {"ckpt": hash_file(ckpt), "eval": e, "seed": self.cfg["seed"]}
+        # v2: the control patch's ASR beside the trigger's
+        key = {"ckpt": hash_file(ckpt), "eval": e, "seed": self.cfg["seed"], "v": 2}
         if _finished(folder / "metrics.json", key):
             return read_json(folder / "metrics.json")
         m = PoisonManifest.load(self.out / "poison")

@@ -57,7 +57,7 @@ def detection_table(detections: Dict[str, Dict[str, Any]]) -> Table:
 
 
 def downstream_table(evaluations: Dict[str, Dict[str, Any]], fraction: Optional[str] = None) -> Table:
-    head = ["model", "labels", "clean acc", "patched acc", "ASR", "FP", "kNN clean acc", "kNN ASR"]
+    head = ["model", "labels", "clean acc", "patched acc", "ASR", "FP", "control ASR", "kNN clean acc", "kNN ASR"]
     rows = []
     for name, ev in evaluations.items():
         for frac, row in ev["budgets"].items():
@@ -66,7 +66,7 @@ def downstream_table(evaluations: Dict[str, Dict[str, Any]], fraction: Optional[
             lin, knn = row["linear"], row["knn"]
             rows.append([name, f"{float(frac):.0%}", fmt(lin.get("clean_acc1"), pct=True),
                          fmt(lin.get("patched_acc1"), pct=True), fmt(lin.get("asr"), pct=True), fmt(lin.get("fp")),
-                         fmt(knn.get("clean_acc1"), pct=True), fmt(knn.get("asr"), pct=True)])
+                         fmt(lin.get("asr_control"), pct=True), fmt(knn.get("clean_acc1"), pct=True), fmt(knn.get("asr"), pct=True)])
     return head, rows
 
 

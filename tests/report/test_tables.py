@@ -24,3 +24,15 @@ def test_verdict_cell_names_coherence_and_flip_tests():
     assert dict(zip(head, rows[1]))["verdict (label-free)"] == ("no backdoor found (0 repeating windows, "
                                                                 "coherence 0.100 vs 0.500), nothing removed")
     assert dict(zip(head, rows[2]))["verdict (label-free)"] == "n/a (PatchSearch has none)"
+
+
+def test_downstream_table_shows_the_control_asr_and_na_for_evaluations_without_it():
+    from solo_poisoncam.report.tables import downstream_table
+
+    lin = {"clean_acc1": 0.36, "patched_acc1": 0.221, "asr": 0.195, "fp": 179, "asr_control": 0.091}
+    old = {k: v for k, v in lin.items() if k != "asr_control"}  # measured before the control column existed
+    ev = lambda linear: {"budgets": {"0.1": {"linear": linear, "knn": {"clean_acc1": 0.3, "asr": 0.1}}}}  # noqa: E731
+    head, rows = downstream_table({"poisoncam": ev(lin), "undefended": ev(old)})
+    new, before = dict(zip(head, rows[0])), dict(zip(head, rows[1]))
+    assert (new["ASR"], new["control ASR"], new["FP"], new["labels"]) == ("19.5%", "9.1%", "179", "10%")
+    assert before["control ASR"] == "n/a" and before["ASR"] == "19.5%"

@@ -1,0 +1,47 @@
+"""Downstream evaluation: the trigger's ASR beside a same-size control patch's, on a hand-made backdoor."""
+
+import numpy as np
+import torch
+
+from solo_poisoncam.data.base import ArrayImageDataset
+from solo_poisoncam.eval.downstream import evaluate_backbone
+from solo_poisoncam.poison import PatchAttack
+
+LEVELS = (40, 100, 160)  # grey level of each class's images
+TARGET = 2
+
+
+def _grey_images(n_per_class: int, side: int = 16) -> ArrayImageDataset:
+    targets = np.repeat(np.arange(len(LEVELS)), n_per_class)
+    images = np.stack([np.full((side, side, 3), LEVELS[t], np.uint8) for t in targets])
+    return ArrayImageDataset(images, targets, [f"c{i}" for i in range(len(LEVELS))], "grey", "train", spec={"name": "grey"})
+
+
+class ManyColoursBackdoor(torch.nn.Module):
+    """Features: the one-hot of the class read from the median grey level, except that an image with
+    many distinct colours (the HTBA pattern; a flat grey image has 1, a one-colour control patch
+    adds 1) gets the target's one-hot: a perfect backdoor that a control patch does not open."""
+
+    image_size = 16
+
+    def forward(self, x):
+        q = (x * 255).round().long()
+        codes = (q[:, 0] * 65536 + q[:, 1] * 256 + q[:, 2]).flatten(1)
+        colours = torch.tensor([len(torch.unique(c)) for c in codes])
+        level = x.mean(1).flatten(1).median(1).values * 255
+        cls = torch.cdist(level[:, None], torch.tensor(LEVELS, dtype=torch.float32)[:, None]).argmin(1)
+        cls = torch.where(colours > 4, torch.full_like(cls, TARGET), cls)
+        return torch.nn.functional.one_hot(cls, len(LEVELS)).float()
+
+
+def test_control_asr_is_reported_beside_the_trigger_asr():
+    train, val = _grey_images(20), _grey_images(10)
+    attack = PatchAttack(size=6)
+    out = evaluate_backbone(ManyColoursBackdoor(), train, val, attack, TARGET, fractions=(0.5,), seed=0)
+    lin = out["budgets"]["0.5"]["linear"]
+    assert lin["clean_acc1"] == 1.0
+    # 20 non-target validation images: every patched one goes to the target, no control one does
+    assert lin["num_patched_nontarget"] == 20
+    assert lin["asr"] == 1.0 and lin["fp"] == 20
+    assert lin["asr_control"] == 0.0 and lin["fp_control"] == 0
+    assert out["budgets"]["0.5"]["knn"]["asr_control"] == 0.0
