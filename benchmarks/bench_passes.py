@@ -43,11 +43,14 @@ def masked_forwards(cfg, n: int, side: int) -> int:
 
 
 def parse_variant(text: str) -> tuple:
-    """``NAME:key=value,key=value`` -> (NAME, {key: value}); values as YAML scalars (null, 0.5, true)."""
+    """``NAME:key=value,key=value`` -> (NAME, {key: value}); values as YAML (null, 0.5, true, [0.25, 0.5]:
+    commas inside brackets belong to the value)."""
+    import re
+
     import yaml
 
     name, _, rest = text.partition(":")
-    pairs = [kv.split("=", 1) for kv in rest.split(",") if kv.strip()]
+    pairs = [kv.split("=", 1) for kv in re.split(r",(?![^\[]*\])", rest) if kv.strip()]
     if not name.strip() or any(len(kv) != 2 for kv in pairs):
         raise ValueError(f"--variant must be NAME or NAME:key=value,key=value; got {text!r}")
     return name.strip(), {k.strip(): yaml.safe_load(v) for k, v in pairs}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from solo_poisoncam.checks import check
 from solo_poisoncam.detect.classifier import ClassifierConfig
@@ -34,7 +34,8 @@ class DetectConfig:
     head_checkpoint: Optional[str] = None
     # cluster activation masking (PoisonCAM)
     masks: str = "occlusion"                    # occlusion | rise | both
-    occluder: float = 0.25                      # sliding occluder side, share of the image side
+    # sliding occluder side, share of the image side; a list: occluders of each side in one mask set
+    occluder: Union[float, List[float]] = 0.25
     occluder_stride: float = 0.125
     # coarse to fine: every image under occluders at coarse_stride, then the coarse_top share it ranks
     # highest (at least flip_top images) under the full set; None: one pass, every image under the full set
@@ -108,6 +109,11 @@ class DetectConfig:
               f"coarse_stride must be a share of the side in (0, 1), or null for one pass; got {self.coarse_stride!r}")
         check(isinstance(self.coarse_top, (int, float)) and 0 < self.coarse_top <= 1,
               f"coarse_top must be in (0, 1], got {self.coarse_top!r}")
+        sides = self.occluder if isinstance(self.occluder, (list, tuple)) else [self.occluder]
+        check(len(sides) > 0 and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in sides),
+              f"occluder must be a share of the side in (0, 1] or a list of them, got {self.occluder!r}")
+        if isinstance(self.occluder, tuple):
+            self.occluder = list(self.occluder)  # as YAML and the cache keys write it
         check(0 <= self.refine <= 1 and 0 < self.refine_tau <= 1, "refine must be in [0, 1] and refine_tau in (0, 1]")
 
     def to_dict(self) -> Dict[str, Any]:

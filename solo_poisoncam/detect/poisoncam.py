@@ -17,13 +17,13 @@ from solo_poisoncam.ops.masks import occlusion_masks, rise_masks
 
 
 def build_masks(cfg: DetectConfig, side: int, seed: int = 0, stride: Optional[float] = None) -> torch.Tensor:
-    """The shared mask set (M, 1, S, S) of cluster activation masking (occluders at ``stride``, a
-    share of the side; default ``cfg.occluder_stride``)."""
+    """The shared mask set (M, 1, S, S) of cluster activation masking (occluders of each side in
+    ``cfg.occluder`` at ``stride``, a share of the side; default ``cfg.occluder_stride``)."""
     parts = []
     if cfg.masks in ("occlusion", "both"):
-        size = max(1, round(cfg.occluder * side))
-        stride = max(1, round((stride or cfg.occluder_stride) * side))
-        parts.append(occlusion_masks(side, side, size, stride)[0])
+        step = max(1, round((stride or cfg.occluder_stride) * side))
+        for share in (cfg.occluder if isinstance(cfg.occluder, list) else [cfg.occluder]):
+            parts.append(occlusion_masks(side, side, max(1, round(share * side)), step)[0])
     if cfg.masks in ("rise", "both"):
         g = torch.Generator().manual_seed(seed)
         parts.append(rise_masks(cfg.num_masks, side, side, grid=cfg.rise_grid, p_keep=cfg.rise_p, generator=g))
