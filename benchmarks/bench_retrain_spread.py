@@ -1,0 +1,123 @@
+"""How much of a retrained model's downstream ASR is the SSL run's seed: the run's kept sets and its
+clean-data reference retrained under other seeds, evaluated exactly as the run evaluated them.
+
+    python benchmarks/bench_retrain_spread.py --run runs/bench/quick/cifar-patch16-1.0-wide-s1 --seeds 11 12
+
+The run folder is one of ``bench_detection.py --downstream`` (its run.json, poisons, detections'
+kept.txt and evaluations). Each model of ``--models`` (a detector's kept set; ``clean-data``: every
+image, the poisons as their clean originals; ``undefended``: the poisoned set, the threat model) is
+trained again with the run's pretraining settings
+and only the seed changed, in ``--root``/<run>/<model>-s<seed> (reused when finished), then evaluated
+with the run's own evaluation settings and seed (same labelled images, same patch and control
+places), so the rows differ only by the SSL run. The run's own row (its seed) comes from its
+results.json. Writes benchmarks/results/<name>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, markdown_table, mean_std, print_tables, write_results  # noqa: E402
+
+MODELS = ("undefended", "poisoncam", "clean-data")
+
+
+def _linear(ev: Dict[str, Any]) -> Dict[str, Any]:
+    frac = sorted(ev["budgets"])[-1]
+    return {"labels": float(frac), **ev["budgets"][frac]["linear"]}
+
+
+def retrain_and_evaluate(folder: Path, model: str, seed: int, root: Path) -> Dict[str, Any]:
+    from solo_poisoncam.data import dataset_from_spec
+    from solo_poisoncam.engine.runner import Runner
+    from solo_poisoncam.eval.downstream import evaluate_backbone
+    from solo_poisoncam.io import read_indexes, read_json, write_json
+    from solo_poisoncam.models.threat_model import load_threat_model
+    from solo_poisoncam.pipeline.run import _pretrain_cfg, data_spec
+    from solo_poisoncam.poison import PoisonManifest, build_attack
+    from solo_poisoncam.ssl import pretrain
+
+    cfg = read_json(folder / "run.json")["config"]
+    out = root / folder.name / f"{model}-s{seed}"
+    other = dict(cfg, seed=seed)
+    if model == "clean-data":
+        pcfg = _pretrain_cfg(other, out, dataset=data_spec(cfg), progress=False)
+    elif model == "undefended":  # the threat model itself: every poisoned image
+        pcfg = _pretrain_cfg(other, out, manifest=str(folder / "poison"), progress=False)
+    else:
+        keep = read_indexes(folder / f"detect-{model}" / "kept.txt")
+        pcfg = _pretrain_cfg(other, out, manifest=str(folder / "poison"), keep=keep, progress=False)
+    t0 = time.perf_counter()
+    ckpt = pretrain(pcfg)
+    train_s = time.perf_counter() - t0
+    e = cfg["eval"]
+    m = PoisonManifest.load(folder / "poison")
+    train = dataset_from_spec(data_spec(cfg))
+    val = dataset_from_spec({**data_spec(cfg), "split": "test", "num_samples": e.get("val_images")})
+    res = evaluate_backbone(load_threat_model(ckpt), train, val, build_attack(m.attack), m.target,
+                            e["label_fractions"], cfg["seed"], e.get("knn_k", 20), Runner(progress=False))
+    write_json(out / "eval.json", res)
+    return {"model": model, "seed": seed, "checkpoint": str(ckpt), "train_s": train_s, **_linear(res)}
+
+
+def tables(run: str, rows: List[Dict[str, Any]]) -> Dict[str, str]:
+    per = [[r["model"], str(r["seed"]) + (" (the run's)" if r.get("own") else ""), f"{r['clean_acc1']:.1%}",
+            f"{r['patched_acc1']:.1%}", f"{r['asr']:.1%}", str(r["fp"]),
+            "n/a" if r.get("asr_control") is None else f"{r['asr_control']:.1%}"] for r in rows]
+    summary = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rs = [r for r in rows if r["model"] == model]
+        summary.append([model, str(len(rs)), mean_std([r["clean_acc1"] for r in rs], pct=True),
+                        mean_std([r["asr"] for r in rs], pct=True),
+                        f"{min(r['asr'] for r in rs):.1%} - {max(r['asr'] for r in rs):.1%}",
+                        mean_std([r.get("asr_control") for r in rs], pct=True)])
+    return {
+        f"Each SSL seed of {run} (linear probe; the run's evaluation seed and label budget)": markdown_table(
+            ["model", "SSL seed", "clean acc", "patched acc", "ASR", "FP", "control ASR"], per),
+        "Over the seeds (mean ± std)": markdown_table(
+            ["model", "seeds", "clean acc", "ASR", "ASR range", "control ASR"], summary),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a run folder of bench_detection.py --downstream")
+    p.add_argument("--seeds", nargs="+", type=int, required=True, help="SSL seeds to retrain with")
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="detectors' kept sets and/or clean-data")
+    p.add_argument("--root", default="runs/retrain-spread", help="retrained models (reused when finished)")
+    p.add_argument("--name", default=None, help="results file name (default retrain-spread-<run>)")
+    args = p.parse_args()
+    from solo_poisoncam.io import read_json
+
+    folder = Path(args.run)
+    done = folder / "results.json"
+    if not done.is_file() or not read_json(done).get("evaluations"):
+        p.error(f"{folder} is not a finished bench_detection.py --downstream run folder (no evaluations in {done})")
+    results = read_json(done)
+    own_seed = results["config"]["seed"]
+    for model in args.models:
+        if model not in results["evaluations"]:
+            p.error(f"{folder} has no evaluation of '{model}' (has {', '.join(results['evaluations'])})")
+        if own_seed in args.seeds:
+            p.error(f"seed {own_seed} is the run's own; give other seeds")
+    rows = []
+    for model in args.models:
+        rows.append({"model": model, "seed": own_seed, "own": True, **_linear(results["evaluations"][model])})
+        for seed in args.seeds:
+            print(f"== {model} seed {seed}", flush=True)
+            rows.append(retrain_and_evaluate(folder, model, seed, Path(args.root)))
+    t = tables(folder.name, rows)
+    name = args.name or f"retrain-spread-{folder.name}"
+    path = write_results(name, environment(), {"run": str(folder), "seeds": args.seeds, "models": args.models},
+                         t, rows)
+    return print_tables(t, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
