@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, markdown_table, mean_std, print_tables, stage_seconds, write_results  # noqa: E402
+from common import environment, largest_budget, markdown_table, mean_std, print_tables, stage_seconds, write_results  # noqa: E402
 
 # setting -> run-config overrides (over the embedded demo config)
 SETTINGS: Dict[str, Dict[str, Any]] = {
@@ -189,7 +189,7 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
         evaluated = [r for r in runs if r.get("evaluations")]  # the seeds run with --downstream
         if evaluated:
             for name in dict.fromkeys(n for r in evaluated for n in r["evaluations"]):
-                frac = sorted(next(r for r in evaluated if name in r["evaluations"])["evaluations"][name]["budgets"])[-1]
+                frac = largest_budget(next(r for r in evaluated if name in r["evaluations"])["evaluations"][name])[0]
                 lin = [r["evaluations"][name]["budgets"][frac]["linear"] for r in evaluated if name in r["evaluations"]]
                 ds_rows.append([setting, name, str(len(lin)), f"{float(frac):.0%}",
                                 mean_std([m["clean_acc1"] for m in lin], pct=True),
@@ -198,8 +198,7 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                                 mean_std([m["asr_control"] for m in lin if "asr_control" in m], pct=True)])
             for seed, r in by_seed.items():  # each seed's retrained models: a mean hides which seed missed
                 for name, ev in r.get("evaluations", {}).items():
-                    frac = sorted(ev["budgets"])[-1]
-                    m = ev["budgets"][frac]["linear"]
+                    frac, m = largest_budget(ev)
                     ds_seed_rows.append([setting, str(seed), name, f"{float(frac):.0%}"]
                                         + [mean_std([m.get(k)], pct=True) for k in ("clean_acc1", "patched_acc1", "asr")]
                                         + [str(m["fp"]), mean_std([m.get("asr_control")], pct=True)])

@@ -23,45 +23,28 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, markdown_table, mean_std, print_tables, write_results  # noqa: E402
+from common import environment, largest_budget, markdown_table, mean_std, print_tables, write_results  # noqa: E402
 
 MODELS = ("undefended", "poisoncam", "clean-data")
 
 
 def _linear(ev: Dict[str, Any]) -> Dict[str, Any]:
-    frac = sorted(ev["budgets"])[-1]
-    return {"labels": float(frac), **ev["budgets"][frac]["linear"]}
+    frac, linear = largest_budget(ev)
+    return {"labels": float(frac), **linear}
 
 
 def retrain_and_evaluate(folder: Path, model: str, seed: int, root: Path) -> Dict[str, Any]:
-    from solo_poisoncam.data import dataset_from_spec
-    from solo_poisoncam.engine.runner import Runner
-    from solo_poisoncam.eval.downstream import evaluate_backbone
     from solo_poisoncam.io import read_indexes, read_json, write_json
-    from solo_poisoncam.models.threat_model import load_threat_model
-    from solo_poisoncam.pipeline.run import _pretrain_cfg, data_spec
-    from solo_poisoncam.poison import PoisonManifest, build_attack
+    from solo_poisoncam.pipeline.run import evaluate_checkpoint, model_pretrain_cfg
     from solo_poisoncam.ssl import pretrain
 
     cfg = read_json(folder / "run.json")["config"]
     out = root / folder.name / f"{model}-s{seed}"
-    other = dict(cfg, seed=seed)
-    if model == "clean-data":
-        pcfg = _pretrain_cfg(other, out, dataset=data_spec(cfg), progress=False)
-    elif model == "undefended":  # the threat model itself: every poisoned image
-        pcfg = _pretrain_cfg(other, out, manifest=str(folder / "poison"), progress=False)
-    else:
-        keep = read_indexes(folder / f"detect-{model}" / "kept.txt")
-        pcfg = _pretrain_cfg(other, out, manifest=str(folder / "poison"), keep=keep, progress=False)
+    keep = None if model in ("undefended", "clean-data") else read_indexes(folder / f"detect-{model}" / "kept.txt")
     t0 = time.perf_counter()
-    ckpt = pretrain(pcfg)
+    ckpt = pretrain(model_pretrain_cfg(dict(cfg, seed=seed), folder, model, out, keep=keep, progress=False))
     train_s = time.perf_counter() - t0
-    e = cfg["eval"]
-    m = PoisonManifest.load(folder / "poison")
-    train = dataset_from_spec(data_spec(cfg))
-    val = dataset_from_spec({**data_spec(cfg), "split": "test", "num_samples": e.get("val_images")})
-    res = evaluate_backbone(load_threat_model(ckpt), train, val, build_attack(m.attack), m.target,
-                            e["label_fractions"], cfg["seed"], e.get("knn_k", 20), Runner(progress=False))
+    res = evaluate_checkpoint(cfg, folder, ckpt)  # the run's own evaluation seed: only the SSL run differs
     write_json(out / "eval.json", res)
     return {"model": model, "seed": seed, "checkpoint": str(ckpt), "train_s": train_s, **_linear(res)}
 

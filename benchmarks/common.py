@@ -38,6 +38,12 @@ def mean_std(values: Sequence[Any], digits: int = 3, pct: bool = False) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(v) > 1 else f"{m:.{digits}f}"
 
 
+def largest_budget(evaluation: Dict[str, Any]):
+    """(label fraction key, linear-probe metrics) of an evaluation's largest label budget."""
+    frac = max(evaluation["budgets"], key=float)
+    return frac, evaluation["budgets"][frac]["linear"]
+
+
 def stage_seconds(t: Dict[str, Any]) -> float:
     """Seconds a detection's stages cost when computed (cache hits count what they cost at the time)."""
     return float(sum(v for v in t.get("stage_compute_s", {}).values() if v is not None))

@@ -43,6 +43,33 @@ def data_spec(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return {"name": d.pop("dataset"), "split": "train", **d}
 
 
+def model_pretrain_cfg(cfg: Dict[str, Any], run: Path, model: str, out: Path, keep=None, progress: bool = True):
+    """The pretraining of one of run folder ``run``'s models: ``undefended`` (the poisoned set, the
+    threat model), ``clean-data`` (every image, the poisons as their clean originals) or a detector's
+    kept set (``keep``, its indexes), with the run's settings and ``cfg["seed"]``."""
+    if model == "clean-data":
+        return _pretrain_cfg(cfg, out, dataset=data_spec(cfg), progress=progress)
+    check(model == "undefended" or keep is not None, f"model '{model}' needs its kept indexes")
+    return _pretrain_cfg(cfg, out, manifest=str(Path(run) / "poison"), keep=keep, progress=progress)
+
+
+def evaluate_checkpoint(cfg: Dict[str, Any], run: Path, ckpt) -> Dict[str, Any]:
+    """Downstream metrics of ``ckpt`` under the run's evaluation settings and seed, against run folder
+    ``run``'s attack and target (not cached: ``Chain.evaluate`` caches)."""
+    from solo_poisoncam.data import dataset_from_spec
+    from solo_poisoncam.engine.runner import Runner
+    from solo_poisoncam.eval.downstream import evaluate_backbone
+    from solo_poisoncam.models.threat_model import load_threat_model
+    from solo_poisoncam.poison import PoisonManifest, build_attack
+
+    e = cfg["eval"]
+    m = PoisonManifest.load(Path(run) / "poison")
+    train = dataset_from_spec(data_spec(cfg))
+    val = dataset_from_spec({**data_spec(cfg), "split": "test", "num_samples": e.get("val_images")})
+    return evaluate_backbone(load_threat_model(ckpt), train, val, build_attack(m.attack), m.target,
+                             e["label_fractions"], cfg["seed"], e.get("knn_k", 20), Runner(progress=False))
+
+
 class Chain:
     """One run folder. ``log`` receives one line per stage."""
 
@@ -89,8 +116,7 @@ class Chain:
     def threat(self):
         from solo_poisoncam.ssl import pretrain
 
-        return pretrain(_pretrain_cfg(self.cfg, self.out / "threat", manifest=str(self.out / "poison"),
-                                      progress=self.progress))
+        return pretrain(model_pretrain_cfg(self.cfg, self.out, "undefended", self.out / "threat", progress=self.progress))
 
     def backdoor(self, ckpt):
         from solo_poisoncam.engine.runner import Runner
@@ -142,32 +168,21 @@ class Chain:
         # one folder per kept set: a detector that now keeps other images trains anew beside the model
         # retrained on its former kept set, instead of being refused by it
         folder = self.out / f"retrain-{method}-{hash_obj(keep)[:8]}"
-        return pretrain(_pretrain_cfg(self.cfg, folder, manifest=str(self.out / "poison"), keep=keep,
-                                      progress=self.progress))
+        return pretrain(model_pretrain_cfg(self.cfg, self.out, method, folder, keep=keep, progress=self.progress))
 
     def clean(self):
         from solo_poisoncam.ssl import pretrain
 
-        return pretrain(_pretrain_cfg(self.cfg, self.out / "clean", dataset=data_spec(self.cfg), progress=self.progress))
+        return pretrain(model_pretrain_cfg(self.cfg, self.out, "clean-data", self.out / "clean", progress=self.progress))
 
     def evaluate(self, name: str, ckpt):
-        from solo_poisoncam.data import dataset_from_spec
-        from solo_poisoncam.engine.runner import Runner
-        from solo_poisoncam.eval.downstream import evaluate_backbone
-        from solo_poisoncam.models.threat_model import load_threat_model
-        from solo_poisoncam.poison import PoisonManifest, build_attack
-
         folder = self.out / f"eval-{name}"
         e = self.cfg["eval"]
         # v2: the control patch's ASR beside the trigger's
         key = {"ckpt": hash_file(ckpt), "eval": e, "seed": self.cfg["seed"], "v": 2}
         if _finished(folder / "metrics.json", key):
             return read_json(folder / "metrics.json")
-        m = PoisonManifest.load(self.out / "poison")
-        train = dataset_from_spec(data_spec(self.cfg))
-        val = dataset_from_spec({**data_spec(self.cfg), "split": "test", "num_samples": e.get("val_images")})
-        res = evaluate_backbone(load_threat_model(ckpt), train, val, build_attack(m.attack), m.target,
-                                e["label_fractions"], self.cfg["seed"], e.get("knn_k", 20), Runner(progress=False))
+        res = evaluate_checkpoint(self.cfg, self.out, ckpt)
         res.update({"key": key, "checkpoint": str(ckpt)})
         write_json(folder / "metrics.json", res)
         return res
