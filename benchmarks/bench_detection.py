@@ -55,6 +55,12 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     "cifar-patch16-1.0-wide": {"data": {"dataset": "npz", "num_samples": None, "size": None},
                                "poison": {"attack": "patch", "size": 16, "rate": 1.0, "target": 2,
                                           "region": [0.1, 0.9]}, "pretrain": {"epochs": 20}},
+    "cifar-patch16-0.5-wide": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                               "poison": {"attack": "patch", "size": 16, "rate": 0.5, "target": 2,
+                                          "region": [0.1, 0.9]}, "pretrain": {"epochs": 20}},
+    "cifar-patch16-0.1-wide": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                               "poison": {"attack": "patch", "size": 16, "rate": 0.1, "target": 2,
+                                          "region": [0.1, 0.9]}, "pretrain": {"epochs": 20}},
     # SSL-Backdoor's trigger size (50/224 of the side): the recipe table's 7 px rows learned nothing, so this
     # is the "threat model the attack never took" on colour photographs
     "cifar-patch7-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},

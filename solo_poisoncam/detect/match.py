@@ -7,14 +7,16 @@ correlation above ``ncc`` and RMSE below ``rmse`` at one position: ``detect/verd
 Extent: a confirmed window is where the activation map pointed, not the trigger's outline; it may
 hold part of the trigger and some of its image. The pasted pixels are the same in every copy and the
 image around them is not, so the trigger is the connected region around the window where the
-window's image agrees, pixel by pixel, with most of the images the pattern matched in (aligned at
-the match). Each removed image's window is that region at the place its best match sits. No labels
-and no trigger: only the images and the confirmed windows.
+window's image agrees, pixel by pixel, with more of the images the pattern matched in (aligned at
+the match) than of images it did not match in (aligned alike): the second share is the base rate of
+pixels any image shares, such as a black background or a garment that every poisoned image shows
+when the whole target class is poisoned. Each removed image's window is that region at the place its
+best match sits. No labels and no trigger: only the images and the confirmed windows.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -36,9 +38,25 @@ def match_scan(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float
     return torch.cat(errs), torch.cat(ats)
 
 
+def _agreement(a: torch.Tensor, images: torch.Tensor, shift: torch.Tensor, tol: float):
+    """Per pixel of ``a`` (3, S, S) in [0, 1]: how many of ``images`` (uint8, aligned by ``shift``) agree
+    with it and how many cover it (an image shifted off the pixel does not)."""
+    side = a.shape[-1]
+    padded = F.pad(images.float() / 255, (side, side, side, side), value=float("nan"))
+    grid = torch.arange(side) + side
+    count, cover = torch.zeros(side, side), torch.zeros(side, side)
+    for c in range(len(images)):
+        sx, sy = int(shift[c, 0]), int(shift[c, 1])
+        d = (a - padded[c][:, grid + sy][:, :, grid + sx]).abs().amax(0)
+        valid = ~torch.isnan(d)
+        cover += valid
+        count += valid & (d < tol)
+    return count, cover
+
+
 @torch.no_grad()
 def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.Tensor, tol: float = 0.1,
-                   agree: float = 0.5) -> np.ndarray:
+                   agree: float = 0.5, others: Optional[torch.Tensor] = None) -> np.ndarray:
     """The trigger's box (x0, y0, x1, y1) in ``template``'s pixels, grown or shrunk from ``box``.
 
     Args:
@@ -46,11 +64,13 @@ def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.
         copies: uint8 (C, 3, S, S), images the window's pattern matched in; ``at`` (C, 2) the top-left
             (x, y) of each match.
         tol: a pixel agrees with a copy when its largest channel difference is below this (in [0, 1]).
-        agree: a pixel is the trigger's when it agrees with at least this share of the copies that
-            cover it; the region is the 8-connected one through the window's agreeing pixels, at most
-            the window grown by its own size on each side.
+        agree: a pixel is the trigger's when the share of the copies that cover it and agree exceeds
+            the share of ``others`` that do by at least this; the region is the 8-connected one through
+            the window's such pixels, at most the window grown by its own size on each side.
+        others: uint8 (M, 3, S, S), images the pattern did not match in (the base rate), aligned with
+            the copies' shifts in turn; none: a base rate of 0.
 
-    With no copy, or no agreeing pixel inside the window, the window itself.
+    With no copy, or no such pixel inside the window, the window itself.
     """
     box = [int(v) for v in box]
     if len(copies) == 0:
@@ -58,21 +78,16 @@ def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.
     side = template.shape[-1]
     a = template.float() / 255
     shift = at.long() - torch.tensor(box[:2])  # (C, 2): a copy's pixel (y + sy, x + sx) is the template's (y, x)
-    padded = F.pad(copies.float() / 255, (side, side, side, side), value=float("nan"))
-    grid = torch.arange(side) + side
-    agree_count = torch.zeros(side, side)
-    cover = torch.zeros(side, side)
-    for c in range(len(copies)):
-        sx, sy = int(shift[c, 0]), int(shift[c, 1])
-        b = padded[c][:, grid + sy][:, :, grid + sx]
-        d = (a - b).abs().amax(0)
-        valid = ~torch.isnan(d)
-        cover += valid
-        agree_count += valid & (d < tol)
+    count, cover = _agreement(a, copies, shift, tol)
+    share = count / cover.clamp(min=1)
+    base = torch.zeros(side, side)
+    if others is not None and len(others):
+        ocount, ocover = _agreement(a, others, shift[torch.arange(len(others)) % len(shift)], tol)
+        base = ocount / ocover.clamp(min=1)
     w, h = box[2] - box[0], box[3] - box[1]
     region = torch.zeros(side, side, dtype=torch.bool)
     region[max(0, box[1] - h):min(side, box[3] + h), max(0, box[0] - w):min(side, box[2] + w)] = True
-    mask = (agree_count >= agree * cover) & (cover >= max(1, len(copies) // 2)) & region
+    mask = (share - base >= agree) & (cover >= max(1, len(copies) // 2)) & region
     inside = torch.zeros_like(mask)
     inside[box[1]:box[3], box[0]:box[2]] = True
     comp = mask & inside
@@ -94,7 +109,8 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     Args:
         images: the training images (``take(positions)`` -> uint8 (B, 3, S, S)).
         src_pos: (T,) positions of the confirmed windows' images; ``boxes`` (T, 4) their windows.
-        copies: the extent of a window is measured on at most this many of its matches (the closest).
+        copies: the extent of a window is measured on at most this many of its matches (the closest),
+            against as many images it did not match in (spread evenly over the set: the base rate).
 
     Returns ``removed`` (N,) bool, ``windows`` (N, 4) the trigger box in each removed image (-1 rows
     elsewhere), ``template`` (N,) the window that matched best (-1: none) and ``extents`` (T, 4).
@@ -116,7 +132,10 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
         if len(rows) == 0:  # matched only in its own image: nothing to compare with
             extents[t] = boxes[t]
             continue
-        extents[t] = trigger_extent(src[t], boxes[t], images.take(rows.numpy()), at[rows, t], tol, agree)
+        misses = np.flatnonzero(~hit[:, t].numpy())
+        others = misses[np.linspace(0, len(misses) - 1, min(copies, len(misses))).astype(np.int64)] if len(misses) else misses
+        extents[t] = trigger_extent(src[t], boxes[t], images.take(rows.numpy()), at[rows, t], tol, agree,
+                                    images.take(others) if len(others) else None)
     n, side = len(removed), int(src.shape[-1])
     windows = np.full((n, 4), -1, dtype=np.int64)
     rows = np.flatnonzero(removed)

@@ -57,6 +57,23 @@ def test_trigger_extent_grows_a_partial_window_to_the_trigger_and_cuts_the_image
     assert trigger_extent(x[0], window, copies[:0], at[:0]).tolist() == window.tolist()
 
 
+def test_trigger_extent_leaves_out_what_every_image_shares():
+    # every image black on its left third, the trigger beside it at one place in every poison (all of a class
+    # poisoned on a black background): the copies agree on the black too, the images without the pattern as much
+    x, _ = _planted(poisons=0)
+    x[:, :, :, :8] = 0
+    g = torch.Generator().manual_seed(1)
+    x[:10, :, 8:16, 8:16] = torch.randint(64, 256, (3, 8, 8), generator=g, dtype=torch.uint8)
+    box = np.array([8, 8, 16, 16])
+    at = torch.as_tensor([[8, 8]] * 9)
+    # without a base rate the region runs over the black columns (the window grown by its size, at most)
+    assert trigger_extent(x[0], box, x[1:10], at).tolist() == [0, 0, 16, 24]
+    assert trigger_extent(x[0], box, x[1:10], at, others=x[10:]).tolist() == box.tolist()
+    out = match_removal(Stack(x), np.array([0]), box[None])
+    assert out["removed"].tolist() == [True] * 10 + [False] * 30
+    assert (out["windows"][:10] == box).all()
+
+
 def test_match_removal_removes_the_poisons_only_and_boxes_each_trigger():
     x, boxes = _planted()
     window = boxes[3] + np.array([1, 0, 1, 0])  # one column of image, seven of trigger
