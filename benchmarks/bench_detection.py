@@ -140,9 +140,11 @@ def _detection_row(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) -> Dict[str, str]:
-    from solo_poisoncam.eval.backdoor import describe_verdict
+    from solo_poisoncam.eval.backdoor import TARGETED_MARGIN, describe_verdict
+    from solo_poisoncam.eval.downstream import targeted_beyond_clean
 
     det_rows, bd_rows, ds_rows, clean_rows, cost_rows, seed_rows, ds_seed_rows = [], [], [], [], [], [], []
+    beyond_rows: List[List[str]] = []
     keys = [("trigger_detection_accuracy", "trigger det. acc"), ("hit_rate", "hit rate"),
             ("maps_accuracy", "trigger det. acc (maps)"), ("precision", "precision"), ("recall", "recall"),
             ("f1", "F1"), ("auroc", "AUROC"), ("auprc", "AUPRC"), ("precision_at_20", "P@20"),
@@ -202,6 +204,13 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                                 mean_std([m["patched_acc1"] for m in lin], pct=True),
                                 mean_std([m["asr"] for m in lin], pct=True), mean_std([m["fp"] for m in lin], 1),
                                 mean_std([m["asr_control"] for m in lin if "asr_control" in m], pct=True)])
+            for seed, r in by_seed.items():  # the attacker's criterion against the clean-data SSL model
+                ev = r.get("evaluations", {})
+                b = targeted_beyond_clean(ev["undefended"], ev["clean-data"]) if {"undefended", "clean-data"} <= set(ev) else None
+                if b is not None:
+                    beyond_rows.append([setting, str(seed), "yes" if b["targeted"] else "no",
+                                        f"{b['margin_threat']:.1%}", f"{b['margin_clean']:.1%}",
+                                        f"{b['margin_threat'] - b['margin_clean']:.1%}"])
             for seed, r in by_seed.items():  # each seed's retrained models: a mean hides which seed missed
                 for name, ev in r.get("evaluations", {}).items():
                     frac, m = largest_budget(ev)
@@ -232,6 +241,11 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
         out["Downstream per seed (control ASR: a same-size random-colour patch instead of the trigger)"] = \
             markdown_table(["setting", "seed", "model", "labels", "clean acc", "patched acc", "ASR", "FP", "control ASR"],
                            ds_seed_rows)
+    if beyond_rows:
+        out[f"Targeted beyond the clean-data model (probe-ASR margin over the control patch; targeted: the "
+            f"undefended model's exceeds the clean-data model's by >= {TARGETED_MARGIN:.0%}; one SSL run each)"] = \
+            markdown_table(["setting", "seed", "targeted", "margin undefended", "margin clean data", "difference"],
+                           beyond_rows)
     return out
 
 

@@ -34,7 +34,7 @@ def _linear(ev: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def retrain_and_evaluate(folder: Path, model: str, seed: int, root: Path) -> Dict[str, Any]:
-    from solo_poisoncam.io import read_indexes, read_json, write_json
+    from solo_poisoncam.io import hash_file, read_indexes, read_json, write_json
     from solo_poisoncam.pipeline.run import evaluate_checkpoint, model_pretrain_cfg
     from solo_poisoncam.ssl import pretrain
 
@@ -44,12 +44,21 @@ def retrain_and_evaluate(folder: Path, model: str, seed: int, root: Path) -> Dic
     t0 = time.perf_counter()
     ckpt = pretrain(model_pretrain_cfg(dict(cfg, seed=seed), folder, model, out, keep=keep, progress=False))
     train_s = time.perf_counter() - t0
+    # a finished model is reused in seconds: its training time is the one recorded beside it when it was trained
+    timing, key = out / "train.json", hash_file(ckpt)
+    if timing.is_file() and read_json(timing).get("checkpoint") == key:
+        train_s = read_json(timing)["train_s"]
+    else:
+        write_json(timing, {"checkpoint": key, "train_s": train_s})
     res = evaluate_checkpoint(cfg, folder, ckpt)  # the run's own evaluation seed: only the SSL run differs
     write_json(out / "eval.json", res)
     return {"model": model, "seed": seed, "checkpoint": str(ckpt), "train_s": train_s, **_linear(res)}
 
 
 def tables(run: str, rows: List[Dict[str, Any]]) -> Dict[str, str]:
+    from solo_poisoncam.eval.backdoor import TARGETED_MARGIN
+    from solo_poisoncam.eval.downstream import targeted_beyond_clean
+
     per = [[r["model"], str(r["seed"]) + (" (the run's)" if r.get("own") else ""), f"{r['clean_acc1']:.1%}",
             f"{r['patched_acc1']:.1%}", f"{r['asr']:.1%}", str(r["fp"]),
             "n/a" if r.get("asr_control") is None else f"{r['asr_control']:.1%}"] for r in rows]
@@ -60,12 +69,30 @@ def tables(run: str, rows: List[Dict[str, Any]]) -> Dict[str, str]:
                         mean_std([r["asr"] for r in rs], pct=True),
                         f"{min(r['asr'] for r in rs):.1%} - {max(r['asr'] for r in rs):.1%}",
                         mean_std([r.get("asr_control") for r in rs], pct=True)])
-    return {
+    out = {
         f"Each SSL seed of {run} (linear probe; the run's evaluation seed and label budget)": markdown_table(
             ["model", "SSL seed", "clean acc", "patched acc", "ASR", "FP", "control ASR"], per),
         "Over the seeds (mean ± std)": markdown_table(
             ["model", "seeds", "clean acc", "ASR", "ASR range", "control ASR"], summary),
     }
+    beyond = []
+    for u in (r for r in rows if r["model"] == "undefended"):
+        for c in (r for r in rows if r["model"] == "clean-data"):
+            b = targeted_beyond_clean(_as_eval(u), _as_eval(c))
+            if b is not None:
+                beyond.append([str(u["seed"]), str(c["seed"]), "yes" if b["targeted"] else "no",
+                               f"{b['margin_threat']:.1%}", f"{b['margin_clean']:.1%}"])
+    if beyond:
+        out[f"The backdoor check's targeted rule against clean-data SSL models (probe-ASR margin over the control "
+            f"patch; targeted: the undefended model's exceeds the clean-data model's by >= {TARGETED_MARGIN:.0%}), "
+            f"every pair of SSL seeds"] = markdown_table(
+                ["undefended seed", "clean-data seed", "targeted", "margin undefended", "margin clean data"], beyond)
+    return out
+
+
+def _as_eval(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A table row back in the shape of an evaluation (its one label budget)."""
+    return {"budgets": {f"{row['labels']:g}": {"linear": row}}}
 
 
 def main() -> int:

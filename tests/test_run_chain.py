@@ -115,10 +115,15 @@ def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeyp
     assert set(results["models"]) == {"undefended", "poisoncam", "patchsearch", "clean-data"}
     assert set(results["evaluations"]["undefended"]["budgets"]["0.1"]["linear"]) >= {"clean_acc1", "asr", "fp", "asr_control"}
     assert isinstance(results["backdoor"]["learned"], bool)
+    # the targeted criterion against the clean-data model, from the two evaluations' 10% budgets
+    beyond, ev = results["targeted_beyond_clean"], results["evaluations"]
+    u, c = (ev[m]["budgets"]["0.1"]["linear"] for m in ("undefended", "clean-data"))
+    assert beyond["margin_threat"] == u["asr"] - u["asr_control"] and beyond["margin_clean"] == c["asr"] - c["asr_control"]
+    assert "Targeted beyond the clean-data model" in stdout
     page = (out / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page and "<svg" in page
     assert 'src="http' not in page and "Downstream" in page and "Backdoor strength" in page
     md = (out / "report.md").read_text()
-    assert "| poisoncam |" in md and "| undefended |" in md
+    assert "| poisoncam |" in md and "| undefended |" in md and "Targeted beyond the clean-data model" in md
     # other settings in the same folder are refused
     assert main(["run", "--out", str(out), "--quiet", "pretrain.epochs=2"] + TINY[:1]) == 2

@@ -18,6 +18,7 @@ from solo_poisoncam.data.base import ImageDataset
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.engine.features import extract_features
 from solo_poisoncam.engine.runner import Runner
+from solo_poisoncam.eval.backdoor import TARGETED_MARGIN
 from solo_poisoncam.eval.knn import knn_predict
 from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
 from solo_poisoncam.eval.metrics import attack_metrics
@@ -64,3 +65,28 @@ def evaluate_backbone(model: torch.nn.Module, train: ImageDataset, val: ImageDat
     return {"num_train": len(train), "num_val": len(val), "num_classes": num_classes, "target": target,
             "knn_k": knn_k, "seed": seed, "budgets": results}
 
+
+
+def targeted_beyond_clean(undefended: Dict[str, Any], clean: Dict[str, Any],
+                          margin: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    """The attacker's criterion against an SSL model of the same recipe trained on the clean data.
+
+    The backdoor check's reference is a random-init network; a large trigger can be a natural shortcut
+    to the target class that SSL on clean data learns too (a 16 px patch on 32 px CIFAR-10 images: the
+    clean-data model's linear-probe ASR ranged 6-75% over SSL seeds). Targeted beyond clean data: the
+    undefended model's probe-ASR margin (trigger minus control patch) exceeds the clean-data model's by
+    at least ``margin`` (the check's TARGETED_MARGIN), at the 10% label budget (the check's) or else the
+    largest both have. Both are one SSL run each: state it beside the result. None without control ASRs.
+    """
+    margin = TARGETED_MARGIN if margin is None else margin
+    shared = set(undefended["budgets"]) & set(clean["budgets"])
+    if not shared:
+        return None
+    frac = "0.1" if "0.1" in shared else max(shared, key=float)
+    u, c = undefended["budgets"][frac]["linear"], clean["budgets"][frac]["linear"]
+    if u.get("asr_control") is None or c.get("asr_control") is None:
+        return None
+    mu, mc = u["asr"] - u["asr_control"], c["asr"] - c["asr_control"]
+    return {"targeted": bool(mu - mc >= margin), "margin_threat": mu, "margin_clean": mc, "label_fraction": float(frac),
+            "rule": f"probe-ASR margin (trigger - control patch) of the undefended model >= the clean-data model's "
+                    f"+ {margin}, at {float(frac):.0%} of the labels; one SSL run each"}

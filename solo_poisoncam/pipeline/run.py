@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 from solo_poisoncam.checks import check
 from solo_poisoncam.eval.backdoor import describe_verdict
+from solo_poisoncam.eval.downstream import targeted_beyond_clean
 from solo_poisoncam.io import hash_file, hash_obj, read_json, write_json
 
 
@@ -216,6 +217,12 @@ class Chain:
         self.results.update({"manifest": manifest.to_dict() | {"poisons": None}, "backdoor": bd,
                              "detections": detections, "models": models, "evaluations": evals,
                              "timings": self.timings})
+        if "clean-data" in evals:
+            beyond = targeted_beyond_clean(evals["undefended"], evals["clean-data"])
+            if beyond is not None:
+                self.results["targeted_beyond_clean"] = beyond
+                self.log(f"  targeted beyond the clean-data model: {'yes' if beyond['targeted'] else 'no'} "
+                         f"(probe-ASR margins {beyond['margin_threat']:.1%} vs {beyond['margin_clean']:.1%})")
         write_json(self.out / "results.json", self.results)
         from solo_poisoncam.report import write_report
 

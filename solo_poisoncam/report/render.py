@@ -127,6 +127,8 @@ def write_report(results: Dict[str, Any], out: Path) -> Dict[str, Path]:
     dst = T.downstream_table(results["evaluations"])
     ds_note = ("ASR: share of non-target patched validation images predicted as the target class; FP: their count. "
                "Labels: share of the clean training labels the linear probe and kNN bank use.")
+    if results.get("targeted_beyond_clean"):
+        ds_note += " " + beyond_clean_sentence(results["targeted_beyond_clean"])
     add("Downstream: is the backdoor gone, and what did the defence cost?", T.markdown(dst) + "\n\n" + ds_note,
         _html_table(dst) + f"<p>{html.escape(ds_note)}</p>")
     gal_md, gal_html = [], []
@@ -168,6 +170,14 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f0f0f0}}h2{{bord
     return paths
 
 
+def beyond_clean_sentence(b: Dict[str, Any]) -> str:
+    """The targeted criterion against the clean-data SSL model, in one sentence."""
+    return (f"Targeted beyond the clean-data model: {'yes' if b['targeted'] else 'no'} (probe-ASR margin over the "
+            f"control patch {b['margin_threat']:.1%} for the undefended model vs {b['margin_clean']:.1%} for the "
+            f"clean-data one; rule: {b['rule']}; a large trigger can be a shortcut SSL on clean data learns too, "
+            f"and that model's ASR varies with its SSL seed).")
+
+
 def console_summary(results: Dict[str, Any]) -> str:
     """The final table a person reads in the terminal."""
     bd = results["backdoor"]
@@ -177,4 +187,6 @@ def console_summary(results: Dict[str, Any]) -> str:
              f"{T.fmt(bd['reference']['patched_to_poison_cluster'], pct=True)})", "",
              T.console(T.detection_table(results["detections"])), "",
              T.console(T.downstream_table(results["evaluations"]))]
+    if results.get("targeted_beyond_clean"):
+        lines.append(beyond_clean_sentence(results["targeted_beyond_clean"]))
     return "\n".join(lines)

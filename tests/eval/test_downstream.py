@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from solo_poisoncam.data.base import ArrayImageDataset
-from solo_poisoncam.eval.downstream import evaluate_backbone
+from solo_poisoncam.eval.downstream import evaluate_backbone, targeted_beyond_clean
 from solo_poisoncam.poison import PatchAttack
 
 LEVELS = (40, 100, 160)  # grey level of each class's images
@@ -45,3 +45,25 @@ def test_control_asr_is_reported_beside_the_trigger_asr():
     assert lin["asr"] == 1.0 and lin["fp"] == 20
     assert lin["asr_control"] == 0.0 and lin["fp_control"] == 0
     assert out["budgets"]["0.5"]["knn"]["asr_control"] == 0.0
+
+
+def _ev(**budgets):
+    return {"budgets": {f: {"linear": {"asr": a, "asr_control": c}} for f, (a, c) in budgets.items()}}
+
+
+def test_targeted_beyond_clean_compares_the_probe_margins_with_the_clean_data_model():
+    # the retrain-spread's seed 12: undefended 100% vs control 40%, clean data 74.7% vs 29.3%: margins 0.60 vs 0.454
+    b = targeted_beyond_clean(_ev(**{"0.1": (1.0, 0.4)}), _ev(**{"0.1": (0.747, 0.293)}))
+    assert abs(b["margin_threat"] - 0.6) < 1e-9 and abs(b["margin_clean"] - 0.454) < 1e-9
+    assert b["targeted"] is False and b["label_fraction"] == 0.1  # 0.146 < 0.3
+    # seed 1: 100% vs 17%, clean 6.1% vs 9.2%: 0.83 - (-0.031) = 0.861
+    assert targeted_beyond_clean(_ev(**{"0.1": (1.0, 0.17)}), _ev(**{"0.1": (0.061, 0.092)}))["targeted"] is True
+    # the 10% budget is the check's, even when a larger one is shared (there the answer would be no)
+    b = targeted_beyond_clean(_ev(**{"0.1": (0.75, 0.0), "1": (0.0, 0.0)}), _ev(**{"0.1": (0.25, 0.0), "1": (0.9, 0.0)}))
+    assert b["label_fraction"] == 0.1 and b["targeted"] is True
+    # without it, the largest shared budget
+    b = targeted_beyond_clean(_ev(**{"0.01": (0.75, 0.0), "1": (0.0, 0.0)}), _ev(**{"0.01": (0.25, 0.0), "1": (0.9, 0.0)}))
+    assert b["label_fraction"] == 1.0 and b["targeted"] is False
+    # an evaluation without the control patch (an older one) gives no answer
+    older = {"budgets": {"0.1": {"linear": {"asr": 1.0}}}}
+    assert targeted_beyond_clean(older, _ev(**{"0.1": (0.0, 0.0)})) is None
