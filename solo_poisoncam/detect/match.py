@@ -42,16 +42,14 @@ def _agreement(a: torch.Tensor, images: torch.Tensor, shift: torch.Tensor, tol: 
     """Per pixel of ``a`` (3, S, S) in [0, 1]: how many of ``images`` (uint8, aligned by ``shift``) agree
     with it and how many cover it (an image shifted off the pixel does not)."""
     side = a.shape[-1]
-    padded = F.pad(images.float() / 255, (side, side, side, side), value=float("nan"))
-    grid = torch.arange(side) + side
-    count, cover = torch.zeros(side, side), torch.zeros(side, side)
-    for c in range(len(images)):
-        sx, sy = int(shift[c, 0]), int(shift[c, 1])
-        d = (a - padded[c][:, grid + sy][:, :, grid + sx]).abs().amax(0)
-        valid = ~torch.isnan(d)
-        cover += valid
-        count += valid & (d < tol)
-    return count, cover
+    grid = torch.arange(side)
+    rows, cols = grid + shift[:, 1:2], grid + shift[:, 0:1]  # (C, S) each: the aligned pixels of every image
+    valid = (((rows >= 0) & (rows < side))[:, :, None] & ((cols >= 0) & (cols < side))[:, None, :])  # (C, S, S)
+    c, ch = torch.arange(len(images)), torch.arange(a.shape[0])
+    aligned = images[c[:, None, None, None], ch[None, :, None, None], rows.clamp(0, side - 1)[:, None, :, None],
+                     cols.clamp(0, side - 1)[:, None, None, :]]
+    d = (a - aligned.float() / 255).abs().amax(1)  # (C, S, S)
+    return (valid & (d < tol)).sum(0).float(), valid.sum(0).float()
 
 
 @torch.no_grad()
