@@ -10,7 +10,10 @@ trained again with the run's pretraining settings
 and only the seed changed, in ``--root``/<run>/<model>-s<seed> (reused when finished), then evaluated
 with the run's own evaluation settings and seed (same labelled images, same patch and control
 places), so the rows differ only by the SSL run. The run's own row (its seed) comes from its
-results.json. Writes benchmarks/results/<name>.md and .json.
+results.json. ``--eval-seeds``: every model (the run's own and the retrained) is also evaluated under
+these evaluation seeds (the labelled images the probe gets, its initialisation, the patch places;
+cached in ``--root``/<run>/evals), and each detector's kept-set model is compared with the clean-data
+model of the same SSL seed under the same evaluation seed. Writes benchmarks/results/<name>.md and .json.
 """
 
 from __future__ import annotations
@@ -95,6 +98,49 @@ def _as_eval(row: Dict[str, Any]) -> Dict[str, Any]:
     return {"budgets": {f"{row['labels']:g}": {"linear": row}}}
 
 
+def evaluate_with_seed(folder: Path, row: Dict[str, Any], seed: int, root: Path) -> Dict[str, Any]:
+    """``row``'s model under the run's evaluation settings with evaluation seed ``seed`` (which labelled
+    images the probe gets, its initialisation, the patch places); cached beside the retrained models,
+    keyed by the checkpoint's bytes."""
+    from solo_poisoncam.io import hash_file, read_json, write_json
+    from solo_poisoncam.pipeline.run import evaluate_checkpoint
+
+    cfg = read_json(folder / "run.json")["config"]
+    path = root / folder.name / "evals" / f"{row['model']}-s{row['seed']}-e{seed}.json"
+    key = {"ckpt": hash_file(row["checkpoint"]), "eval": cfg["eval"], "seed": seed}
+    if path.is_file() and read_json(path).get("key") == key:
+        return read_json(path)["linear"]
+    linear = _linear(evaluate_checkpoint(dict(cfg, seed=seed), folder, row["checkpoint"]))
+    write_json(path, {"key": key, "linear": linear})
+    return linear
+
+
+def eval_seed_tables(rows: List[Dict[str, Any]], seeds: List[int]) -> Dict[str, str]:
+    """Each model and SSL seed over the evaluation seeds, and each detector's kept-set model against the
+    clean-data model of the same SSL seed under the same evaluation seed."""
+    per = []
+    for r in rows:
+        ev = [r["by_eval_seed"][str(e)] for e in seeds]
+        per.append([r["model"], str(r["seed"]), " / ".join(f"{m['asr']:.1%}" for m in ev),
+                    mean_std([m["asr"] for m in ev], pct=True), mean_std([m.get("asr_control") for m in ev], pct=True),
+                    mean_std([m["clean_acc1"] for m in ev], pct=True)])
+    clean = {r["seed"]: r for r in rows if r["model"] == "clean-data"}
+    diff = []
+    for model in dict.fromkeys(r["model"] for r in rows if r["model"] not in ("clean-data", "undefended")):
+        d = [r["by_eval_seed"][str(e)]["asr"] - clean[r["seed"]]["by_eval_seed"][str(e)]["asr"]
+             for r in rows if r["model"] == model and r["seed"] in clean for e in seeds]
+        if d:
+            diff.append([model, str(len(d)), mean_std(d, pct=True), f"{min(d):.1%} - {max(d):.1%}",
+                         f"{sum(abs(x) <= 0.02 for x in d)} of {len(d)}"])
+    seeds_txt = ", ".join(map(str, seeds))
+    out = {f"Each model under evaluation seeds {seeds_txt} (ASR per seed, then mean ± std)": markdown_table(
+        ["model", "SSL seed", "ASR per evaluation seed", "ASR", "control ASR", "clean acc"], per)}
+    if diff:
+        out["Kept-set model minus the clean-data model of the same SSL seed, same evaluation seed (ASR points)"] = \
+            markdown_table(["model", "pairs", "ASR difference", "range", "within 2 points"], diff)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a run folder of bench_detection.py --downstream")
@@ -102,6 +148,8 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), help="detectors' kept sets and/or clean-data")
     p.add_argument("--root", default="runs/retrain-spread", help="retrained models (reused when finished)")
     p.add_argument("--name", default=None, help="results file name (default retrain-spread-<run>)")
+    p.add_argument("--eval-seeds", nargs="+", type=int, default=None,
+                   help="also evaluate every model under these evaluation seeds (label draw, probe, patch places)")
     args = p.parse_args()
     from solo_poisoncam.io import read_json
 
@@ -118,14 +166,20 @@ def main() -> int:
             p.error(f"seed {own_seed} is the run's own; give other seeds")
     rows = []
     for model in args.models:
-        rows.append({"model": model, "seed": own_seed, "own": True, **_linear(results["evaluations"][model])})
+        rows.append({"model": model, "seed": own_seed, "own": True, "checkpoint": results["models"][model],
+                     **_linear(results["evaluations"][model])})
         for seed in args.seeds:
             print(f"== {model} seed {seed}", flush=True)
             rows.append(retrain_and_evaluate(folder, model, seed, Path(args.root)))
     t = tables(folder.name, rows)
+    if args.eval_seeds:
+        for r in rows:
+            print(f"== evaluate {r['model']} (SSL seed {r['seed']}) under evaluation seeds {args.eval_seeds}", flush=True)
+            r["by_eval_seed"] = {str(e): evaluate_with_seed(folder, r, e, Path(args.root)) for e in args.eval_seeds}
+        t.update(eval_seed_tables(rows, args.eval_seeds))
     name = args.name or f"retrain-spread-{folder.name}"
-    path = write_results(name, environment(), {"run": str(folder), "seeds": args.seeds, "models": args.models},
-                         t, rows)
+    path = write_results(name, environment(), {"run": str(folder), "seeds": args.seeds, "models": args.models,
+                                               "eval_seeds": args.eval_seeds}, t, rows)
     return print_tables(t, path)
 
 
