@@ -31,40 +31,67 @@ def evaluate_backbone(model: torch.nn.Module, train: ImageDataset, val: ImageDat
                       knn_k: int = 20, runner: Optional[Runner] = None, probe_epochs: int = 100) -> Dict[str, Any]:
     """Linear and kNN metrics per label budget; ASR/FP/confusion when an attack and target are given.
 
-    ``train`` must be the *clean* labelled training data (labels are never poisoned here).
+    ``train`` must be the *clean* labelled training data (labels are never poisoned here). ``seed``
+    draws the labelled images, shuffles the probe's batches and places the patches.
     """
     runner = runner or Runner(progress=False)
+    feats = clean_features(model, train, val, runner)
+    patched = None if attack is None else patched_features(model, val, attack, target, seed, runner)
+    return evaluate_features(feats, patched, target, fractions, seed, knn_k, probe_epochs)
+
+
+def clean_features(model: torch.nn.Module, train: ImageDataset, val: ImageDataset,
+                   runner: Optional[Runner] = None) -> Dict[str, Any]:
+    """Frozen features and labels of the clean training and validation images."""
+    runner = runner or Runner(progress=False)
     size = getattr(model, "image_size", None)
-    f_train = extract_features(model, IndexedImages(train, size=size), runner)
-    f_val = extract_features(model, IndexedImages(val, size=size), runner)
-    y_train, y_val = torch.as_tensor(train.targets), torch.as_tensor(val.targets)
-    num_classes = len(train.classes)
-    f_patched = f_control = y_patched = None
-    if attack is not None:
-        patched = PatchedDataset(val, attack, target, seed=seed)
-        control = PatchedDataset(val, attack, target, seed=seed, control=True)
-        f_patched, f_control = (extract_features(model, IndexedImages(d, size=size), runner) for d in (patched, control))
-        y_patched = torch.as_tensor(patched.targets)
+    return {"train": extract_features(model, IndexedImages(train, size=size), runner),
+            "val": extract_features(model, IndexedImages(val, size=size), runner),
+            "y_train": torch.as_tensor(train.targets), "y_val": torch.as_tensor(val.targets),
+            "train_targets": train.targets, "num_classes": len(train.classes), "num_train": len(train),
+            "num_val": len(val)}
+
+
+def patched_features(model: torch.nn.Module, val: ImageDataset, attack: Attack, target: int, seed: int,
+                     runner: Optional[Runner] = None) -> Dict[str, Any]:
+    """Features of the validation images with the trigger, and with the control patch, at the places
+    drawn from ``seed``."""
+    runner = runner or Runner(progress=False)
+    size = getattr(model, "image_size", None)
+    patched = PatchedDataset(val, attack, target, seed=seed)
+    control = PatchedDataset(val, attack, target, seed=seed, control=True)
+    return {"patched": extract_features(model, IndexedImages(patched, size=size), runner),
+            "control": extract_features(model, IndexedImages(control, size=size), runner),
+            "y": torch.as_tensor(patched.targets)}
+
+
+def evaluate_features(feats: Dict[str, Any], patched: Optional[Dict[str, Any]] = None, target: Optional[int] = None,
+                      fractions: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0, knn_k: int = 20,
+                      probe_epochs: int = 100) -> Dict[str, Any]:
+    """:func:`evaluate_backbone` on features already extracted (``clean_features``, ``patched_features``):
+    ``seed`` draws the labelled images and shuffles the probe's batches."""
+    f_train, y_train, f_val, y_val = feats["train"], feats["y_train"], feats["val"], feats["y_val"]
+    num_classes = feats["num_classes"]
     results: Dict[str, Any] = {}
     for fraction in fractions:
-        pick = torch.as_tensor(label_budget_indexes(train.targets, fraction, seed))
+        pick = torch.as_tensor(label_budget_indexes(feats["train_targets"], fraction, seed))
         probe = train_linear_probe(f_train[pick], y_train[pick], num_classes, epochs=probe_epochs, seed=seed)
         bank, bank_y = f_train[pick], y_train[pick]
         row: Dict[str, Any] = {"label_fraction": fraction, "labelled_images": int(len(pick))}
         for name, predict in (("linear", probe.predict),
                               ("knn", lambda f: knn_predict(f, bank, bank_y, num_classes, k=min(knn_k, len(pick))))):
             pred_val = predict(f_val)
-            if attack is not None:
-                m = attack_metrics(predict(f_patched), y_patched, target, pred_val, y_val, num_classes=num_classes)
-                mc = attack_metrics(predict(f_control), y_patched, target)
+            if patched is not None:
+                m = attack_metrics(predict(patched["patched"]), patched["y"], target, pred_val, y_val,
+                                   num_classes=num_classes)
+                mc = attack_metrics(predict(patched["control"]), patched["y"], target)
                 m.update(asr_control=mc["asr"], fp_control=mc["fp"])
             else:
                 m = {"clean_acc1": float((pred_val == y_val).float().mean())}
             row[name] = m
         results[f"{fraction:g}"] = row
-    return {"num_train": len(train), "num_val": len(val), "num_classes": num_classes, "target": target,
+    return {"num_train": feats["num_train"], "num_val": feats["num_val"], "num_classes": num_classes, "target": target,
             "knn_k": knn_k, "seed": seed, "budgets": results}
-
 
 
 def targeted_beyond_clean(undefended: Dict[str, Any], clean: Dict[str, Any],

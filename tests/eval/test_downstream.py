@@ -67,3 +67,16 @@ def test_targeted_beyond_clean_compares_the_probe_margins_with_the_clean_data_mo
     # an evaluation without the control patch (an older one) gives no answer
     older = {"budgets": {"0.1": {"linear": {"asr": 1.0}}}}
     assert targeted_beyond_clean(older, _ev(**{"0.1": (0.0, 0.0)})) is None
+
+
+def test_features_once_then_evaluated_equals_the_one_call():
+    from solo_poisoncam.eval.downstream import clean_features, evaluate_features, patched_features
+
+    train, val, model, attack = _grey_images(20), _grey_images(10), ManyColoursBackdoor(), PatchAttack(size=6)
+    whole = evaluate_backbone(model, train, val, attack, TARGET, fractions=(0.5, 1.0), seed=3)
+    feats = clean_features(model, train, val)
+    split = evaluate_features(feats, patched_features(model, val, attack, TARGET, 3), TARGET, (0.5, 1.0), 3)
+    assert split == whole
+    # without an attack: clean accuracy only, for every budget
+    plain = evaluate_features(feats, None, None, (0.5,), 3)["budgets"]["0.5"]["linear"]
+    assert plain == {"clean_acc1": 1.0}
