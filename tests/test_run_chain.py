@@ -41,6 +41,8 @@ def test_run_identity_ignores_switches_that_only_add_stages():
             "reference": {**cfg["reference"], "clean": not cfg["reference"].get("clean", True)},
             "pretrain": {**cfg["pretrain"], "wandb": True}}
     assert ident(more) == ident(cfg)  # retraining, the clean reference and logging switched: the same run
+    evaluated = {**cfg, "eval": {**cfg["eval"], "label_draws": 1, "label_fractions": [1.0]}}
+    assert ident(evaluated) == ident(cfg)  # evaluated otherwise: the same run, its evaluations keyed apart
     other = {**cfg, "retrain": {**cfg["retrain"], "epochs": 99}}
     assert ident(other) != ident(cfg)  # what a retrained model is made with is part of the run
     assert ident({**cfg, "seed": cfg["seed"] + 1}) != ident(cfg)

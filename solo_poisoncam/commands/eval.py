@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", default=None, help="poison manifest: its dataset, attack and target (for ASR/FP)")
     add_dataset_arguments(p, split=False, default_dataset=None)
     p.add_argument("--label-fraction", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    p.add_argument("--label-draws", type=int, default=5,
+                   help="draws of the labelled images per budget, metrics averaged (1: one draw, as in SSL-Backdoor)")
     p.add_argument("--knn-k", type=int, default=20)
     p.add_argument("--train-images", type=int, default=None, help="limit the labelled pool (default: all)")
     p.add_argument("--val-images", type=int, default=None, help="limit the validation split (default: all)")
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     attack = build_attack(manifest.attack) if manifest else None
     runner = Runner(torch.device(args.device) if args.device else None, progress=False)
     result = evaluate_backbone(model, train, val, attack, manifest.target if manifest else None,
-                               args.label_fraction, args.seed, args.knn_k, runner)
+                               args.label_fraction, args.seed, args.knn_k, runner, label_draws=args.label_draws)
     result.update({"checkpoint": str(args.ckpt), "manifest": args.manifest,
                    "definitions": {"asr": "non-target patched validation images predicted as the target / their number",
                                    "fp": "their count (SSL-Backdoor / PatchSearch)",
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         if manifest:
             text += (f", patched acc {lin['patched_acc1']:.3f}, ASR {lin['asr']:.3f} (FP {lin['fp']}; "
                      f"control patch {lin['asr_control']:.3f})")
+            if lin.get("asr_draws"):
+                text += " ASR per label draw " + " / ".join(f"{a:.3f}" for a in lin["asr_draws"])
         print(text + f" | kNN clean acc {row['knn']['clean_acc1']:.3f}")
     print(f"-> {out / 'metrics.json'}")
     return 0

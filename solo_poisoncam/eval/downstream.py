@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from solo_poisoncam.checks import check
 from solo_poisoncam.data.base import ImageDataset
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.engine.features import extract_features
@@ -21,23 +22,24 @@ from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.backdoor import TARGETED_MARGIN
 from solo_poisoncam.eval.knn import knn_predict
 from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
-from solo_poisoncam.eval.metrics import attack_metrics
+from solo_poisoncam.eval.metrics import attack_metrics, mean_metrics
 from solo_poisoncam.poison import PatchedDataset
 from solo_poisoncam.poison.attacks import Attack
 
 
 def evaluate_backbone(model: torch.nn.Module, train: ImageDataset, val: ImageDataset, attack: Optional[Attack] = None,
                       target: Optional[int] = None, fractions: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0,
-                      knn_k: int = 20, runner: Optional[Runner] = None, probe_epochs: int = 100) -> Dict[str, Any]:
+                      knn_k: int = 20, runner: Optional[Runner] = None, probe_epochs: int = 100,
+                      label_draws: int = 1) -> Dict[str, Any]:
     """Linear and kNN metrics per label budget; ASR/FP/confusion when an attack and target are given.
 
     ``train`` must be the *clean* labelled training data (labels are never poisoned here). ``seed``
-    draws the labelled images, shuffles the probe's batches and places the patches.
+    places the patches and, with ``label_draws``, draws the labelled images: see :func:`evaluate_features`.
     """
     runner = runner or Runner(progress=False)
     feats = clean_features(model, train, val, runner)
     patched = None if attack is None else patched_features(model, val, attack, target, seed, runner)
-    return evaluate_features(feats, patched, target, fractions, seed, knn_k, probe_epochs)
+    return evaluate_features(feats, patched, target, fractions, seed, knn_k, probe_epochs, label_draws)
 
 
 def clean_features(model: torch.nn.Module, train: ImageDataset, val: ImageDataset,
@@ -67,31 +69,45 @@ def patched_features(model: torch.nn.Module, val: ImageDataset, attack: Attack, 
 
 def evaluate_features(feats: Dict[str, Any], patched: Optional[Dict[str, Any]] = None, target: Optional[int] = None,
                       fractions: Sequence[float] = (0.01, 0.1, 1.0), seed: int = 0, knn_k: int = 20,
-                      probe_epochs: int = 100) -> Dict[str, Any]:
-    """:func:`evaluate_backbone` on features already extracted (``clean_features``, ``patched_features``):
-    ``seed`` draws the labelled images and shuffles the probe's batches."""
+                      probe_epochs: int = 100, label_draws: int = 1) -> Dict[str, Any]:
+    """:func:`evaluate_backbone` on features already extracted (``clean_features``, ``patched_features``).
+
+    Each budget is evaluated on ``label_draws`` draws of the labelled images (seeds ``seed``,
+    ``seed + 1``, ...; each also orders the probe's batches) and its metrics are their mean, with the
+    per-draw ASRs beside them (``asr_draws``, ``asr_control_draws``): at a few dozen labels per class
+    the draw alone can move a probe's ASR from 0 to 99% (docs/design.md, Metrics). One draw is the
+    protocol of SSL-Backdoor and PatchSearch, whose 10% of ImageNet-100 is about 12,600 images.
+    """
+    check(int(label_draws) >= 1, f"label_draws must be >= 1, got {label_draws}")
     f_train, y_train, f_val, y_val = feats["train"], feats["y_train"], feats["val"], feats["y_val"]
     num_classes = feats["num_classes"]
     results: Dict[str, Any] = {}
     for fraction in fractions:
-        pick = torch.as_tensor(label_budget_indexes(feats["train_targets"], fraction, seed))
-        probe = train_linear_probe(f_train[pick], y_train[pick], num_classes, epochs=probe_epochs, seed=seed)
-        bank, bank_y = f_train[pick], y_train[pick]
-        row: Dict[str, Any] = {"label_fraction": fraction, "labelled_images": int(len(pick))}
-        for name, predict in (("linear", probe.predict),
-                              ("knn", lambda f: knn_predict(f, bank, bank_y, num_classes, k=min(knn_k, len(pick))))):
-            pred_val = predict(f_val)
-            if patched is not None:
-                m = attack_metrics(predict(patched["patched"]), patched["y"], target, pred_val, y_val,
-                                   num_classes=num_classes)
-                mc = attack_metrics(predict(patched["control"]), patched["y"], target)
-                m.update(asr_control=mc["asr"], fp_control=mc["fp"])
-            else:
-                m = {"clean_acc1": float((pred_val == y_val).float().mean())}
-            row[name] = m
+        draws: Dict[str, list] = {"linear": [], "knn": []}
+        for d in range(int(label_draws)):
+            pick = torch.as_tensor(label_budget_indexes(feats["train_targets"], fraction, seed + d))
+            probe = train_linear_probe(f_train[pick], y_train[pick], num_classes, epochs=probe_epochs, seed=seed + d)
+            bank, bank_y = f_train[pick], y_train[pick]
+            for name, predict in (("linear", probe.predict),
+                                  ("knn", lambda f: knn_predict(f, bank, bank_y, num_classes, k=min(knn_k, len(pick))))):
+                pred_val = predict(f_val)
+                if patched is not None:
+                    m = attack_metrics(predict(patched["patched"]), patched["y"], target, pred_val, y_val,
+                                       num_classes=num_classes)
+                    mc = attack_metrics(predict(patched["control"]), patched["y"], target)
+                    m.update(asr_control=mc["asr"], fp_control=mc["fp"])
+                else:
+                    m = {"clean_acc1": float((pred_val == y_val).float().mean())}
+                draws[name].append(m)
+        row: Dict[str, Any] = {"label_fraction": fraction, "labelled_images": int(len(pick)),
+                               "label_draws": int(label_draws)}
+        for name, ms in draws.items():
+            row[name] = mean_metrics(ms)
+            if len(ms) > 1 and patched is not None:
+                row[name].update(asr_draws=[m["asr"] for m in ms], asr_control_draws=[m["asr_control"] for m in ms])
         results[f"{fraction:g}"] = row
     return {"num_train": feats["num_train"], "num_val": feats["num_val"], "num_classes": num_classes, "target": target,
-            "knn_k": knn_k, "seed": seed, "budgets": results}
+            "knn_k": knn_k, "seed": seed, "label_draws": int(label_draws), "budgets": results}
 
 
 def targeted_beyond_clean(undefended: Dict[str, Any], clean: Dict[str, Any],

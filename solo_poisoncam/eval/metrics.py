@@ -6,7 +6,7 @@ numbers, ``None`` where a value is undefined (JSON null), so results go straight
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -234,5 +234,26 @@ def attack_metrics(pred_patched: Any, true_patched: Any, target: int, pred_clean
     return out
 
 
+def mean_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Key-wise mean of metric dicts of the same shape (one per label draw, say): numbers (not bools)
+    are averaged, nested lists element-wise; a key that is None in any row is None; other values
+    are the first row's. One row comes back unchanged."""
+    check(len(rows) > 0, "mean_metrics needs at least one row")
+    if len(rows) == 1:
+        return dict(rows[0])
+    out: Dict[str, Any] = {}
+    for k, v in rows[0].items():
+        vs = [r.get(k) for r in rows]
+        if any(x is None for x in vs):
+            out[k] = None
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(np.mean(vs))
+        elif isinstance(v, list):
+            out[k] = np.mean(np.asarray(vs, dtype=np.float64), axis=0).tolist()
+        else:
+            out[k] = v
+    return out
+
+
 __all__ = ["auroc", "average_precision", "precision_at_k", "detection_metrics", "localisation_metrics",
-           "attack_metrics", "confusion_matrix"]
+           "attack_metrics", "confusion_matrix", "mean_metrics"]

@@ -68,7 +68,8 @@ def evaluate_checkpoint(cfg: Dict[str, Any], run: Path, ckpt) -> Dict[str, Any]:
     train = dataset_from_spec(data_spec(cfg))
     val = dataset_from_spec({**data_spec(cfg), "split": "test", "num_samples": e.get("val_images")})
     return evaluate_backbone(load_threat_model(ckpt), train, val, build_attack(m.attack), m.target,
-                             e["label_fractions"], cfg["seed"], e.get("knn_k", 20), Runner(progress=False))
+                             e["label_fractions"], cfg["seed"], e.get("knn_k", 20), Runner(progress=False),
+                             label_draws=e.get("label_draws", 1))
 
 
 class Chain:
@@ -232,10 +233,13 @@ class Chain:
 
 def _identity(cfg: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
     """The settings that define a run's results: not the logging switches, nor the switches that only add
-    or skip stages (retraining, the clean-data reference), whose stages have keys of their own."""
+    or skip stages (retraining, the clean-data reference), nor the evaluation's settings: those stages
+    have keys of their own (an evaluation: checkpoint bytes, ``eval`` and seed), so a finished run can be
+    evaluated again with other label budgets or draws."""
     if cfg is None:
         return None
     out = {**cfg, "pretrain": {k: v for k, v in cfg.get("pretrain", {}).items() if k != "wandb"}}
+    out.pop("eval", None)
     out["retrain"] = {k: v for k, v in cfg.get("retrain", {}).items() if k != "enabled"}
     out["reference"] = {k: v for k, v in cfg.get("reference", {}).items() if k != "clean"}
     return out

@@ -26,8 +26,17 @@ def backdoor_table(bd: Dict[str, Any]) -> Table:
                        ("control_to_poison_cluster", "control patch -> poison cluster"),
                        ("knn_asr_patched", "kNN-ASR patched"), ("knn_asr_control", "kNN-ASR control"),
                        ("probe_asr_patched", "linear-probe ASR patched"), ("probe_asr_control", "linear-probe ASR control"),
-                       ("probe_clean_acc1", "linear-probe clean accuracy")):
+                       ("probe_clean_acc1", "linear-probe clean accuracy"),
+                       ("probe_all_asr_patched", "linear-probe ASR patched, every label"),
+                       ("probe_all_asr_control", "linear-probe ASR control, every label")):
+        if key not in bd["threat"]:
+            continue  # a report from before that measurement
         rows.append([label, fmt(bd["threat"].get(key), pct=True), fmt(bd["reference"].get(key), pct=True)])
+    draws = bd["threat"].get("probe_asr_patched_draws") or []
+    if len(draws) > 1:
+        rows.append([f"linear-probe ASR patched per label draw ({len(draws)}; the rows above: their mean)",
+                     " / ".join(fmt(a, pct=True) for a in draws),
+                     " / ".join(fmt(a, pct=True) for a in bd["reference"].get("probe_asr_patched_draws") or [])])
     return ["", "threat model", f"reference ({bd['reference'].get('kind', 'random-init')})"], rows
 
 
@@ -64,8 +73,9 @@ def downstream_table(evaluations: Dict[str, Dict[str, Any]], fraction: Optional[
             if fraction is not None and frac != fraction:
                 continue
             lin, knn = row["linear"], row["knn"]
-            rows.append([name, f"{float(frac):.0%}", fmt(lin.get("clean_acc1"), pct=True),
-                         fmt(lin.get("patched_acc1"), pct=True), fmt(lin.get("asr"), pct=True), fmt(lin.get("fp")),
+            draws = row.get("label_draws", 1)
+            rows.append([name, f"{float(frac):.0%}" + (f" x {draws} draws" if draws > 1 else ""), fmt(lin.get("clean_acc1"), pct=True),
+                         fmt(lin.get("patched_acc1"), pct=True), fmt(lin.get("asr"), pct=True), fmt(lin.get("fp"), 1),
                          fmt(lin.get("asr_control"), pct=True), fmt(knn.get("clean_acc1"), pct=True), fmt(knn.get("asr"), pct=True)])
     return head, rows
 

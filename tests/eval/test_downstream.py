@@ -80,3 +80,25 @@ def test_features_once_then_evaluated_equals_the_one_call():
     # without an attack: clean accuracy only, for every budget
     plain = evaluate_features(feats, None, None, (0.5,), 3)["budgets"]["0.5"]["linear"]
     assert plain == {"clean_acc1": 1.0}
+
+
+def test_label_draws_average_the_draws_each_equal_to_its_own_seed():
+    """Noisy features, 10 labelled images per class: the draw moves the probe. Draw d of a
+    3-draw evaluation is the one-draw evaluation with seed + d, and the metrics are their mean."""
+    from solo_poisoncam.eval.downstream import evaluate_features
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(40)
+    feats = {"train": torch.nn.functional.one_hot(y, 3).float() + 1.5 * torch.randn(120, 3, generator=g),
+             "val": torch.randn(30, 3, generator=g), "y_train": y, "y_val": torch.arange(3).repeat_interleave(10),
+             "train_targets": y.numpy(), "num_classes": 3, "num_train": 120, "num_val": 30}
+    py = torch.arange(3).repeat_interleave(10)
+    patched = {"patched": torch.randn(30, 3, generator=g), "control": torch.randn(30, 3, generator=g), "y": py}
+    three = evaluate_features(feats, patched, TARGET, (0.25,), seed=4, label_draws=3)
+    lin = three["budgets"]["0.25"]["linear"]
+    ones = [evaluate_features(feats, patched, TARGET, (0.25,), seed=4 + d)["budgets"]["0.25"]["linear"] for d in range(3)]
+    assert lin["asr_draws"] == [o["asr"] for o in ones] and lin["asr_control_draws"] == [o["asr_control"] for o in ones]
+    assert len(set(lin["asr_draws"])) > 1  # the draws do differ here
+    assert abs(lin["asr"] - sum(o["asr"] for o in ones) / 3) < 1e-12
+    assert abs(lin["fp"] - sum(o["fp"] for o in ones) / 3) < 1e-12
+    assert three["label_draws"] == 3 and three["budgets"]["0.25"]["label_draws"] == 3

@@ -9,7 +9,7 @@ import torch
 
 from solo_poisoncam.checks import PoisonCamError
 from solo_poisoncam.eval.metrics import (attack_metrics, auroc, average_precision, confusion_matrix,
-                                         detection_metrics, localisation_metrics, precision_at_k)
+                                         detection_metrics, localisation_metrics, mean_metrics, precision_at_k)
 
 # Six scores, three positives, one positive/negative tie at 0.7.
 SCORES = [0.9, 0.8, 0.7, 0.7, 0.4, 0.2]
@@ -227,3 +227,17 @@ def test_against_sklearn(seed):
     ints = rng.integers(0, 4, n)  # very heavy ties
     assert auroc(ints, labels) == pytest.approx(sk.roc_auc_score(labels, ints), abs=1e-12)
     assert average_precision(ints, labels) == pytest.approx(sk.average_precision_score(labels, ints), abs=1e-12)
+
+
+def test_mean_metrics_by_hand():
+    # two label draws: ASR 0.9 and 0.1 -> 0.5; FP 90 and 10 -> 50.0; a None in either row -> None;
+    # the confusion matrices element-wise; a string and a bool kept from the first row
+    a = {"asr": 0.9, "fp": 90, "patched_acc1": None, "confusion_patched": [[1, 3], [0, 4]], "name": "x", "ok": True}
+    b = {"asr": 0.1, "fp": 10, "patched_acc1": 0.5, "confusion_patched": [[3, 1], [2, 0]], "name": "y", "ok": False}
+    m = mean_metrics([a, b])
+    assert m["asr"] == pytest.approx(0.5) and m["fp"] == 50.0 and m["patched_acc1"] is None
+    assert m["confusion_patched"] == [[2.0, 2.0], [1.0, 2.0]]
+    assert m["name"] == "x" and m["ok"] is True
+    assert mean_metrics([a]) == a
+    with pytest.raises(PoisonCamError):
+        mean_metrics([])
