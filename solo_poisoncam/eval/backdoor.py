@@ -108,31 +108,43 @@ def measure(model: torch.nn.Module, train: IndexedImages, clean_train: IndexedIm
 
 
 def _margins(m: Dict[str, Any]) -> Dict[str, float]:
-    return {"cluster": m["patched_to_poison_cluster"] - m["control_to_poison_cluster"],
-            "knn": m["knn_asr_patched"] - m["knn_asr_control"],
-            "probe": (m["probe_asr_patched"] or 0.0) - (m["probe_asr_control"] or 0.0)}
+    out = {"cluster": m["patched_to_poison_cluster"] - m["control_to_poison_cluster"],
+           "knn": m["knn_asr_patched"] - m["knn_asr_control"],
+           "probe": (m["probe_asr_patched"] or 0.0) - (m["probe_asr_control"] or 0.0)}
+    if "probe_all_asr_patched" in m:  # reports from before the every-label probe have none
+        out["probe_all"] = (m["probe_all_asr_patched"] or 0.0) - (m["probe_all_asr_control"] or 0.0)
+    return out
 
 
 def verdict(threat: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
-    """Which criteria hold. A criterion (cluster, kNN, probe) holds when its margin (patched - control)
-    is >= LEARNED_MARGIN and beats the random-init reference's margin by as much; ``learned`` = the
-    cluster or the probe criterion. ``targeted`` is the attacker's own criterion: probe-ASR margin
-    >= TARGETED_MARGIN and that much above the reference's. A heuristic summary; the numbers count."""
+    """Which criteria hold. A criterion (cluster, kNN, probe on 10% of the labels, probe on every label)
+    holds when its margin (patched - control) is >= LEARNED_MARGIN and beats the random-init
+    reference's margin by as much; ``learned`` = the cluster or a probe criterion. ``targeted`` is the
+    attacker's own criterion: a probe-ASR margin >= TARGETED_MARGIN and that much above the
+    reference's, at 10% of the labels (mean of the draws) or with every label (``targeted_at`` says
+    which: a downstream user with either budget is attacked). A heuristic summary; the numbers count."""
     t, r = _margins(threat), _margins(reference)
-    criteria = {k: bool(t[k] >= LEARNED_MARGIN and t[k] - r[k] >= LEARNED_MARGIN) for k in ("cluster", "knn", "probe")}
-    targeted = bool(t["probe"] >= TARGETED_MARGIN and t["probe"] - r["probe"] >= TARGETED_MARGIN)
-    return {"learned": criteria["cluster"] or criteria["probe"], "criteria": criteria, "targeted": targeted,
+    criteria = {k: bool(t[k] >= LEARNED_MARGIN and t[k] - r[k] >= LEARNED_MARGIN) for k in t if k in r}
+    at = [k for k in ("probe", "probe_all") if k in t and k in r
+          and t[k] >= TARGETED_MARGIN and t[k] - r[k] >= TARGETED_MARGIN]
+    return {"learned": criteria["cluster"] or criteria["probe"] or criteria.get("probe_all", False),
+            "criteria": criteria, "targeted": bool(at), "targeted_at": [_BUDGET[k] for k in at],
             "margins": t, "reference_margins": r,
             "rule": f"a criterion holds when its margin (patched - control) >= {LEARNED_MARGIN} and >= reference + "
-                    f"{LEARNED_MARGIN}; learned = cluster or probe; targeted = probe margin >= {TARGETED_MARGIN} "
-                    f"and >= reference + {TARGETED_MARGIN}"}
+                    f"{LEARNED_MARGIN}; learned = cluster or a probe; targeted = a probe margin >= {TARGETED_MARGIN} "
+                    f"and >= reference + {TARGETED_MARGIN}, at 10% of the labels (mean of {PROBE_DRAWS} draws) or "
+                    f"with every label"}
+
+
+_BUDGET = {"probe": "10% of the labels", "probe_all": "every label"}
 
 
 def describe_verdict(b: Dict[str, Any]) -> str:
     """'LEARNED (cluster, kNN; targeted: no)' - the verdict with the criteria that hold."""
-    held = [{"knn": "kNN"}.get(k, k) for k, v in b.get("criteria", {}).items() if v]
+    held = [{"knn": "kNN", "probe_all": "probe on every label"}.get(k, k) for k, v in b.get("criteria", {}).items() if v]
     head = "LEARNED" if b["learned"] else "NOT learned"
-    return f"{head} ({', '.join(held) or 'no criterion'}; targeted: {'yes' if b.get('targeted') else 'no'})"
+    at = f" ({', '.join(b['targeted_at'])})" if b.get("targeted") and b.get("targeted_at") else ""
+    return f"{head} ({', '.join(held) or 'no criterion'}; targeted: {'yes' + at if b.get('targeted') else 'no'})"
 
 
 def random_reference(model: ThreatModel, seed: int = 0) -> ThreatModel:
@@ -220,7 +232,7 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
     manifest = poisoned.manifest
     key = {"ckpt": hash_file(ckpt) if Path(ckpt).is_file() else str(ckpt),
            "poisons": hash_obj(manifest.attack, manifest.indexes, manifest.boxes),
-           "val_images": val_images, "val_root": None if val_root is None else str(val_root), "seed": seed, "probe_draws": PROBE_DRAWS, "v": 3}
+           "val_images": val_images, "val_root": None if val_root is None else str(val_root), "seed": seed, "probe_draws": PROBE_DRAWS, "v": 4}
     path = Path(out if out is not None else Path(ckpt).parent) / "backdoor.json"
     if path.is_file():
         try:
@@ -237,7 +249,7 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
     return report
 
 
-SUMMARY_KEYS = ("learned", "criteria", "targeted", "margins", "reference_margins", "threat", "reference", "rule",
+SUMMARY_KEYS = ("learned", "criteria", "targeted", "targeted_at", "margins", "reference_margins", "threat", "reference", "rule",
                 "settings")
 
 

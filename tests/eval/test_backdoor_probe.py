@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from solo_poisoncam.eval.backdoor import probe_view, verdict
+from solo_poisoncam.eval.backdoor import describe_verdict, probe_view, verdict
 
 
 def _feats(labels, dim, rng, noise=0.05):
@@ -65,3 +65,26 @@ def test_verdict_names_each_criterion():
     assert v["criteria"]["probe"] and v["targeted"]
     v = verdict(dict(threat, patched_to_poison_cluster=0.2), dict(ref, patched_to_poison_cluster=0.1))
     assert not v["criteria"]["cluster"]
+
+
+def test_targeted_at_either_budget_and_which():
+    """The probe on 10% of the labels (mean of draws) misses, the one on every label holds: targeted,
+    at every label. Margins: every label 0.9 - 0.2 = 0.7, reference 0.26 - 0.12 = 0.14: 0.56 above."""
+    base = {"patched_to_poison_cluster": 0.98, "control_to_poison_cluster": 0.10, "knn_asr_patched": 0.3,
+            "knn_asr_control": 0.2, "probe_asr_patched": 0.35, "probe_asr_control": 0.15}
+    ref = {"patched_to_poison_cluster": 0.64, "control_to_poison_cluster": 0.06, "knn_asr_patched": 0.2,
+           "knn_asr_control": 0.2, "probe_asr_patched": 0.16, "probe_asr_control": 0.10,
+           "probe_all_asr_patched": 0.26, "probe_all_asr_control": 0.12}
+    v = verdict(dict(base, probe_all_asr_patched=0.9, probe_all_asr_control=0.2), ref)
+    assert v["targeted"] and v["targeted_at"] == ["every label"]
+    # cluster 0.88 vs reference 0.58 (0.30 above: holds); kNN 0.1 (< 0.2); probe at 10% 0.20, only 0.14 above
+    # the reference's 0.06 (misses); every label 0.70 vs 0.14
+    assert v["criteria"] == {"cluster": True, "knn": False, "probe": False, "probe_all": True}
+    assert v["learned"]
+    assert "targeted: yes (every label)" in describe_verdict(v)
+    # neither budget: not targeted; an every-label margin of 0.29 is under the 0.3
+    v = verdict(dict(base, probe_all_asr_patched=0.49, probe_all_asr_control=0.2), ref)
+    assert not v["targeted"] and v["targeted_at"] == []
+    # a report from before the every-label probe: the 10% criterion alone, as before
+    old_ref = {k: x for k, x in ref.items() if not k.startswith("probe_all")}
+    assert set(verdict(base, old_ref)["criteria"]) == {"cluster", "knn", "probe"}

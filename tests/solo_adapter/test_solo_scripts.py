@@ -77,7 +77,7 @@ def test_main_pretrain_poison_detect_then_cluster_head_and_linear(tmp_path):
     assert sorted(map(int, removed + kept)) == list(range(72))
     assert metrics["solo"]["checkpoint"] == str(ckpt.resolve()) and f"ep={metrics['solo']['epoch']}" in ckpt.name
     assert metrics["backdoor"]["settings"]["val_split"] == "val"  # the export's val/ beside train/
-    assert set(metrics["backdoor"]["criteria"]) == {"cluster", "knn", "probe"}
+    assert set(metrics["backdoor"]["criteria"]) == {"cluster", "knn", "probe", "probe_all"}
 
     # `poisoncam detect` on the saved checkpoint with the hook's settings writes the same outputs
     cli = tmp_path / "cli-detect"
