@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, markdown_table, mean_std, print_tables, write_results  # noqa: E402
+from common import environment, kept_minus_clean, markdown_table, print_tables, write_results  # noqa: E402
 
 
 def models_of(run: Path, spread_root: Path | None) -> List[Dict[str, Any]]:
@@ -94,18 +94,10 @@ def tables(rows: List[Dict[str, Any]], label_seeds: List[int], patch_seeds: List
             f"patch seeds {', '.join(map(str, patch_seeds))}), and the spread each causes"] = markdown_table(
             ["model", "SSL seed", "ASR per label seed", "std over label seeds", "std over patch seeds",
              "ASR (all)", "control ASR", "clean acc"], body)
-        clean = {r["seed"]: r for r in rows if r["model"] == "clean-data"}
-        diff = []
-        for model in dict.fromkeys(r["model"] for r in rows if r["model"] not in ("clean-data", "undefended")):
-            d = [r["grid"][f"{f:g}"][k]["asr"] - clean[r["seed"]]["grid"][f"{f:g}"][k]["asr"]
-                 for r in rows if r["model"] == model and r["seed"] in clean for k in r["grid"][f"{f:g}"]]
-            if d:
-                diff.append([model, str(len(d)), mean_std(d, pct=True), f"{min(d):.1%} - {max(d):.1%}",
-                             f"{sum(abs(x) <= 0.02 for x in d)} of {len(d)}"])
+        diff = kept_minus_clean(rows, lambda r: {k: c["asr"] for k, c in r["grid"][f"{f:g}"].items()})
         if diff:
             out[f"{f:.0%} of the labels: kept-set model minus the clean-data model of the same SSL seed, same label "
-                f"and patch seeds (ASR points)"] = markdown_table(
-                    ["model", "pairs", "ASR difference", "range", "within 2 points"], diff)
+                f"and patch seeds (ASR points)"] = diff
     return out
 
 

@@ -26,7 +26,8 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, largest_budget, markdown_table, mean_std, print_tables, write_results  # noqa: E402
+from common import (environment, kept_minus_clean, largest_budget, markdown_table, mean_std,  # noqa: E402
+                    print_tables, write_results)
 
 MODELS = ("undefended", "poisoncam", "clean-data")
 
@@ -124,20 +125,13 @@ def eval_seed_tables(rows: List[Dict[str, Any]], seeds: List[int]) -> Dict[str, 
         per.append([r["model"], str(r["seed"]), " / ".join(f"{m['asr']:.1%}" for m in ev),
                     mean_std([m["asr"] for m in ev], pct=True), mean_std([m.get("asr_control") for m in ev], pct=True),
                     mean_std([m["clean_acc1"] for m in ev], pct=True)])
-    clean = {r["seed"]: r for r in rows if r["model"] == "clean-data"}
-    diff = []
-    for model in dict.fromkeys(r["model"] for r in rows if r["model"] not in ("clean-data", "undefended")):
-        d = [r["by_eval_seed"][str(e)]["asr"] - clean[r["seed"]]["by_eval_seed"][str(e)]["asr"]
-             for r in rows if r["model"] == model and r["seed"] in clean for e in seeds]
-        if d:
-            diff.append([model, str(len(d)), mean_std(d, pct=True), f"{min(d):.1%} - {max(d):.1%}",
-                         f"{sum(abs(x) <= 0.02 for x in d)} of {len(d)}"])
+    diff = kept_minus_clean(rows, lambda r: {e: r["by_eval_seed"][str(e)]["asr"] for e in seeds})
     seeds_txt = ", ".join(map(str, seeds))
     out = {f"Each model under evaluation seeds {seeds_txt} (ASR per seed, then mean ± std)": markdown_table(
         ["model", "SSL seed", "ASR per evaluation seed", "ASR", "control ASR", "clean acc"], per)}
     if diff:
         out["Kept-set model minus the clean-data model of the same SSL seed, same evaluation seed (ASR points)"] = \
-            markdown_table(["model", "pairs", "ASR difference", "range", "within 2 points"], diff)
+            diff
     return out
 
 

@@ -7,7 +7,7 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 
@@ -77,3 +77,18 @@ def print_tables(tables: Dict[str, str], path: Path) -> int:
         print(f"\n{title}\n{table}")
     print(f"\n-> {path}")
     return 0
+
+
+def kept_minus_clean(rows: List[Dict[str, Any]], asr_cells: Callable[[Dict[str, Any]], Dict[str, float]]) -> str:
+    """Each kept-set model's ASR minus the clean-data model's of the same SSL seed, cell by cell
+    (``asr_cells(row)``: ASR per evaluation cell, the same keys for every row), as a markdown table
+    of pairs, mean ± std, range and how many lie within 2 points; "" when there is no pair."""
+    clean = {r["seed"]: asr_cells(r) for r in rows if r["model"] == "clean-data"}
+    body = []
+    for model in dict.fromkeys(r["model"] for r in rows if r["model"] not in ("clean-data", "undefended")):
+        d = [a - clean[r["seed"]][k] for r in rows if r["model"] == model and r["seed"] in clean
+             for k, a in asr_cells(r).items()]
+        if d:
+            body.append([model, str(len(d)), mean_std(d, pct=True), f"{min(d):.1%} - {max(d):.1%}",
+                         f"{sum(abs(x) <= 0.02 for x in d)} of {len(d)}"])
+    return markdown_table(["model", "pairs", "ASR difference", "range", "within 2 points"], body) if body else ""

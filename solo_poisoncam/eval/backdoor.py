@@ -25,7 +25,7 @@ from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.engine.features import extract_features
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.knn import knn_predict
-from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
+from solo_poisoncam.eval.linear import probes_over_draws, train_linear_probe
 from solo_poisoncam.eval.metrics import attack_metrics, mean_metrics
 from solo_poisoncam.models.threat_model import ThreatModel, build_run_backbone
 from solo_poisoncam.poison import PatchedDataset, PoisonedDataset, build_attack
@@ -77,14 +77,13 @@ def probe_view(clean_train: torch.Tensor, labels: torch.Tensor, val: torch.Tenso
     un-poisoned originals, every class present even when all target images were poisoned), averaged
     over ``draws`` draws of the labelled images (seeds ``seed``, ``seed + 1``, ...), each draw's ASR
     beside; and one probe on every label (``probe_all_*``), where no draw is left to chance."""
-    def one(pick, s):
-        probe = train_linear_probe(clean_train[pick], labels[pick], num_classes, seed=s)
+    def scores(probe):
         m = attack_metrics(probe.predict(patched), patched_labels, target, probe.predict(val), val_labels)
         mc = attack_metrics(probe.predict(control), patched_labels, target)
         return {"asr": m["asr"], "control": mc["asr"], "fp": m["fp"], "clean_acc1": m["clean_acc1"]}
 
-    runs = [one(label_budget_indexes(labels.numpy(), fraction, seed + d), seed + d) for d in range(int(draws))]
-    m, every = mean_metrics(runs), one(np.arange(len(labels)), seed)
+    runs = [scores(probe) for _, probe in probes_over_draws(clean_train, labels, num_classes, fraction, seed, draws)]
+    m, every = mean_metrics(runs), scores(train_linear_probe(clean_train, labels, num_classes, seed=seed))
     return {"probe_asr_patched": m["asr"], "probe_asr_control": m["control"], "probe_fp_patched": m["fp"],
             "probe_clean_acc1": m["clean_acc1"], "probe_label_fraction": fraction, "probe_draws": int(draws),
             "probe_asr_patched_draws": [r["asr"] for r in runs], "probe_asr_control_draws": [r["control"] for r in runs],

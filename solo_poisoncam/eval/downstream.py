@@ -14,14 +14,13 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from solo_poisoncam.checks import check
 from solo_poisoncam.data.base import ImageDataset
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.engine.features import extract_features
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.backdoor import TARGETED_MARGIN
 from solo_poisoncam.eval.knn import knn_predict
-from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
+from solo_poisoncam.eval.linear import probes_over_draws
 from solo_poisoncam.eval.metrics import attack_metrics, mean_metrics
 from solo_poisoncam.poison import PatchedDataset
 from solo_poisoncam.poison.attacks import Attack
@@ -50,7 +49,7 @@ def clean_features(model: torch.nn.Module, train: ImageDataset, val: ImageDatase
     return {"train": extract_features(model, IndexedImages(train, size=size), runner),
             "val": extract_features(model, IndexedImages(val, size=size), runner),
             "y_train": torch.as_tensor(train.targets), "y_val": torch.as_tensor(val.targets),
-            "train_targets": train.targets, "num_classes": len(train.classes), "num_train": len(train),
+            "num_classes": len(train.classes), "num_train": len(train),
             "num_val": len(val)}
 
 
@@ -78,15 +77,12 @@ def evaluate_features(feats: Dict[str, Any], patched: Optional[Dict[str, Any]] =
     the draw alone can move a probe's ASR from 0 to 99% (docs/design.md, Metrics). One draw is the
     protocol of SSL-Backdoor and PatchSearch, whose 10% of ImageNet-100 is about 12,600 images.
     """
-    check(int(label_draws) >= 1, f"label_draws must be >= 1, got {label_draws}")
     f_train, y_train, f_val, y_val = feats["train"], feats["y_train"], feats["val"], feats["y_val"]
     num_classes = feats["num_classes"]
     results: Dict[str, Any] = {}
     for fraction in fractions:
         draws: Dict[str, list] = {"linear": [], "knn": []}
-        for d in range(int(label_draws)):
-            pick = torch.as_tensor(label_budget_indexes(feats["train_targets"], fraction, seed + d))
-            probe = train_linear_probe(f_train[pick], y_train[pick], num_classes, epochs=probe_epochs, seed=seed + d)
+        for pick, probe in probes_over_draws(f_train, y_train, num_classes, fraction, seed, label_draws, probe_epochs):
             bank, bank_y = f_train[pick], y_train[pick]
             for name, predict in (("linear", probe.predict),
                                   ("knn", lambda f: knn_predict(f, bank, bank_y, num_classes, k=min(knn_k, len(pick))))):

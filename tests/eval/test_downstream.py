@@ -91,7 +91,7 @@ def test_label_draws_average_the_draws_each_equal_to_its_own_seed():
     y = torch.arange(3).repeat_interleave(40)
     feats = {"train": torch.nn.functional.one_hot(y, 3).float() + 1.5 * torch.randn(120, 3, generator=g),
              "val": torch.randn(30, 3, generator=g), "y_train": y, "y_val": torch.arange(3).repeat_interleave(10),
-             "train_targets": y.numpy(), "num_classes": 3, "num_train": 120, "num_val": 30}
+             "num_classes": 3, "num_train": 120, "num_val": 30}
     py = torch.arange(3).repeat_interleave(10)
     patched = {"patched": torch.randn(30, 3, generator=g), "control": torch.randn(30, 3, generator=g), "y": py}
     three = evaluate_features(feats, patched, TARGET, (0.25,), seed=4, label_draws=3)
