@@ -2,12 +2,16 @@
 
     python benchmarks/bench_trust.py --quick --settings clean patch-0.5-7px patch-1.0 patch-0.5 patch-0.1 patch-0.05
     python benchmarks/bench_trust.py --quick --settings cifar-patch16-1.0 --data PATH/cifar10_subset.npz
+    python benchmarks/bench_trust.py --quick --modes match --no-patchsearch \
+        --variant default --variant "occluders 0.25+0.5:occluder=[0.25, 0.5]"
 
 For each (setting, seed) of ``bench_detection.py`` (the same run folders, so threat models are
 shared): the threat model and its backdoor check, then PoisonCAM once per removal mode (probe,
 score, classifier; one stage cache, so masking runs once) and PatchSearch as its paper runs it.
 "clean" and "cifar-clean" train on unpoisoned data: every removal there is a false one. The verdict uses no
-ground truth; the metrics do. Writes benchmarks/results/<name>.md and .json.
+ground truth; the metrics do. ``--variant "NAME[:key=value;key=value]"`` runs PoisonCAM under
+detection settings side by side (values parsed as ``poisoncam detect --set`` parses them; the same threat
+model, and one stage cache, so shared stages run once); "default" is the settings as they are. Writes benchmarks/results/<name>.md and .json.
 """
 
 from __future__ import annotations
@@ -26,7 +30,23 @@ from common import environment, markdown_table, print_tables, stage_seconds, wri
 MODES = ("probe", "match", "classifier")
 
 
-def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, modes, patchsearch: bool) -> Dict[str, Any]:
+def parse_variant(text: str) -> Dict[str, Any]:
+    """"NAME[:key=value;key=value]" -> {"name", "settings"}; values parsed as ``poisoncam detect --set`` does."""
+    from solo_poisoncam.commands.detect import _parse_value
+
+    name, _, sets = text.partition(":")
+    settings: Dict[str, Any] = {}
+    for item in (s.strip() for s in sets.split(";")):
+        if item:
+            if "=" not in item:
+                raise SystemExit(f"--variant '{text}': settings are key=value, got '{item}'")
+            key, value = item.split("=", 1)
+            settings[key.strip()] = _parse_value(value.strip())
+    return {"name": name, "settings": settings}
+
+
+def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, modes, patchsearch: bool,
+            variants: List[Dict[str, Any]]) -> Dict[str, Any]:
     from solo_poisoncam.data import dataset_from_spec
     from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.pipeline import run_detection
@@ -50,18 +70,20 @@ def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, modes, pa
         ckpt = chain.stage("threat model", chain.threat)
         out["backdoor"] = chain.stage("backdoor check", lambda: chain.backdoor(ckpt))
         data = PoisonedDataset.from_manifest(manifest)
-    runs = [("poisoncam", m) for m in modes] + ([("patchsearch", "classifier")] if patchsearch else [])
-    for method, mode in runs:
-        dcfg = DetectConfig.from_dict({**cfg["detect"].get("settings", {}), "method": method, "remove": mode,
-                                       "seed": seed})
-        r = chain.stage(f"detect {method} remove={mode}", lambda d=dcfg: run_detection(
+    runs = [("poisoncam", m, v) for v in variants for m in modes]
+    runs += [("patchsearch", "classifier", {"name": "default", "settings": {}})] if patchsearch else []
+    for method, mode, variant in runs:
+        dcfg = DetectConfig.from_dict({**cfg["detect"].get("settings", {}), **variant["settings"], "method": method,
+                                       "remove": mode, "seed": seed})
+        name = f"{method}:{mode}" + ("" if variant["name"] == "default" else f" [{variant['name']}]")
+        r = chain.stage(f"detect {name}", lambda d=dcfg: run_detection(
             load_threat_model(ckpt), data, d, Runner(progress=False), StageCache(chain.out / "cache")))
         if manifest is not None:
             r = score_detection(r, manifest)
         m = dict(r.metrics)
         if manifest is None:  # unpoisoned data: every removal is a false one
             m["false_removal_rate"] = m["num_removed"] / m["num_samples"]
-        out["detections"][f"{method}:{mode}"] = {"metrics": m, "timings": r.timings}
+        out["detections"][name] = {"metrics": m, "timings": r.timings}
     return out
 
 
@@ -137,6 +159,8 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--no-patchsearch", action="store_true")
+    p.add_argument("--variant", action="append", default=None, metavar="NAME[:key=value;...]",
+                   help="PoisonCAM detection settings to run side by side (default: default)")
     p.add_argument("--root", default="runs/bench", help="run folders (shared with bench_detection.py)")
     p.add_argument("--name", default="trust")
     p.add_argument("--data", default=None, help="the .npz file of the cifar-* settings")
@@ -152,14 +176,15 @@ def main() -> int:
     base = QUICK if args.quick else {}
     root = Path(args.root) / ("quick" if args.quick else "full")
     env = environment()
+    variants = [parse_variant(v) for v in (args.variant or ["default"])]
     rows = []
     for seed in args.seeds:  # every setting of one seed first: a cut-short run still covers every regime
         for setting in args.settings:
             print(f"== {setting} seed {seed}", flush=True)
-            rows.append(run_one(setting, seed, base, root, args.modes, not args.no_patchsearch))
+            rows.append(run_one(setting, seed, base, root, args.modes, not args.no_patchsearch, variants))
             tabs = tables(rows)  # written after every run: a long benchmark shows its progress
             settings = {"base": base, "settings": {s: SETTINGS[s] for s in args.settings}, "seeds": args.seeds,
-                        "modes": args.modes}
+                        "modes": args.modes, "variants": variants}
             path = write_results(args.name, env, settings, tabs, rows)
     return print_tables(tabs, path)
 
