@@ -90,3 +90,26 @@ def test_match_removal_on_clean_noise_removes_nothing():
     # a window of noise is in no other image (its own holds it: the verdict decides whether it is a trigger)
     assert out["removed"].tolist() == [True] + [False] * 39
     assert out["extents"][0].tolist() == [4, 4, 12, 12]
+
+
+def test_match_removal_scans_again_for_the_extent_when_the_window_holds_a_strip_of_image():
+    # a window of 4 columns of black background and the 8 x 8 trigger: only the poisons with black beside
+    # their trigger hold its pattern (the others have noise there), but every clean image is black there too,
+    # so the extent is the trigger alone, and its pattern is in every poison
+    x, _ = _planted(poisons=0)
+    x[10:, :, :, :12] = 0
+    g = torch.Generator().manual_seed(2)
+    trigger = torch.randint(64, 256, (3, 8, 8), generator=g, dtype=torch.uint8)
+    boxes = []
+    for i, y0 in enumerate([2, 4, 6, 8, 10, 12, 3, 5, 7, 9]):
+        x[i, :, y0:y0 + 8, 12:20] = trigger
+        if i < 5:
+            x[i, :, y0:y0 + 8, 8:12] = 0
+        boxes.append([12, y0, 20, y0 + 8])
+    window = np.array([8, 2, 20, 10])
+    first = pattern_errors(x[:1], torch.as_tensor(window[None]), x)[:, 0] < 0.1
+    assert first.tolist() == [True] * 5 + [False] * 35  # the window's own pattern misses half the poisons
+    out = match_removal(Stack(x), np.array([0]), window[None])
+    assert out["extents"][0].tolist() == boxes[0] and out["rescanned"].tolist() == [0]
+    assert out["removed"].tolist() == [True] * 10 + [False] * 30
+    assert out["windows"][:10].tolist() == boxes and (out["template"][:10] == 0).all()
