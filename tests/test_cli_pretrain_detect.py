@@ -96,8 +96,9 @@ def test_detect_writes_every_output(trained, capsys, tmp_path):
     assert m["num_poisons"] == 15 and m["num_samples"] == 300
     assert {"precision", "recall", "f1", "auroc", "auprc", "precision_at_20", "trigger_detection_accuracy",
             "localisation_all", "localisation_top20"} <= set(m)
-    # coarse to fine: all 300 under 16 coarse occluders, the top 20% = 60 (> flip_top 30) under the 49
-    assert doc["timings"]["masked_forwards"] == 300 * 16 + 60 * 49 and doc["timings"]["device"] == "cpu"
+    # coarse to fine: all 300 under 16 + 9 coarse occluders (sides 1/4 and 1/2), the top 20% = 60
+    # (> flip_top 30) under the 49 + 25 of the full stride
+    assert doc["timings"]["masked_forwards"] == 300 * (16 + 9) + 60 * (49 + 25) and doc["timings"]["device"] == "cpu"
     assert "backdoor" in doc and "definitions" in doc
     removed = [int(v) for v in (out / "removed.txt").read_text().split()]
     kept = [int(v) for v in (out / "kept.txt").read_text().split()]

@@ -34,8 +34,10 @@ class DetectConfig:
     head_checkpoint: Optional[str] = None
     # cluster activation masking (PoisonCAM)
     masks: str = "occlusion"                    # occlusion | rise | both
-    # sliding occluder side, share of the image side; a list: occluders of each side in one mask set
-    occluder: Union[float, List[float]] = 0.25
+    # sliding occluder side, share of the image side; a list: occluders of each side in one mask set.
+    # Both 1/4 and 1/2: an occluder hides at most its own square, and a model that learned a larger
+    # trigger survives the occlusion of a part of it (docs/design.md, method step 3)
+    occluder: Union[float, List[float]] = field(default_factory=lambda: [0.25, 0.5])
     occluder_stride: float = 0.125
     # coarse to fine: every image under occluders at coarse_stride, then the coarse_top share it ranks
     # highest (at least flip_top images) under the full set; None: one pass, every image under the full set

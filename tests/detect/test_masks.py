@@ -236,8 +236,8 @@ def test_build_masks_holds_occluders_of_each_side_in_the_list():
     from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.poisoncam import build_masks
 
-    one = build_masks(DetectConfig(), 32)  # 8 px at stride 4: 7 x 7 positions
-    both = build_masks(DetectConfig(occluder=[0.25, 0.5]), 32)  # and 16 px at stride 4: 5 x 5
+    one = build_masks(DetectConfig(occluder=0.25), 32)  # 8 px at stride 4: 7 x 7 positions
+    both = build_masks(DetectConfig(), 32)  # the default, and 16 px at stride 4: 5 x 5
     hidden = (1 - both).flatten(1).sum(1)
     assert one.shape == (49, 1, 32, 32) and both.shape == (49 + 25, 1, 32, 32)
     assert torch.equal(both[:49], one)

@@ -11,7 +11,8 @@ from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PoisonedDataset
 
-FAST = {"num_clusters": 10, "occluder_stride": 1 / 16, "coarse_stride": None, "flip_images": 40, "flip_top": 60, "remove": "classifier",
+# one occluder side: these tests count masked forwards and compare passes, not the sides (test_masks.py)
+FAST = {"num_clusters": 10, "occluder": 0.25, "occluder_stride": 1 / 16, "coarse_stride": None, "flip_images": 40, "flip_top": 60, "remove": "classifier",
         "classifier": {"models": 1, "iters": 150, "batch_size": 32}}
 
 
