@@ -140,18 +140,16 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
         others = misses[np.linspace(0, len(misses) - 1, min(copies, len(misses))).astype(np.int64)] if len(misses) else misses
         extents[t] = trigger_extent(src[t], boxes[t], images.take(rows.numpy()), at[rows, t], tol, agree,
                                     images.take(others) if len(others) else None)
-    # each column a pattern: the windows, then the extents scanned again (module docstring); ``offset`` is the
-    # trigger's box relative to the top-left of the pattern's match, ``owner`` the window it came from
-    owner = np.arange(len(boxes))
-    offset = extents - np.tile(boxes[:, :2], 2)
-    wh, ext_wh = boxes[:, 2:] - boxes[:, :2], extents[:, 2:] - extents[:, :2]
-    again = np.flatnonzero((extents != boxes).any(1) & (2 * ext_wh >= wh).all(1))
+    # the extents scanned again (module docstring): each column of err / at is then one pattern, the windows
+    # and these extents, ``owner`` the window it came from
+    again = np.flatnonzero((extents != boxes).any(1) & (2 * (extents[:, 2:] - extents[:, :2])
+                                                        >= boxes[:, 2:] - boxes[:, :2]).all(1))
+    owner, patterns = np.concatenate([np.arange(len(boxes)), again]), np.concatenate([boxes, extents[again]])
     if len(again):
         err2, at2 = match_scan(src[torch.as_tensor(again)], torch.as_tensor(extents[again]), images, ncc)
         err, at = torch.cat([err, err2], 1), torch.cat([at, at2], 1)
-        owner = np.concatenate([owner, again])
-        offset = np.concatenate([offset, np.concatenate([np.zeros_like(ext_wh[again]), ext_wh[again]], 1)])
         hit = err < rmse
+    offset = extents[owner] - np.tile(patterns[:, :2], 2)  # the trigger's box from the top-left of a match
     removed = hit.any(1).numpy()
     best = torch.where(hit, err, torch.full_like(err, float("inf"))).argmin(1)
     n, side = len(removed), int(src.shape[-1])
