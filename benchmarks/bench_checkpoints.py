@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, markdown_table, print_tables, write_results  # noqa: E402
+from common import environment, markdown_table, parse_variant, print_tables, write_results  # noqa: E402
 
 
 def _slug(name: str) -> str:
@@ -40,11 +40,6 @@ def parse_model(text: str) -> Dict[str, Any]:
     if "manifest" not in fields and not {"dataset", "root"} <= set(fields):
         raise ValueError(f"--model '{text}': give manifest=M, or dataset=D,root=R")
     return {"name": name, "ckpt": ckpt, "data": fields}
-
-
-def parse_variant(text: str) -> Dict[str, Any]:
-    name, _, sets = text.partition(":")
-    return {"name": name, "sets": [s.strip() for s in sets.split(";") if s.strip()]}
 
 
 def detect(model: Dict[str, Any], variant: Dict[str, Any], method: str, out: Path, check: bool = True) -> Dict[str, Any]:

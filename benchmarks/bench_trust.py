@@ -25,28 +25,14 @@ from typing import Any, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_detection import QUICK, SETTINGS, deep_merge, point_colour_settings_at  # noqa: E402
-from common import environment, markdown_table, print_tables, stage_seconds, write_results  # noqa: E402
+from common import environment, markdown_table, parse_variant, print_tables, stage_seconds, write_results  # noqa: E402
 
 MODES = ("probe", "match", "classifier")
 
 
-def parse_variant(text: str) -> Dict[str, Any]:
-    """"NAME[:key=value;key=value]" -> {"name", "settings"}; values parsed as ``poisoncam detect --set`` does."""
-    from solo_poisoncam.commands.detect import _parse_value
-
-    name, _, sets = text.partition(":")
-    settings: Dict[str, Any] = {}
-    for item in (s.strip() for s in sets.split(";")):
-        if item:
-            if "=" not in item:
-                raise SystemExit(f"--variant '{text}': settings are key=value, got '{item}'")
-            key, value = item.split("=", 1)
-            settings[key.strip()] = _parse_value(value.strip())
-    return {"name": name, "settings": settings}
-
-
 def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, modes, patchsearch: bool,
             variants: List[Dict[str, Any]]) -> Dict[str, Any]:
+    from solo_poisoncam.commands.detect import parse_sets
     from solo_poisoncam.data import dataset_from_spec
     from solo_poisoncam.detect.config import DetectConfig
     from solo_poisoncam.detect.pipeline import run_detection
@@ -71,10 +57,10 @@ def run_one(setting: str, seed: int, base: Dict[str, Any], root: Path, modes, pa
         out["backdoor"] = chain.stage("backdoor check", lambda: chain.backdoor(ckpt))
         data = PoisonedDataset.from_manifest(manifest)
     runs = [("poisoncam", m, v) for v in variants for m in modes]
-    runs += [("patchsearch", "classifier", {"name": "default", "settings": {}})] if patchsearch else []
+    runs += [("patchsearch", "classifier", {"name": "default", "sets": []})] if patchsearch else []
     for method, mode, variant in runs:
-        dcfg = DetectConfig.from_dict({**cfg["detect"].get("settings", {}), **variant["settings"], "method": method,
-                                       "remove": mode, "seed": seed})
+        dcfg = DetectConfig.from_dict({**cfg["detect"].get("settings", {}), **parse_sets(variant["sets"]),
+                                       "method": method, "remove": mode, "seed": seed})
         name = f"{method}:{mode}" + ("" if variant["name"] == "default" else f" [{variant['name']}]")
         r = chain.stage(f"detect {name}", lambda d=dcfg: run_detection(
             load_threat_model(ckpt), data, d, Runner(progress=False), StageCache(chain.out / "cache")))

@@ -92,3 +92,9 @@ def kept_minus_clean(rows: List[Dict[str, Any]], asr_cells: Callable[[Dict[str, 
             body.append([model, str(len(d)), mean_std(d, pct=True), f"{min(d):.1%} - {max(d):.1%}",
                          f"{sum(abs(x) <= 0.02 for x in d)} of {len(d)}"])
     return markdown_table(["model", "pairs", "ASR difference", "range", "within 2 points"], body) if body else ""
+
+
+def parse_variant(text: str) -> Dict[str, Any]:
+    """``--variant "NAME[:key=value;key=value]"`` -> {"name", "sets"}: ``poisoncam detect --set`` items."""
+    name, _, sets = text.partition(":")
+    return {"name": name, "sets": [s.strip() for s in sets.split(";") if s.strip()]}

@@ -65,7 +65,13 @@ def config_overrides(args: argparse.Namespace) -> Dict[str, Any]:
         d["force_remove"] = True
     if args.window is not None:
         d["window"] = args.window if args.window == "auto" else float(args.window)
-    for item in args.set:
+    return {**d, **parse_sets(args.set)}
+
+
+def parse_sets(items) -> Dict[str, Any]:
+    """``--set KEY=VALUE`` items -> DetectConfig fields (``classifier.x`` / ``probe.x``: their groups')."""
+    d: Dict[str, Any] = {}
+    for item in items:
         check("=" in item, f"--set takes KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
         if key.startswith(("classifier.", "probe.")):
