@@ -21,8 +21,9 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     The pattern is *learned* when the repeating candidates' median coherence exceeds the null's
     ``quantile`` plus ``margin``, or (where the statistics hold in-place flip rates, ``flip`` and
     ``null_flip``) their median in-place flip rate exceeds the null's ``quantile`` (and 0: nothing
-    moved is nothing learned). Confirmed: the repeating candidates that pass the same test themselves;
-    found = learned and at least ``min_count`` confirmed. ``confirmed`` (the array) marks the triggers
+    moved is nothing learned). Confirmed: the repeating candidates that pass the same test themselves,
+    and the repeating candidates linked to one of those by an exact copy (``stats["exact_pairs"]``, where
+    the statistics hold it: the same pasted pixels); found = learned and at least ``min_count`` confirmed. ``confirmed`` (the array) marks the triggers
     removal uses: the confirmed ones exact by their own window where at least ``min_count`` are;
     ``template_core`` (the array) those of them to match by their core (not exact by their window).
     A quantile, not the maximum: a few null windows may still fall on a trigger.
@@ -58,6 +59,12 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     # the triggers removal uses: repeating candidates that each pass the test beyond the null themselves
     # (a clean texture that happens to repeat, e.g. among near-identical garments, does not)
     confirmed = repeats & coheres & learned
+    # and the exact copies of those: the same pasted pixels are the same trigger, whichever copy's window
+    # moved fewer flip images (a copy's own flip rate varies with its window's strip of background)
+    if stats.get("exact_pairs") is not None and confirmed.any():
+        pairs = np.asarray(stats["exact_pairs"], dtype=bool)
+        linked = (pairs | pairs.T)[:, confirmed].any(1)
+        confirmed = confirmed | (repeats & linked)
     count, confirmed_count = int(repeats.sum()), int(confirmed.sum())
     # the templates removal uses: the confirmed windows with an exact copy of their own where there are
     # enough of them (a window with a strip of background, exact only by its core, places the trigger

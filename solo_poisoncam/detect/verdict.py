@@ -108,17 +108,18 @@ def _partly_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def repetition(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-               exclude: Optional[np.ndarray] = None, rmse: Sequence[float] = (0.1,)) -> np.ndarray:
+               exclude: Optional[np.ndarray] = None, rmse: Sequence[float] = (0.1,), within: Optional[float] = None):
     """Per window (T,) and per ``rmse`` level (L, T): the number of pool images holding its pattern within
     that RMSE, not counting row ``exclude[t]`` of the pool (the window's own image; -1 = none). One
-    level gives (T,)."""
+    level gives (T,). With ``within``, also (P, T) bool: pool image p holds window t's pattern within it."""
     err = pattern_errors(src_images, boxes, pool, ncc)
     if exclude is not None:
         own = torch.as_tensor(exclude)
         cols = torch.nonzero(own >= 0).flatten()
         err[own[cols], cols] = float("inf")
     counts = np.stack([(err < r).sum(0).numpy() for r in rmse])
-    return counts[0] if len(rmse) == 1 else counts
+    counts = counts[0] if len(rmse) == 1 else counts
+    return counts if within is None else (counts, (err < within).numpy())
 
 
 @torch.no_grad()
@@ -155,16 +156,18 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     ``null_boxes``); repetition is searched in the candidates' own images (where the poisons
     concentrate, if there are any). ``exact`` / ``core_exact`` (and the null's ``null_exact`` /
     ``null_core_exact``): how many of those copies match within RMSE ``exact``, by the window and by
-    its core (pasted pixels at the same resampling phase; natural content, however alike, does not)."""
+    its core (pasted pixels at the same resampling phase; natural content, however alike, does not);
+    ``exact_pairs`` (C, C) bool: candidate image p holds an exact copy of candidate t's window or core."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
     cw, nb = torch.as_tensor(cand_windows), torch.as_tensor(boxes)
     row = {int(p): i for i, p in enumerate(cand_pos)}
     own, null_own = np.arange(len(cand_pos)), np.array([row.get(int(p), -1) for p in src])
-    rep = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact))
+    rep, pairs = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact), within=exact)
+    core_exact, core_pairs = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,), within=exact)
     null_rep = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact))
-    out = {"rep": rep[0], "exact": rep[1], "core_exact": repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,)),
+    out = {"rep": rep[0], "exact": rep[1], "core_exact": core_exact, "exact_pairs": pairs | core_pairs,
            "null_rep": null_rep[0], "null_exact": null_rep[1],
            "null_core_exact": repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,)),
            "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),

@@ -11,7 +11,8 @@ from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
 from solo_poisoncam.detect.decision import decide, describe
 from solo_poisoncam.detect.flip import flip_scores
-from solo_poisoncam.detect.verdict import core_boxes, null_windows, pattern_errors, repetition
+from solo_poisoncam.data.indexed import IndexedImages
+from solo_poisoncam.detect.verdict import core_boxes, null_windows, pattern_errors, repetition, verdict_statistics
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
@@ -260,3 +261,47 @@ def test_decide_by_hand_repeats_by_the_core_exact_copies_alone():
     assert not decide({**stats, "null_core_exact": np.array([0, 4, 0, 0])}, min_count=3, quantile=1.0)["found"]
     v = decide({k: x for k, x in stats.items() if k != "null_core_exact"}, min_count=3, quantile=1.0)
     assert v["repeated"] == 0 and v["repeated_by_core"] == 0 and not v["found"] and "core's" not in describe(v)
+
+
+def test_decide_by_hand_confirms_the_exact_copies_of_a_confirmed_window():
+    """Rows 0-4 repeat, all copies of one trigger (exact_pairs links 0-1-2 and 3-4 to 0); rows 0-2 beat the
+    null's flip rate themselves (0.3, 0.4, 0.2 > 0.1), rows 3-4 do not (0.05, 0.02): their images hold row 0's
+    pattern exactly, so they are the same trigger and confirmed too. Row 5 repeats too, with a pattern of
+    its own (linked only to row 6, which does not repeat): not confirmed."""
+    pairs = np.zeros((7, 7), dtype=bool)
+    pairs[[1, 2, 3], 0] = True  # images 1-3 hold window 0's pattern
+    pairs[0, 4] = True  # image 0 holds window 4's: linked either way
+    pairs[6, 5] = True
+    stats = {"rep": np.array([4, 4, 4, 4, 4, 4, 0]), "exact": np.array([4, 4, 4, 4, 4, 1, 0]),
+             "null_rep": np.array([0, 1, 0, 0]),
+             "coh": np.full(7, 0.1), "null_coh": np.array([0.1, 0.2, 0.25, 0.15]),
+             "flip": np.array([0.3, 0.4, 0.2, 0.05, 0.02, 0.0, 0.0]), "null_flip": np.array([0.0, 0.02, 0.1, -0.01])}
+    # without the pairs (the statistics of before): median flip of rows 0-5 (0.05 + 0.2) / 2 = 0.125 > 0.1,
+    # learned; 3 confirmed < min_count 5: not found
+    before = decide(stats, min_count=5, quantile=1.0)
+    assert before["learned"] and before["confirmed_count"] == 3 and not before["found"]
+    v = decide({**stats, "exact_pairs": pairs}, min_count=5, quantile=1.0)
+    assert v["found"] and v["confirmed_count"] == 5
+    assert v["confirmed"].tolist() == [True, True, True, True, True, False, False]
+    # one step, not a chain: rows 3-5 pass themselves (median flip of rows 0-5 0.125 > 0.1); row 0 is linked to
+    # rows 3 and 4, so it is confirmed; rows 1-2 are linked only to row 0, which did not pass itself
+    v = decide({**stats, "exact_pairs": pairs, "flip": np.array([0.05, 0.05, 0.05, 0.2, 0.2, 0.9, 0.0])},
+               min_count=5, quantile=1.0)
+    assert v["flip"] == pytest.approx(0.125) and v["learned"]
+    assert v["confirmed"].tolist() == [True, False, False, True, True, True, False] and not v["found"]
+
+
+def test_verdict_statistics_link_the_exact_copies_of_a_planted_trigger(planted):
+    """On the planted data: every link between two candidates that carry the trigger is found, and a
+    link between a poison and a clean candidate never is (pixel-identical copies only)."""
+    _, data, manifest = planted
+    images = IndexedImages(data, size=32)
+    poisons, clean = manifest.indexes[:10], np.flatnonzero(~manifest.is_poison())[:10]
+    cand = np.concatenate([poisons, clean])
+    boxes = np.concatenate([manifest.boxes[:10], np.tile([[4, 4, 12, 12]], (10, 1))])
+    stats = verdict_statistics(lambda x: x.flatten(1)[:, :8], images, np.zeros(len(data)), cand, boxes,
+                               clean[:4], count=8, device=torch.device("cpu"))
+    pairs = stats["exact_pairs"]
+    assert pairs.shape == (20, 20) and not pairs[np.arange(20), np.arange(20)].any()
+    assert pairs[:10, :10].sum() == 90  # each poison holds every other poison's trigger exactly
+    assert not pairs[10:, :10].any() and not pairs[:10, 10:].any()
