@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import environment, largest_budget, markdown_table, mean_std, print_tables, stage_seconds, write_results  # noqa: E402
+from common import environment, markdown_table, mean_std, print_tables, stage_seconds, write_results  # noqa: E402
 
 # setting -> run-config overrides (over the embedded demo config)
 SETTINGS: Dict[str, Dict[str, Any]] = {
@@ -196,27 +196,34 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                               mean_std([m["seconds"] for m in ms], 0)])
         evaluated = [r for r in runs if r.get("evaluations")]  # the seeds run with --downstream
         if evaluated:
-            for name in dict.fromkeys(n for r in evaluated for n in r["evaluations"]):
-                frac = largest_budget(next(r for r in evaluated if name in r["evaluations"])["evaluations"][name])[0]
-                lin = [r["evaluations"][name]["budgets"][frac]["linear"] for r in evaluated if name in r["evaluations"]]
-                ds_rows.append([setting, name, str(len(lin)), f"{float(frac):.0%}",
-                                mean_std([m["clean_acc1"] for m in lin], pct=True),
-                                mean_std([m["patched_acc1"] for m in lin], pct=True),
-                                mean_std([m["asr"] for m in lin], pct=True), mean_std([m["fp"] for m in lin], 1),
-                                mean_std([m["asr_control"] for m in lin if "asr_control" in m], pct=True)])
+            names = list(dict.fromkeys(n for r in evaluated for n in r["evaluations"]))
+            fracs = sorted({f for r in evaluated for ev in r["evaluations"].values() for f in ev["budgets"]}, key=float)
+            for frac in fracs:  # every label budget (a backdoor may be targeted under one and not another)
+                for name in names:
+                    lin = [r["evaluations"][name]["budgets"][frac]["linear"] for r in evaluated
+                           if frac in r["evaluations"].get(name, {}).get("budgets", {})]
+                    if not lin:
+                        continue
+                    ds_rows.append([setting, name, str(len(lin)), f"{float(frac):.0%}",
+                                    mean_std([m["clean_acc1"] for m in lin], pct=True),
+                                    mean_std([m["patched_acc1"] for m in lin], pct=True),
+                                    mean_std([m["asr"] for m in lin], pct=True), mean_std([m["fp"] for m in lin], 1),
+                                    mean_std([m["asr_control"] for m in lin if "asr_control" in m], pct=True)])
             for seed, r in by_seed.items():  # the attacker's criterion against the clean-data SSL model
                 ev = r.get("evaluations", {})
                 b = targeted_beyond_clean(ev["undefended"], ev["clean-data"]) if {"undefended", "clean-data"} <= set(ev) else None
                 if b is not None:
-                    beyond_rows.append([setting, str(seed), "yes" if b["targeted"] else "no",
-                                        f"{b['margin_threat']:.1%}", f"{b['margin_clean']:.1%}",
-                                        f"{b['margin_threat'] - b['margin_clean']:.1%}"])
+                    for frac, m in b["by_budget"].items():
+                        beyond_rows.append([setting, str(seed), f"{float(frac):.0%}", "yes" if m["targeted"] else "no",
+                                            f"{m['margin_threat']:.1%}", f"{m['margin_clean']:.1%}",
+                                            f"{m['margin_threat'] - m['margin_clean']:.1%}"])
             for seed, r in by_seed.items():  # each seed's retrained models: a mean hides which seed missed
                 for name, ev in r.get("evaluations", {}).items():
-                    frac, m = largest_budget(ev)
-                    ds_seed_rows.append([setting, str(seed), name, f"{float(frac):.0%}"]
-                                        + [mean_std([m.get(k)], pct=True) for k in ("clean_acc1", "patched_acc1", "asr")]
-                                        + [str(m["fp"]), mean_std([m.get("asr_control")], pct=True)])
+                    for frac in sorted(ev["budgets"], key=float):
+                        m = ev["budgets"][frac]["linear"]
+                        ds_seed_rows.append([setting, str(seed), name, f"{float(frac):.0%}"]
+                                            + [mean_std([m.get(k)], pct=True) for k in ("clean_acc1", "patched_acc1", "asr")]
+                                            + [str(m["fp"]), mean_std([m.get("asr_control")], pct=True)])
     out = {
         "Backdoor strength of the threat models (precondition of every detection number)": markdown_table(
             ["setting", "learned", "purity", "purity (random-init)", "patched -> poison cluster (control)",
@@ -243,8 +250,9 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                            ds_seed_rows)
     if beyond_rows:
         out[f"Targeted beyond the clean-data model (probe-ASR margin over the control patch; targeted: the "
-            f"undefended model's exceeds the clean-data model's by >= {TARGETED_MARGIN:.0%}; one SSL run each)"] = \
-            markdown_table(["setting", "seed", "targeted", "margin undefended", "margin clean data", "difference"],
+            f"undefended model's exceeds the clean-data model's by >= {TARGETED_MARGIN:.0%} at 10% of the labels "
+            f"or with every label; one SSL run each)"] = \
+            markdown_table(["setting", "seed", "labels", "targeted", "margin undefended", "margin clean data", "difference"],
                            beyond_rows)
     return out
 
@@ -261,12 +269,19 @@ def main() -> int:
     p.add_argument("--root", default="runs/bench", help="run folders (reused: the benchmark resumes)")
     p.add_argument("--name", default=None, help="results file name (default detection-<scale>: quick, demo or full)")
     p.add_argument("--data", default=None, help="the .npz file of the cifar-* settings (CIFAR-style arrays)")
+    p.add_argument("--labels", nargs="+", type=float, default=None, metavar="FRACTION",
+                   help="label budgets of the downstream evaluation (e.g. 0.1 1.0; default: the scale's); "
+                        "evaluations are keyed by them, so finished runs are only evaluated again")
     p.add_argument("--from-runs", action="store_true",
                    help="tabulate the finished run folders (their results.json) without running anything")
     args = p.parse_args()
     point_colour_settings_at(p, args.settings, args.data)
     scale = "demo" if args.demo_scale else ("quick" if args.quick else "full")
     base = {"demo": {}, "quick": QUICK, "full": FULL}[scale]
+    if args.labels:
+        if not all(0 < f <= 1 for f in args.labels):
+            p.error(f"--labels: fractions in (0, 1], got {args.labels}")
+        base = deep_merge(base, {"eval": {"label_fractions": sorted(args.labels)}})
     env = environment()
     root = Path(args.root) / scale
     results: Dict[str, Dict[int, Dict[str, Any]]] = {}

@@ -114,18 +114,32 @@ def targeted_beyond_clean(undefended: Dict[str, Any], clean: Dict[str, Any],
     to the target class that SSL on clean data learns too (a 16 px patch on 32 px CIFAR-10 images: the
     clean-data model's linear-probe ASR ranged 6-75% over SSL seeds). Targeted beyond clean data: the
     undefended model's probe-ASR margin (trigger minus control patch) exceeds the clean-data model's by
-    at least ``margin`` (the check's TARGETED_MARGIN), at the 10% label budget (the check's) or else the
-    largest both have. Both are one SSL run each: state it beside the result. None without control ASRs.
+    at least ``margin`` (the check's TARGETED_MARGIN) at one of the check's budgets, 10% of the labels or
+    every label, each where both evaluations have it (with neither, the largest both have).
+    ``targeted_at`` names the budgets where it holds, ``by_budget`` gives each one's margins, and
+    ``margin_threat`` / ``margin_clean`` / ``label_fraction`` are those of the first budget where it holds
+    (else of the first). Both are one SSL run each: state it beside the result. None without control ASRs.
     """
     margin = TARGETED_MARGIN if margin is None else margin
     shared = set(undefended["budgets"]) & set(clean["budgets"])
     if not shared:
         return None
-    frac = "0.1" if "0.1" in shared else max(shared, key=float)
-    u, c = undefended["budgets"][frac]["linear"], clean["budgets"][frac]["linear"]
-    if u.get("asr_control") is None or c.get("asr_control") is None:
-        return None
-    mu, mc = u["asr"] - u["asr_control"], c["asr"] - c["asr_control"]
-    return {"targeted": bool(mu - mc >= margin), "margin_threat": mu, "margin_clean": mc, "label_fraction": float(frac),
+    fracs = [f for f in sorted(shared, key=float) if float(f) in (0.1, 1.0)] or [max(shared, key=float)]
+    by_budget = {}
+    for frac in fracs:
+        u, c = undefended["budgets"][frac]["linear"], clean["budgets"][frac]["linear"]
+        if u.get("asr_control") is None or c.get("asr_control") is None:
+            return None
+        mu, mc = u["asr"] - u["asr_control"], c["asr"] - c["asr_control"]
+        by_budget[frac] = {"margin_threat": mu, "margin_clean": mc, "targeted": bool(mu - mc >= margin)}
+    at = [f for f in fracs if by_budget[f]["targeted"]]
+    lead = at[0] if at else fracs[0]
+    return {"targeted": bool(at), "targeted_at": [_budget_name(f) for f in at],
+            "margin_threat": by_budget[lead]["margin_threat"], "margin_clean": by_budget[lead]["margin_clean"],
+            "label_fraction": float(lead), "by_budget": by_budget,
             "rule": f"probe-ASR margin (trigger - control patch) of the undefended model >= the clean-data model's "
-                    f"+ {margin}, at {float(frac):.0%} of the labels; one SSL run each"}
+                    f"+ {margin}, at {' or '.join(_budget_name(f) for f in fracs)}; one SSL run each"}
+
+
+def _budget_name(frac: str) -> str:
+    return "every label" if float(frac) == 1.0 else f"{float(frac):.0%} of the labels"

@@ -222,7 +222,8 @@ class Chain:
             beyond = targeted_beyond_clean(evals["undefended"], evals["clean-data"])
             if beyond is not None:
                 self.results["targeted_beyond_clean"] = beyond
-                self.log(f"  targeted beyond the clean-data model: {'yes' if beyond['targeted'] else 'no'} "
+                self.log(f"  targeted beyond the clean-data model: "
+                         f"{'yes (' + ', '.join(beyond['targeted_at']) + ')' if beyond['targeted'] else 'no'} "
                          f"(probe-ASR margins {beyond['margin_threat']:.1%} vs {beyond['margin_clean']:.1%})")
         write_json(self.out / "results.json", self.results)
         from solo_poisoncam.report import write_report

@@ -172,8 +172,10 @@ td:first-child,th:first-child{{text-align:left}}th{{background:#f0f0f0}}h2{{bord
 
 def beyond_clean_sentence(b: Dict[str, Any]) -> str:
     """The targeted criterion against the clean-data SSL model, in one sentence."""
-    return (f"Targeted beyond the clean-data model: {'yes' if b['targeted'] else 'no'} (probe-ASR margin over the "
-            f"control patch {b['margin_threat']:.1%} for the undefended model vs {b['margin_clean']:.1%} for the "
+    at = f" ({', '.join(b['targeted_at'])})" if b.get("targeted_at") else ""
+    where = f" at {b['label_fraction']:.0%} of the labels" if "label_fraction" in b else ""
+    return (f"Targeted beyond the clean-data model: {'yes' + at if b['targeted'] else 'no'} (probe-ASR margin over the "
+            f"control patch{where} {b['margin_threat']:.1%} for the undefended model vs {b['margin_clean']:.1%} for the "
             f"clean-data one; rule: {b['rule']}; a large trigger can be a shortcut SSL on clean data learns too, "
             f"and that model's ASR varies with its SSL seed).")
 

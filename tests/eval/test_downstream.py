@@ -58,12 +58,20 @@ def test_targeted_beyond_clean_compares_the_probe_margins_with_the_clean_data_mo
     assert b["targeted"] is False and b["label_fraction"] == 0.1  # 0.146 < 0.3
     # seed 1: 100% vs 17%, clean 6.1% vs 9.2%: 0.83 - (-0.031) = 0.861
     assert targeted_beyond_clean(_ev(**{"0.1": (1.0, 0.17)}), _ev(**{"0.1": (0.061, 0.092)}))["targeted"] is True
-    # the 10% budget is the check's, even when a larger one is shared (there the answer would be no)
+    # the check's budgets, 10% and every label: targeted at 10% (0.5 - 0) though not with every label (0 - 0.9)
     b = targeted_beyond_clean(_ev(**{"0.1": (0.75, 0.0), "1": (0.0, 0.0)}), _ev(**{"0.1": (0.25, 0.0), "1": (0.9, 0.0)}))
-    assert b["label_fraction"] == 0.1 and b["targeted"] is True
-    # without it, the largest shared budget
-    b = targeted_beyond_clean(_ev(**{"0.01": (0.75, 0.0), "1": (0.0, 0.0)}), _ev(**{"0.01": (0.25, 0.0), "1": (0.9, 0.0)}))
-    assert b["label_fraction"] == 1.0 and b["targeted"] is False
+    assert b["label_fraction"] == 0.1 and b["targeted"] is True and b["targeted_at"] == ["10% of the labels"]
+    assert abs(b["by_budget"]["1"]["margin_threat"] - 0.0) < 1e-9 and b["by_budget"]["1"]["targeted"] is False
+    # and the other way round (CIFAR-10 7 px, seed 2: 7.7% vs 10.4% at 10%, 58.5% vs 20.2% with every label;
+    # clean data 3.6% vs 5.1% and 5.5% vs 6.4%): margins -0.027 vs -0.015, and 0.383 vs -0.009, 0.392 >= 0.3
+    b = targeted_beyond_clean(_ev(**{"0.1": (0.077, 0.104), "1.0": (0.585, 0.202)}),
+                              _ev(**{"0.1": (0.036, 0.051), "1.0": (0.055, 0.064)}))
+    assert b["targeted"] is True and b["targeted_at"] == ["every label"] and b["label_fraction"] == 1.0
+    assert abs(b["margin_threat"] - 0.383) < 1e-9 and abs(b["margin_clean"] + 0.009) < 1e-9
+    assert b["by_budget"]["0.1"]["targeted"] is False
+    # without either, the largest shared budget
+    b = targeted_beyond_clean(_ev(**{"0.01": (0.75, 0.0), "0.5": (0.0, 0.0)}), _ev(**{"0.01": (0.25, 0.0), "0.5": (0.9, 0.0)}))
+    assert b["label_fraction"] == 0.5 and b["targeted"] is False and b["targeted_at"] == []
     # an evaluation without the control patch (an older one) gives no answer
     older = {"budgets": {"0.1": {"linear": {"asr": 1.0}}}}
     assert targeted_beyond_clean(older, _ev(**{"0.1": (0.0, 0.0)})) is None
