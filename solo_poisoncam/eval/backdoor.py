@@ -135,7 +135,12 @@ def verdict(threat: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]
                     f"with every label"}
 
 
-_BUDGET = {"probe": "10% of the labels", "probe_all": "every label"}
+def budget_name(fraction) -> str:
+    """A label budget in words, as the check and the downstream criterion name it."""
+    return "every label" if float(fraction) == 1.0 else f"{float(fraction):.0%} of the labels"
+
+
+_BUDGET = {"probe": budget_name(0.1), "probe_all": budget_name(1.0)}
 
 
 def describe_verdict(b: Dict[str, Any]) -> str:

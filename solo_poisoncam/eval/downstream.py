@@ -18,7 +18,7 @@ from solo_poisoncam.data.base import ImageDataset
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.engine.features import extract_features
 from solo_poisoncam.engine.runner import Runner
-from solo_poisoncam.eval.backdoor import TARGETED_MARGIN
+from solo_poisoncam.eval.backdoor import TARGETED_MARGIN, budget_name
 from solo_poisoncam.eval.knn import knn_predict
 from solo_poisoncam.eval.linear import probes_over_draws
 from solo_poisoncam.eval.metrics import attack_metrics, mean_metrics
@@ -134,12 +134,8 @@ def targeted_beyond_clean(undefended: Dict[str, Any], clean: Dict[str, Any],
         by_budget[frac] = {"margin_threat": mu, "margin_clean": mc, "targeted": bool(mu - mc >= margin)}
     at = [f for f in fracs if by_budget[f]["targeted"]]
     lead = at[0] if at else fracs[0]
-    return {"targeted": bool(at), "targeted_at": [_budget_name(f) for f in at],
+    return {"targeted": bool(at), "targeted_at": [budget_name(f) for f in at],
             "margin_threat": by_budget[lead]["margin_threat"], "margin_clean": by_budget[lead]["margin_clean"],
             "label_fraction": float(lead), "by_budget": by_budget,
             "rule": f"probe-ASR margin (trigger - control patch) of the undefended model >= the clean-data model's "
-                    f"+ {margin}, at {' or '.join(_budget_name(f) for f in fracs)}; one SSL run each"}
-
-
-def _budget_name(frac: str) -> str:
-    return "every label" if float(frac) == 1.0 else f"{float(frac):.0%} of the labels"
+                    f"+ {margin}, at {' or '.join(budget_name(f) for f in fracs)}; one SSL run each"}
