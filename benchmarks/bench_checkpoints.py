@@ -11,7 +11,10 @@ removal). ``--variant "NAME[:key=value;key=value]"``: ``--set`` fields of ``pois
 (``;`` between fields, since a list value holds commas). Each (model, variant) is one ``poisoncam
 detect`` call into ``--out``/<model>/<variant> (reused when its metrics.json exists). Tabulates the
 label-free verdict, removed, precision, recall, trigger detection accuracy, AUROC, seconds and the
-backdoor check of each model (measured in its first call). Run it alone on the machine: seconds are as computed.
+backdoor check of each model (measured in its first call). ``CKPT`` = ``random-init@PATH[@SEED]``: the
+network of PATH's architecture and normalisation with random weights, seeded as the backdoor check's
+random-init reference (``eval/backdoor.py: random_reference``, seed 0 as in ``poisoncam detect``), written
+to ``--out``/<model>/random-init/: what a detector says on a model that learned nothing. Run it alone on the machine: seconds are as computed.
 Writes benchmarks/results/<name>.md and .json.
 """
 
@@ -40,6 +43,25 @@ def parse_model(text: str) -> Dict[str, Any]:
     if "manifest" not in fields and not {"dataset", "root"} <= set(fields):
         raise ValueError(f"--model '{text}': give manifest=M, or dataset=D,root=R")
     return {"name": name, "ckpt": ckpt, "data": fields}
+
+
+def random_init_checkpoint(spec: str, out: Path) -> str:
+    """``random-init@PATH[@SEED]`` -> a checkpoint (and its args.json) of PATH's network, randomly initialised."""
+    import torch
+
+    from solo_poisoncam.eval.backdoor import random_reference
+    from solo_poisoncam.io import save_torch, write_json
+    from solo_poisoncam.models.threat_model import load_threat_model
+
+    _, src, *seed = spec.split("@")
+    if not Path(src).is_file():
+        raise ValueError(f"no checkpoint at {src}")
+    ref = random_reference(load_threat_model(src), int(seed[0]) if seed else 0)
+    ckpt = out / "random-init" / "last.ckpt"
+    write_json(ckpt.parent / "args.json", ref.config)
+    save_torch(ckpt, {"state_dict": {f"backbone.{k}": v for k, v in ref.backbone.state_dict().items()}})
+    torch.manual_seed(0)  # random_reference seeded the global stream
+    return str(ckpt)
 
 
 def detect(model: Dict[str, Any], variant: Dict[str, Any], method: str, out: Path, check: bool = True) -> Dict[str, Any]:
@@ -103,6 +125,11 @@ def main() -> int:
     except ValueError as e:
         p.error(str(e))
     for mo in models:
+        if mo["ckpt"].startswith("random-init@"):
+            try:
+                mo["random_init_of"], mo["ckpt"] = mo["ckpt"], random_init_checkpoint(mo["ckpt"], Path(args.out) / _slug(mo["name"]))
+            except ValueError as e:
+                p.error(f"--model {mo['name']}: {e}")
         if not Path(mo["ckpt"]).is_file():
             p.error(f"no checkpoint at {mo['ckpt']}")
     variants = [parse_variant(t) for t in (args.variant or ["default"])]
