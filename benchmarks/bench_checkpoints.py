@@ -46,21 +46,17 @@ def parse_model(text: str) -> Dict[str, Any]:
 
 
 def random_init_checkpoint(spec: str, out: Path) -> str:
-    """``random-init@PATH[@SEED]`` -> a checkpoint (and its args.json) of PATH's network, randomly initialised."""
-    import torch
-
+    """``random-init@PATH[@SEED]`` -> a checkpoint (and its args.json) of PATH's network, randomly initialised.
+    A missing or unreadable PATH raises load_threat_model's PoisonCamError (a ValueError)."""
     from solo_poisoncam.eval.backdoor import random_reference
     from solo_poisoncam.io import save_torch, write_json
     from solo_poisoncam.models.threat_model import load_threat_model
 
     _, src, *seed = spec.split("@")
-    if not Path(src).is_file():
-        raise ValueError(f"no checkpoint at {src}")
     ref = random_reference(load_threat_model(src), int(seed[0]) if seed else 0)
     ckpt = out / "random-init" / "last.ckpt"
     write_json(ckpt.parent / "args.json", ref.config)
     save_torch(ckpt, {"state_dict": {f"backbone.{k}": v for k, v in ref.backbone.state_dict().items()}})
-    torch.manual_seed(0)  # random_reference seeded the global stream
     return str(ckpt)
 
 
@@ -127,9 +123,10 @@ def main() -> int:
     for mo in models:
         if mo["ckpt"].startswith("random-init@"):
             try:
-                mo["random_init_of"], mo["ckpt"] = mo["ckpt"], random_init_checkpoint(mo["ckpt"], Path(args.out) / _slug(mo["name"]))
-            except ValueError as e:
+                ckpt = random_init_checkpoint(mo["ckpt"], Path(args.out) / _slug(mo["name"]))
+            except ValueError as e:  # a bad SEED; a missing or torn PATH (PoisonCamError is a ValueError)
                 p.error(f"--model {mo['name']}: {e}")
+            mo["random_init_of"], mo["ckpt"] = mo["ckpt"], ckpt
         if not Path(mo["ckpt"]).is_file():
             p.error(f"no checkpoint at {mo['ckpt']}")
     variants = [parse_variant(t) for t in (args.variant or ["default"])]
