@@ -53,6 +53,8 @@ def random_init_checkpoint(spec: str, out: Path) -> str:
     from solo_poisoncam.models.threat_model import load_threat_model
 
     _, src, *seed = spec.split("@")
+    if seed and not (len(seed) == 1 and seed[0].isdigit()):
+        raise ValueError(f"'{spec}': give random-init@PATH or random-init@PATH@SEED with an integer SEED")
     ref = random_reference(load_threat_model(src), int(seed[0]) if seed else 0)
     ckpt = out / "random-init" / "last.ckpt"
     write_json(ckpt.parent / "args.json", ref.config)
@@ -124,7 +126,7 @@ def main() -> int:
         if mo["ckpt"].startswith("random-init@"):
             try:
                 ckpt = random_init_checkpoint(mo["ckpt"], Path(args.out) / _slug(mo["name"]))
-            except ValueError as e:  # a bad SEED; a missing or torn PATH (PoisonCamError is a ValueError)
+            except ValueError as e:  # a bad spec; a missing or torn PATH (PoisonCamError is a ValueError)
                 p.error(f"--model {mo['name']}: {e}")
             mo["random_init_of"], mo["ckpt"] = mo["ckpt"], ckpt
         if not Path(mo["ckpt"]).is_file():
