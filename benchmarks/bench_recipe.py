@@ -50,6 +50,13 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     # torchvision's ResNet-18 with its ImageNet stem (stride-2 conv + max-pool: 8 x 8 after the stem at 32 px;
     # the CIFAR stem, no downsampling before layer 2, costs far more per image and was not tried)
     "byol-resnet18-16px-r1.0": {"poison": {"size": 16}, "pretrain": {"backbone": "resnet18"}},
+    # the detection tables' recipe (16 px at random places in 10-90% of the side, 20 epochs), and the same
+    # trained five times longer with warm-up and cosine decay (about 13 min on 2 cores): does length make
+    # the backdoor targeted more often?
+    "byol-16px-wide-r1.0": {"poison": {"size": 16, "region": [0.1, 0.9]}},
+    "byol-16px-wide-r1.0-cos100": {"poison": {"size": 16, "region": [0.1, 0.9]},
+                                   "pretrain": {"epochs": 100, "scheduler": "cosine", "warmup_epochs": 5,
+                                                "lr": 0.002}},
 }
 
 
@@ -96,14 +103,25 @@ def row(r: Dict[str, Any]) -> List[str]:
             f"{pct(t['knn_asr_patched'])} ({pct(t['knn_asr_control'])})",
             f"**{pct(t['probe_asr_patched'])}** ({pct(t['probe_asr_control'])}) / "
             f"{pct(ref['probe_asr_patched'])} ({pct(ref['probe_asr_control'])})",
+            every_label(t, ref),
             f"{t['probe_clean_acc1']:.1%} / {ref['probe_clean_acc1']:.1%}",
             "cluster" + (" + **targeted**" if bd["targeted"] else "") if bd["learned"] else
-            ("**targeted**" if bd["targeted"] else "no")]
+            ("**targeted**" if bd["targeted"] else "no")
+            + (f" ({', '.join(bd['targeted_at'])})" if bd.get("targeted_at") else "")]
+
+
+def every_label(t: Dict[str, Any], ref: Dict[str, Any]) -> str:
+    """The probe on every label (checks since 2026-12-03; 'n/a' in older run folders)."""
+    if "probe_all_asr_patched" not in t:
+        return "n/a"
+    return (f"{t['probe_all_asr_patched']:.0%} ({t['probe_all_asr_control']:.0%}) / "
+            f"{ref['probe_all_asr_patched']:.0%} ({ref['probe_all_asr_control']:.0%})")
 
 
 HEAD = ["setting", "seed", "method", "backbone", "epochs", "lr, schedule", "trigger px", "rate of target (poisons)",
         "train min", "purity (ref)", "patched -> poison cluster (control) / ref", "kNN-ASR (control)",
-        "probe ASR (control) / ref (control)", "probe clean acc / ref", "learned"]
+        "probe ASR (control) / ref (control)", "every label: probe ASR (control) / ref (control)",
+        "probe clean acc / ref", "learned"]
 
 
 def main(argv=None) -> int:
