@@ -90,6 +90,8 @@ def run_one(setting: str, seed: int, data: str, root: Path, progress: bool) -> D
 
 
 def row(r: Dict[str, Any]) -> List[str]:
+    from solo_poisoncam.eval.backdoor import describe_verdict
+
     bd, c = r["backdoor"], r["config"]
     t, ref = bd["threat"], bd["reference"]
     p = c["pretrain"]
@@ -104,10 +106,7 @@ def row(r: Dict[str, Any]) -> List[str]:
             f"**{pct(t['probe_asr_patched'])}** ({pct(t['probe_asr_control'])}) / "
             f"{pct(ref['probe_asr_patched'])} ({pct(ref['probe_asr_control'])})",
             every_label(t, ref),
-            f"{t['probe_clean_acc1']:.1%} / {ref['probe_clean_acc1']:.1%}",
-            "cluster" + (" + **targeted**" if bd["targeted"] else "") if bd["learned"] else
-            ("**targeted**" if bd["targeted"] else "no")
-            + (f" ({', '.join(bd['targeted_at'])})" if bd.get("targeted_at") else "")]
+            f"{t['probe_clean_acc1']:.1%} / {ref['probe_clean_acc1']:.1%}", describe_verdict(bd)]
 
 
 def every_label(t: Dict[str, Any], ref: Dict[str, Any]) -> str:
@@ -121,7 +120,7 @@ def every_label(t: Dict[str, Any], ref: Dict[str, Any]) -> str:
 HEAD = ["setting", "seed", "method", "backbone", "epochs", "lr, schedule", "trigger px", "rate of target (poisons)",
         "train min", "purity (ref)", "patched -> poison cluster (control) / ref", "kNN-ASR (control)",
         "probe ASR (control) / ref (control)", "every label: probe ASR (control) / ref (control)",
-        "probe clean acc / ref", "learned"]
+        "probe clean acc / ref", "backdoor (criteria that hold)"]
 
 
 def main(argv=None) -> int:
