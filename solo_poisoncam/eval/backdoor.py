@@ -159,6 +159,20 @@ def random_reference(model: ThreatModel, seed: int = 0) -> ThreatModel:
     return ref.eval()
 
 
+def check_images(poisoned: PoisonedDataset, val_base: ImageDataset, size: int, seed: int) -> Dict[str, IndexedImages]:
+    """The backdoor check's images at the model's ``size``: the poisoned training set as trained on
+    (``train``), its clean originals (``clean_train``), the held-out images (``val``), and the same with
+    the true trigger (``patched``) or a same-size random-colour control patch (``control``) pasted at
+    places drawn from ``seed``."""
+    manifest = poisoned.manifest
+    attack = build_attack(manifest.attack)
+    return {"train": IndexedImages(poisoned, size=size), "clean_train": IndexedImages(poisoned.base, size=size),
+            "val": IndexedImages(val_base, size=size),
+            "patched": IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed), size=size),
+            "control": IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed, control=True),
+                                     size=size)}
+
+
 def backdoor_strength(model: ThreatModel, poisoned: PoisonedDataset, val_base: ImageDataset,
                       runner: Optional[Runner] = None, num_clusters: Optional[int] = None, probe_fraction: float = 0.1,
                       seed: int = 0, train_feats: Optional[torch.Tensor] = None,
@@ -166,17 +180,12 @@ def backdoor_strength(model: ThreatModel, poisoned: PoisonedDataset, val_base: I
     """Backdoor strength of ``model`` beside a random-init reference; the content of ``backdoor.json``."""
     runner = runner or Runner()
     manifest = poisoned.manifest
-    attack = build_attack(manifest.attack)
-    size = model.image_size
     num_classes = len(poisoned.classes)
     k = num_clusters or 10 * num_classes
-    train = IndexedImages(poisoned, size=size)
-    clean_train = IndexedImages(poisoned.base, size=size)
-    val = IndexedImages(val_base, size=size)
-    patched = IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed), size=size)
-    control = IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed, control=True), size=size)
-    is_poison = manifest.is_poison()
-    args = (train, clean_train, is_poison, val, patched, control, manifest.target, num_classes, k, runner, probe_fraction, seed)
+    sets = check_images(poisoned, val_base, model.image_size, seed)
+    patched = sets["patched"]
+    args = (sets["train"], sets["clean_train"], manifest.is_poison(), sets["val"], patched, sets["control"],
+            manifest.target, num_classes, k, runner, probe_fraction, seed)
     threat = measure(model, *args, train_feats=train_feats, probe_draws=probe_draws)
     ref_model = reference if reference is not None else random_reference(model, seed)
     ref = measure(ref_model, *args, probe_draws=probe_draws)

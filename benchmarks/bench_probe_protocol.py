@@ -1,0 +1,159 @@
+"""Why does the 10%-label probe ASR swing from 0 to 99% with the label draw? The probe's
+preprocessing, side by side on the same features.
+
+    python benchmarks/bench_probe_protocol.py --runs RUN [RUN ...] --draws 10
+
+RUN is a run folder with ``poison/`` and ``threat/last.ckpt`` (``bench_recipe.py``'s or
+``poisoncam run``'s). Features are extracted once per model (threat model and its random-init
+reference, as in the backdoor check: same validation images, same patch and control places, seed
+of the run); then linear probes are trained on the clean training features under each
+preprocessing of ``PROTOCOLS``, at 10% of the labels on ``--draws`` draws and on every label. The
+backdoor check (``eval/backdoor.py``) uses ``l2+std`` (SSL-Backdoor's CompRess protocol: L2
+normalisation, then per-dimension standardisation with the labelled images' mean and std).
+The table gives, per protocol, the probe ASR of patched vs control images (mean and each draw), the
+share of draws where the patched ASR exceeds the control's by 30 points, and the clean accuracy; a
+second table measures how far patched images sit from the labelled images' feature distribution
+(the largest per-dimension z-score), the quantity standardisation divides by.
+Writes benchmarks/results/<name>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, markdown_table, write_results  # noqa: E402
+
+# protocol -> train_linear_probe keywords
+PROTOCOLS: Dict[str, Dict[str, bool]] = {
+    "l2+std": {"l2_normalize": True, "standardize": True},
+    "l2": {"l2_normalize": True, "standardize": False},
+}
+
+
+def features(folder: Path, seed: int):
+    """Features of the clean training images, validation, patched and control images for the run's
+    threat model and its random-init reference (the backdoor check's inputs)."""
+    from solo_poisoncam.engine.features import extract_features
+    from solo_poisoncam.engine.runner import Runner
+    from solo_poisoncam.eval.backdoor import check_images, random_reference, validation_split
+    from solo_poisoncam.models.threat_model import load_threat_model
+    from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
+
+    poisoned = PoisonedDataset.from_manifest(PoisonManifest.load(folder / "poison"))
+    manifest = poisoned.manifest
+    model = load_threat_model(folder / "threat" / "last.ckpt")
+    sets = check_images(poisoned, validation_split(manifest.dataset, None), model.image_size, seed)
+    sets.pop("train")  # the probes see the clean originals only
+    runner = Runner(progress=False)
+    out = {}
+    for name, net in (("threat", model), ("random-init", random_reference(model, seed))):
+        out[name] = {k: extract_features(net, v, runner) for k, v in sets.items()}
+    labels = {"clean_train": sets["clean_train"].targets, "val": sets["val"].targets,
+              "patched": sets["patched"].targets}
+    return out, labels, manifest.target, len(poisoned.classes)
+
+
+def probe_rows(feats: Dict[str, Any], labels: Dict[str, Any], target: int, num_classes: int, seed: int,
+               draws: int, fraction: float) -> Dict[str, Any]:
+    import torch
+
+    from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
+    from solo_poisoncam.eval.metrics import attack_metrics
+
+    def score(probe):
+        m = attack_metrics(probe.predict(feats["patched"]), labels["patched"], target, probe.predict(feats["val"]),
+                           labels["val"])
+        mc = attack_metrics(probe.predict(feats["control"]), labels["patched"], target)
+        return {"asr": m["asr"], "control": mc["asr"], "clean_acc1": m["clean_acc1"]}
+
+    x, y = feats["clean_train"], torch.as_tensor(labels["clean_train"])
+    out = {}
+    for proto, kw in PROTOCOLS.items():
+        runs = []
+        for d in range(draws):
+            pick = torch.as_tensor(label_budget_indexes(y, fraction, seed + d))
+            runs.append(score(train_linear_probe(x[pick], y[pick], num_classes, seed=seed + d, **kw)))
+        every = score(train_linear_probe(x, y, num_classes, seed=seed, **kw))
+        out[proto] = {"draws": runs, "every": every}
+    return out
+
+
+def z_spread(feats: Dict[str, Any], labels: Dict[str, Any], fraction: float, seed: int) -> Dict[str, float]:
+    """How far (in the labelled images' per-dimension std) patched and control images sit: median over
+    images of the largest |z| over dimensions, after L2 normalisation, for one draw of the labels."""
+    import torch
+    import torch.nn.functional as F
+
+    from solo_poisoncam.eval.linear import label_budget_indexes
+
+    y = torch.as_tensor(labels["clean_train"])
+    out = {}
+    for budget, pick in (("10%", torch.as_tensor(label_budget_indexes(y, fraction, seed))), ("every", None)):
+        z = F.normalize(feats["clean_train"].float(), dim=1)
+        z = z if pick is None else z[pick]
+        mean, std = z.mean(0), z.std(0, unbiased=False).clamp_min(1e-6)
+        for name in ("val", "patched", "control"):
+            q = (F.normalize(feats[name].float(), dim=1) - mean) / std
+            out[f"{budget} {name}"] = float(q.abs().amax(1).median())
+        out[f"{budget} std ratio"] = float(std.max() / std.min())
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", nargs="+", required=True, help="run folders (poison/, threat/last.ckpt)")
+    ap.add_argument("--draws", type=int, default=10, help="label draws at 10%% of the labels")
+    ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--name", default="probe-protocol")
+    args = ap.parse_args(argv)
+    from solo_poisoncam.io import read_json
+
+    env = environment()
+    results: List[Dict[str, Any]] = []
+    rows, zrows = [], []
+    for run in args.runs:
+        folder = Path(run)
+        for need in (folder / "poison" / "manifest.json", folder / "threat" / "last.ckpt"):
+            if not need.is_file():
+                ap.error(f"'{need}' does not exist: --runs takes run folders with poison/ and threat/last.ckpt")
+        seed = int(read_json(folder / "threat" / "args.json").get("seed", 0)) \
+            if (folder / "threat" / "args.json").is_file() else 0
+        feats, labels, target, num_classes = features(folder, seed)
+        for model, f in feats.items():
+            probes = probe_rows(f, labels, target, num_classes, seed, args.draws, args.fraction)
+            z = z_spread(f, labels, args.fraction, seed)
+            results.append({"run": str(folder), "model": model, "seed": seed, "probes": probes, "z": z})
+            for proto, p in probes.items():
+                d = p["draws"]
+                mean = lambda k: sum(r[k] for r in d) / len(d)  # noqa: E731
+                hits = sum(r["asr"] - r["control"] >= 0.3 for r in d)
+                rows.append([folder.name, model, proto, f"**{mean('asr'):.1%}** ({mean('control'):.1%})",
+                             " / ".join(f"{r['asr']:.0%}" for r in d), f"{hits}/{len(d)}",
+                             f"{mean('clean_acc1'):.1%}",
+                             f"**{p['every']['asr']:.1%}** ({p['every']['control']:.1%})",
+                             f"{p['every']['clean_acc1']:.1%}"])
+            zrows.append([folder.name, model] + [f"{z[k]:.1f}" for k in
+                                                 ("10% val", "10% patched", "10% control", "every val",
+                                                  "every patched", "every control")]
+                         + [f"{z['10% std ratio']:.0f}", f"{z['every std ratio']:.0f}"])
+            print(rows[-2], rows[-1], sep="\n", flush=True)
+    head = ["run", "model", "probe preprocessing", f"{args.fraction:.0%} labels: probe ASR (control), mean",
+            "patched ASR per draw", "draws with margin >= 30 pts", "clean acc", "every label: ASR (control)",
+            "every label: clean acc"]
+    zhead = ["run", "model", "10%: val", "10%: patched", "10%: control", "every: val", "every: patched",
+             "every: control", "10%: max/min std", "every: max/min std"]
+    path = write_results(args.name, env, {"protocols": PROTOCOLS, "draws": args.draws, "fraction": args.fraction},
+                         {"Probe ASR by preprocessing (same features, same draws)": markdown_table(head, rows),
+                          "Median over images of the largest per-dimension |z| (L2-normalised features, the "
+                          "labelled images' mean and std)": markdown_table(zhead, zrows)}, results)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
