@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -59,48 +59,40 @@ def features(folder: Path, seed: int):
 
 
 def probe_rows(feats: Dict[str, Any], labels: Dict[str, Any], target: int, num_classes: int, seed: int,
-               draws: int, fraction: float) -> Dict[str, Any]:
+               draws: int, fraction: float) -> Tuple[Dict[str, Any], Dict[str, float]]:
+    """Per protocol, the scores of ``draws`` probes at ``fraction`` of the labels and of one on every
+    label; and how far the images sit in the check's own preprocessing (:func:`z_spread` of its first
+    draw's probe and of the every-label one)."""
     import torch
 
-    from solo_poisoncam.eval.linear import label_budget_indexes, train_linear_probe
-    from solo_poisoncam.eval.metrics import attack_metrics
+    from solo_poisoncam.eval.backdoor import probe_scores
+    from solo_poisoncam.eval.linear import probes_over_draws, train_linear_probe
 
     def score(probe):
-        m = attack_metrics(probe.predict(feats["patched"]), labels["patched"], target, probe.predict(feats["val"]),
-                           labels["val"])
-        mc = attack_metrics(probe.predict(feats["control"]), labels["patched"], target)
-        return {"asr": m["asr"], "control": mc["asr"], "clean_acc1": m["clean_acc1"]}
+        return probe_scores(probe, feats["val"], labels["val"], feats["patched"], labels["patched"], feats["control"],
+                            target)
 
     x, y = feats["clean_train"], torch.as_tensor(labels["clean_train"])
-    out = {}
+    out, z = {}, {}
     for proto, kw in PROTOCOLS.items():
-        runs = []
-        for d in range(draws):
-            pick = torch.as_tensor(label_budget_indexes(y, fraction, seed + d))
-            runs.append(score(train_linear_probe(x[pick], y[pick], num_classes, seed=seed + d, **kw)))
-        every = score(train_linear_probe(x, y, num_classes, seed=seed, **kw))
-        out[proto] = {"draws": runs, "every": every}
-    return out
+        probes = [p for _, p in probes_over_draws(x, y, num_classes, fraction, seed, draws, **kw)]
+        every = train_linear_probe(x, y, num_classes, seed=seed, **kw)
+        out[proto] = {"draws": [score(p) for p in probes], "every": score(every)}
+        if kw["standardize"] and kw["l2_normalize"]:  # the check's protocol
+            z = {**z_spread(probes[0], feats, f"{fraction:.0%}"), **z_spread(every, feats, "every")}
+    return out, z
 
 
-def z_spread(feats: Dict[str, Any], labels: Dict[str, Any], fraction: float, seed: int) -> Dict[str, float]:
-    """How far (in the labelled images' per-dimension std) patched and control images sit: median over
-    images of the largest |z| over dimensions, after L2 normalisation, for one draw of the labels."""
+def z_spread(probe, feats: Dict[str, Any], budget: str) -> Dict[str, float]:
+    """How far validation, patched and control images sit in ``probe``'s preprocessing (L2
+    normalisation, then the labelled images' per-dimension mean and std): the median over images of
+    the largest |z| over dimensions; and the ratio of the largest to the smallest std."""
     import torch
-    import torch.nn.functional as F
 
-    from solo_poisoncam.eval.linear import label_budget_indexes
-
-    y = torch.as_tensor(labels["clean_train"])
-    out = {}
-    for budget, pick in (("10%", torch.as_tensor(label_budget_indexes(y, fraction, seed))), ("every", None)):
-        z = F.normalize(feats["clean_train"].float(), dim=1)
-        z = z if pick is None else z[pick]
-        mean, std = z.mean(0), z.std(0, unbiased=False).clamp_min(1e-6)
-        for name in ("val", "patched", "control"):
-            q = (F.normalize(feats[name].float(), dim=1) - mean) / std
-            out[f"{budget} {name}"] = float(q.abs().amax(1).median())
-        out[f"{budget} std ratio"] = float(std.max() / std.min())
+    with torch.no_grad():
+        out = {f"{budget} {name}": float(probe.prepare(feats[name]).abs().amax(1).median())
+               for name in ("val", "patched", "control")}
+    out[f"{budget} std ratio"] = float(probe.std.max() / probe.std.min())
     return out
 
 
@@ -114,6 +106,7 @@ def main(argv=None) -> int:
     from solo_poisoncam.io import read_json
 
     env = environment()
+    budget = f"{args.fraction:.0%}"
     results: List[Dict[str, Any]] = []
     rows, zrows = [], []
     for run in args.runs:
@@ -125,8 +118,7 @@ def main(argv=None) -> int:
             if (folder / "threat" / "args.json").is_file() else 0
         feats, labels, target, num_classes = features(folder, seed)
         for model, f in feats.items():
-            probes = probe_rows(f, labels, target, num_classes, seed, args.draws, args.fraction)
-            z = z_spread(f, labels, args.fraction, seed)
+            probes, z = probe_rows(f, labels, target, num_classes, seed, args.draws, args.fraction)
             results.append({"run": str(folder), "model": model, "seed": seed, "probes": probes, "z": z})
             for proto, p in probes.items():
                 d = p["draws"]
@@ -137,16 +129,15 @@ def main(argv=None) -> int:
                              f"{mean('clean_acc1'):.1%}",
                              f"**{p['every']['asr']:.1%}** ({p['every']['control']:.1%})",
                              f"{p['every']['clean_acc1']:.1%}"])
-            zrows.append([folder.name, model] + [f"{z[k]:.1f}" for k in
-                                                 ("10% val", "10% patched", "10% control", "every val",
-                                                  "every patched", "every control")]
-                         + [f"{z['10% std ratio']:.0f}", f"{z['every std ratio']:.0f}"])
+            zrows.append([folder.name, model] + [f"{z[f'{b} {k}']:.1f}" for b in (budget, "every")
+                                                 for k in ("val", "patched", "control")]
+                         + [f"{z[f'{b} std ratio']:.0f}" for b in (budget, "every")])
             print(rows[-2], rows[-1], sep="\n", flush=True)
     head = ["run", "model", "probe preprocessing", f"{args.fraction:.0%} labels: probe ASR (control), mean",
             "patched ASR per draw", "draws with margin >= 30 pts", "clean acc", "every label: ASR (control)",
             "every label: clean acc"]
-    zhead = ["run", "model", "10%: val", "10%: patched", "10%: control", "every: val", "every: patched",
-             "every: control", "10%: max/min std", "every: max/min std"]
+    zhead = ["run", "model"] + [f"{b}: {k}" for b in (budget, "every") for k in ("val", "patched", "control")] \
+        + [f"{b}: max/min std" for b in (budget, "every")]
     path = write_results(args.name, env, {"protocols": PROTOCOLS, "draws": args.draws, "fraction": args.fraction},
                          {"Probe ASR by preprocessing (same features, same draws)": markdown_table(head, rows),
                           "Median over images of the largest per-dimension |z| (L2-normalised features, the "

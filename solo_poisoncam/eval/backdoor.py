@@ -70,6 +70,14 @@ def knn_view(train: torch.Tensor, labels: torch.Tensor, patched: torch.Tensor, c
     return out
 
 
+def probe_scores(probe, val: torch.Tensor, val_labels: torch.Tensor, patched: torch.Tensor,
+                 patched_labels: torch.Tensor, control: torch.Tensor, target: int) -> Dict[str, Any]:
+    """One probe's ASR on the patched and on the control features, its FP count and clean accuracy."""
+    m = attack_metrics(probe.predict(patched), patched_labels, target, probe.predict(val), val_labels)
+    mc = attack_metrics(probe.predict(control), patched_labels, target)
+    return {"asr": m["asr"], "control": mc["asr"], "fp": m["fp"], "clean_acc1": m["clean_acc1"]}
+
+
 def probe_view(clean_train: torch.Tensor, labels: torch.Tensor, val: torch.Tensor,
                val_labels: torch.Tensor, patched: torch.Tensor, patched_labels: torch.Tensor, control: torch.Tensor,
                target: int, num_classes: int, fraction: float, seed: int, draws: int = PROBE_DRAWS) -> Dict[str, Any]:
@@ -78,9 +86,7 @@ def probe_view(clean_train: torch.Tensor, labels: torch.Tensor, val: torch.Tenso
     over ``draws`` draws of the labelled images (seeds ``seed``, ``seed + 1``, ...), each draw's ASR
     beside; and one probe on every label (``probe_all_*``), where no draw is left to chance."""
     def scores(probe):
-        m = attack_metrics(probe.predict(patched), patched_labels, target, probe.predict(val), val_labels)
-        mc = attack_metrics(probe.predict(control), patched_labels, target)
-        return {"asr": m["asr"], "control": mc["asr"], "fp": m["fp"], "clean_acc1": m["clean_acc1"]}
+        return probe_scores(probe, val, val_labels, patched, patched_labels, control, target)
 
     runs = [scores(probe) for _, probe in probes_over_draws(clean_train, labels, num_classes, fraction, seed, draws)]
     m, every = mean_metrics(runs), scores(train_linear_probe(clean_train, labels, num_classes, seed=seed))

@@ -148,14 +148,16 @@ def train_linear_probe(features: Any, targets: Any, num_classes: int, epochs: in
 
 
 def probes_over_draws(features: torch.Tensor, targets: torch.Tensor, num_classes: int, fraction: float, seed: int,
-                      draws: int, epochs: int = 100) -> Iterator[Tuple[torch.Tensor, LinearProbe]]:
+                      draws: int, epochs: int = 100, **probe_kwargs: Any) -> Iterator[Tuple[torch.Tensor, LinearProbe]]:
     """``draws`` probes on ``fraction`` of the labels, each on its own draw: draw d takes the labelled
     images of ``label_budget_indexes(targets, fraction, seed + d)`` and orders its batches by the same
-    seed. Yields (the picked indexes, the trained probe)."""
+    seed. ``probe_kwargs`` go to :func:`train_linear_probe` (e.g. ``standardize``). Yields (the picked
+    indexes, the trained probe)."""
     check(int(draws) >= 1, f"label draws must be >= 1, got {draws}")
     for d in range(int(draws)):
         pick = torch.as_tensor(label_budget_indexes(targets, fraction, seed + d))
-        yield pick, train_linear_probe(features[pick], targets[pick], num_classes, epochs=epochs, seed=seed + d)
+        yield pick, train_linear_probe(features[pick], targets[pick], num_classes, epochs=epochs, seed=seed + d,
+                                       **probe_kwargs)
 
 
 __all__ = ["LinearProbe", "label_budget_indexes", "probes_over_draws", "train_linear_probe"]
