@@ -55,6 +55,7 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     # the backdoor targeted more often?
     "byol-16px-wide-r1.0": {"poison": {"size": 16, "region": [0.1, 0.9]}},
     "byol-16px-wide-r0.5": {"poison": {"size": 16, "region": [0.1, 0.9], "rate": 0.5}},
+    "byol-16px-wide-r0.1": {"poison": {"size": 16, "region": [0.1, 0.9], "rate": 0.1}},
     "byol-16px-wide-r1.0-cos100": {"poison": {"size": 16, "region": [0.1, 0.9]},
                                    "pretrain": {"epochs": 100, "scheduler": "cosine", "warmup_epochs": 5,
                                                 "lr": 0.002}},
