@@ -35,9 +35,10 @@ PROTOCOLS: Dict[str, Dict[str, bool]] = {
 }
 
 
-def features(folder: Path, seed: int):
+def features(folder: Path):
     """Features of the clean training images, validation, patched and control images for the run's
-    threat model and its random-init reference (the backdoor check's inputs)."""
+    threat model and its random-init reference (the backdoor check's inputs), with the run's seed
+    (its ``args.json``, which the model is loaded from)."""
     from solo_poisoncam.engine.features import extract_features
     from solo_poisoncam.engine.runner import Runner
     from solo_poisoncam.eval.backdoor import check_images, random_reference, validation_split
@@ -47,6 +48,7 @@ def features(folder: Path, seed: int):
     poisoned = PoisonedDataset.from_manifest(PoisonManifest.load(folder / "poison"))
     manifest = poisoned.manifest
     model = load_threat_model(folder / "threat" / "last.ckpt")
+    seed = int(model.config.get("seed", 0))
     sets = check_images(poisoned, validation_split(manifest.dataset, None), model.image_size, seed)
     sets.pop("train")  # the probes see the clean originals only
     runner = Runner(progress=False)
@@ -55,7 +57,7 @@ def features(folder: Path, seed: int):
         out[name] = {k: extract_features(net, v, runner) for k, v in sets.items()}
     labels = {"clean_train": sets["clean_train"].targets, "val": sets["val"].targets,
               "patched": sets["patched"].targets}
-    return out, labels, manifest.target, len(poisoned.classes)
+    return out, labels, manifest.target, len(poisoned.classes), seed
 
 
 def probe_rows(feats: Dict[str, Any], labels: Dict[str, Any], target: int, num_classes: int, seed: int,
@@ -103,8 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--name", default="probe-protocol")
     args = ap.parse_args(argv)
-    from solo_poisoncam.io import read_json
-
+    from solo_poisoncam.eval.backdoor import TARGETED_MARGIN
+    from solo_poisoncam.eval.metrics import mean_metrics
     env = environment()
     budget = f"{args.fraction:.0%}"
     results: List[Dict[str, Any]] = []
@@ -114,19 +116,16 @@ def main(argv=None) -> int:
         for need in (folder / "poison" / "manifest.json", folder / "threat" / "last.ckpt"):
             if not need.is_file():
                 ap.error(f"'{need}' does not exist: --runs takes run folders with poison/ and threat/last.ckpt")
-        seed = int(read_json(folder / "threat" / "args.json").get("seed", 0)) \
-            if (folder / "threat" / "args.json").is_file() else 0
-        feats, labels, target, num_classes = features(folder, seed)
+        feats, labels, target, num_classes, seed = features(folder)
         for model, f in feats.items():
             probes, z = probe_rows(f, labels, target, num_classes, seed, args.draws, args.fraction)
             results.append({"run": str(folder), "model": model, "seed": seed, "probes": probes, "z": z})
             for proto, p in probes.items():
-                d = p["draws"]
-                mean = lambda k: sum(r[k] for r in d) / len(d)  # noqa: E731
-                hits = sum(r["asr"] - r["control"] >= 0.3 for r in d)
-                rows.append([folder.name, model, proto, f"**{mean('asr'):.1%}** ({mean('control'):.1%})",
+                d, mean = p["draws"], mean_metrics(p["draws"])
+                hits = sum(r["asr"] - r["control"] >= TARGETED_MARGIN for r in d)
+                rows.append([folder.name, model, proto, f"**{mean['asr']:.1%}** ({mean['control']:.1%})",
                              " / ".join(f"{r['asr']:.0%}" for r in d), f"{hits}/{len(d)}",
-                             f"{mean('clean_acc1'):.1%}",
+                             f"{mean['clean_acc1']:.1%}",
                              f"**{p['every']['asr']:.1%}** ({p['every']['control']:.1%})",
                              f"{p['every']['clean_acc1']:.1%}"])
             zrows.append([folder.name, model] + [f"{z[f'{b} {k}']:.1f}" for b in (budget, "every")
@@ -134,8 +133,8 @@ def main(argv=None) -> int:
                          + [f"{z[f'{b} std ratio']:.0f}" for b in (budget, "every")])
             print(rows[-2], rows[-1], sep="\n", flush=True)
     head = ["run", "model", "probe preprocessing", f"{args.fraction:.0%} labels: probe ASR (control), mean",
-            "patched ASR per draw", "draws with margin >= 30 pts", "clean acc", "every label: ASR (control)",
-            "every label: clean acc"]
+            "patched ASR per draw", f"draws with margin >= {TARGETED_MARGIN * 100:.0f} pts", "clean acc",
+            "every label: ASR (control)", "every label: clean acc"]
     zhead = ["run", "model"] + [f"{b}: {k}" for b in (budget, "every") for k in ("val", "patched", "control")] \
         + [f"{b}: max/min std" for b in (budget, "every")]
     path = write_results(args.name, env, {"protocols": PROTOCOLS, "draws": args.draws, "fraction": args.fraction},
