@@ -102,14 +102,17 @@ def summary(rows: List[Dict[str, Any]]) -> str:
 
 
 def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
+    from solo_poisoncam.eval.backdoor import describe_verdict
+
     bd, det = [], []
     for r in rows:
         if "backdoor" in r:
             b = r["backdoor"]
             t, ref = b["threat"], b["reference"]
-            bd.append([r["setting"], str(r["seed"]), "targeted" if b.get("targeted") else
-                       ("learned" if b["learned"] else "NOT learned"), f"{t['purity']:.1%} ({ref['purity']:.1%})",
+            bd.append([r["setting"], str(r["seed"]), describe_verdict(b), f"{t['purity']:.1%} ({ref['purity']:.1%})",
                        f"{t['patched_to_poison_cluster']:.1%} / {t['control_to_poison_cluster']:.1%}",
+                       f"{t['knn_asr_patched']:.1%} / {t['knn_asr_control']:.1%} "
+                       f"({ref['knn_asr_patched']:.1%} / {ref['knn_asr_control']:.1%})",
                        f"{t['probe_asr_patched']:.1%} / {t['probe_asr_control']:.1%} ({ref['probe_asr_patched']:.1%})"])
         for name, d in r["detections"].items():
             m, t = d["metrics"], d["timings"]
@@ -127,7 +130,8 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
     return {
         "Summary over seeds (backdoor check: T targeted, L learned, N not learned by its rule)": summary(rows),
         "Backdoor strength of the threat models (precondition of every detection number)": markdown_table(
-            ["setting", "seed", "backdoor", "purity (random-init)", "patched / control -> poison cluster",
+            ["setting", "seed", "backdoor (criteria that hold)", "purity (random-init)",
+             "patched / control -> poison cluster", "kNN-ASR patched / control (random-init)",
              "probe ASR patched / control (random-init patched)"], bd),
         "Verdict and removal (PoisonCAM per removal mode; PatchSearch with its classifier)": markdown_table(
             ["setting", "seed", "method:removal",
