@@ -5,7 +5,7 @@ evaluation images, for the threat model and a random-init reference of the same 
 
 (a) label-free, what a detector sees: the share of poisoned training images that sit in
     poison-majority k-means clusters (``purity``), and the share of patched / control images
-    whose nearest centroid is such a cluster;
+    whose nearest centroid is such a cluster (the median of ``CLUSTER_STARTS`` k-means starts);
 (b) kNN-ASR (cosine, k=20) against the training features as trained on;
 (c) the linear probe's ASR (the attack's own success metric), probe trained on the features of
     the clean (un-poisoned) training images with a stated label budget.
@@ -37,6 +37,10 @@ TARGETED_MARGIN = 0.3
 # The probe's criteria are averaged over this many draws of the labelled images: on 5,085 CIFAR-10 images one
 # draw of 10% moved a model's probe ASR between 0% and 99% (benchmarks/results/label-draws-cifar10-wide-s2.md).
 PROBE_DRAWS = 5
+# The cluster criterion is the median of this many k-means starts: one start called a model with 49 poisons
+# among 5,085 images "not learned" (no poison-majority cluster) that another start called learned at 74.5% vs
+# 16.9% (benchmarks/results/checkpoints-cifar10-wide-r0.1-notlearned.md).
+CLUSTER_STARTS = 5
 
 
 def poison_clusters(assignments: np.ndarray, is_poison: np.ndarray, num_clusters: int) -> np.ndarray:
@@ -46,8 +50,8 @@ def poison_clusters(assignments: np.ndarray, is_poison: np.ndarray, num_clusters
     return (2 * poisons > total) & (total > 0)
 
 
-def cluster_view(train: torch.Tensor, is_poison: np.ndarray, patched: torch.Tensor, control: torch.Tensor,
-                 num_clusters: int, seed: int = 0) -> Dict[str, Any]:
+def _one_clustering(train: torch.Tensor, is_poison: np.ndarray, patched: torch.Tensor, control: torch.Tensor,
+                    num_clusters: int, seed: int) -> Dict[str, Any]:
     res = kmeans(train, num_clusters, seed=seed, spherical=True)
     a = res.assignments.cpu().numpy()
     majority = poison_clusters(a, is_poison, num_clusters)
@@ -59,6 +63,18 @@ def cluster_view(train: torch.Tensor, is_poison: np.ndarray, patched: torch.Tens
         "patched_to_poison_cluster": float(majority[pa].mean()),
         "control_to_poison_cluster": float(majority[ca].mean()),
     }
+
+
+def cluster_view(train: torch.Tensor, is_poison: np.ndarray, patched: torch.Tensor, control: torch.Tensor,
+                 num_clusters: int, seed: int = 0, starts: int = CLUSTER_STARTS) -> Dict[str, Any]:
+    """The clustering of ``starts`` k-means starts (seeds ``seed``, ``seed + 1``, ...) whose margin
+    (patched minus control share in poison-majority clusters) is their median, with every start's
+    margin beside (``cluster_margin_starts``): at a few dozen poisons among K clusters of about as
+    many images, whether the poisons hold a majority of one cluster turns on the start."""
+    runs = [_one_clustering(train, is_poison, patched, control, num_clusters, seed + i) for i in range(starts)]
+    margins = [r["patched_to_poison_cluster"] - r["control_to_poison_cluster"] for r in runs]
+    median = sorted(range(starts), key=lambda i: (margins[i], i))[(starts - 1) // 2]
+    return {**runs[median], "cluster_starts": int(starts), "cluster_margin_starts": margins}
 
 
 def knn_view(train: torch.Tensor, labels: torch.Tensor, patched: torch.Tensor, control: torch.Tensor, target: int,
@@ -199,7 +215,7 @@ def backdoor_strength(model: ThreatModel, poisoned: PoisonedDataset, val_base: I
         "checkpoint": model.checkpoint,
         "attack": manifest.attack, "target": manifest.target, "num_poisons": manifest.num_poisons,
         "settings": {"num_clusters": k, "knn_k": 20, "probe_label_fraction": probe_fraction,
-                     "probe_draws": probe_draws, "seed": seed,
+                     "probe_draws": probe_draws, "cluster_starts": CLUSTER_STARTS, "seed": seed,
                      "val_split": Path(val_base.root).name if hasattr(val_base, "root") else val_base.split,
                      "num_patched": len(patched)},
         "threat": threat,
@@ -251,7 +267,8 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
     manifest = poisoned.manifest
     key = {"ckpt": hash_file(ckpt) if Path(ckpt).is_file() else str(ckpt),
            "poisons": hash_obj(manifest.attack, manifest.indexes, manifest.boxes),
-           "val_images": val_images, "val_root": None if val_root is None else str(val_root), "seed": seed, "probe_draws": PROBE_DRAWS, "v": 4}
+           "val_images": val_images, "val_root": None if val_root is None else str(val_root), "seed": seed, "probe_draws": PROBE_DRAWS,
+           "cluster_starts": CLUSTER_STARTS, "v": 5}
     path = Path(out if out is not None else Path(ckpt).parent) / "backdoor.json"
     if path.is_file():
         try:

@@ -1,6 +1,7 @@
-"""The attacker's criterion of the backdoor check: a linear probe on clean features."""
+"""The backdoor check: the attacker's criterion (a linear probe on clean features) and the cluster view over k-means starts."""
 
 import numpy as np
+import pytest
 import torch
 
 from solo_poisoncam.eval.backdoor import describe_verdict, probe_view, verdict
@@ -88,3 +89,40 @@ def test_targeted_at_either_budget_and_which():
     # a report from before the every-label probe: the 10% criterion alone, as before
     old_ref = {k: x for k, x in ref.items() if not k.startswith("probe_all")}
     assert set(verdict(base, old_ref)["criteria"]) == {"cluster", "knn", "probe"}
+
+
+def test_cluster_view_takes_the_start_with_the_median_margin(monkeypatch):
+    """Five starts with margins 0.5, 0.0, 0.3, 0.1, 0.6 (patched - control): the median, 0.3, is start 2's,
+    whose numbers are reported whole, each start's margin beside."""
+    import solo_poisoncam.eval.backdoor as bd
+
+    margins = [0.5, 0.0, 0.3, 0.1, 0.6]
+
+    def fake(train, is_poison, patched, control, k, seed):
+        return {"num_poison_clusters": seed, "purity": 0.1 * seed, "patched_to_poison_cluster": 0.2 + margins[seed],
+                "control_to_poison_cluster": 0.2}
+
+    monkeypatch.setattr(bd, "_one_clustering", fake)
+    out = bd.cluster_view(None, None, None, None, 10, seed=0, starts=5)
+    assert out["num_poison_clusters"] == 2 and out["purity"] == pytest.approx(0.2)
+    assert out["patched_to_poison_cluster"] - out["control_to_poison_cluster"] == pytest.approx(0.3)
+    assert out["cluster_starts"] == 5 and out["cluster_margin_starts"] == pytest.approx(margins)
+
+
+def test_cluster_view_on_features_where_the_poisons_form_a_group():
+    """40 poisons in a tight group far from 160 spread images: every start gives them a cluster of their own
+    (purity 1), patched images (near the group) go there and controls (spread) no more than by chance."""
+    from solo_poisoncam.eval.backdoor import cluster_view
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.nn.functional.normalize(torch.randn(160, 16, generator=g), dim=1)
+    centre = torch.nn.functional.normalize(torch.ones(16), dim=0)
+    group = torch.nn.functional.normalize(centre + 0.01 * torch.randn(40, 16, generator=g), dim=1)
+    train = torch.cat([spread, group])
+    is_poison = np.r_[np.zeros(160, bool), np.ones(40, bool)]
+    patched = torch.nn.functional.normalize(centre + 0.01 * torch.randn(20, 16, generator=g), dim=1)
+    control = torch.nn.functional.normalize(torch.randn(20, 16, generator=g), dim=1)
+    out = cluster_view(train, is_poison, patched, control, num_clusters=8, seed=0)
+    assert out["purity"] == 1.0 and out["patched_to_poison_cluster"] == 1.0
+    assert out["control_to_poison_cluster"] <= 0.25  # about 1 in 8 by chance, with 8 clusters
+    assert len(out["cluster_margin_starts"]) == 5 and min(out["cluster_margin_starts"]) >= 0.75
