@@ -116,14 +116,14 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     cand = out["candidates"]
     if cfg.method == "poisoncam" and len(cand):
         vkey = {**key, "verdict_v": stage_version("verdict"), "null": cfg.null_windows, "candidates": cfg.flip_top,
-                "ncc": cfg.verdict_ncc, "exact": cfg.verdict_exact}
+                "ncc": cfg.verdict_ncc, "exact": cfg.verdict_exact, "part_exact": cfg.verdict_part_exact}
 
         def statistics():
             if not runner.is_main:
                 return None
             return verdict_statistics(embed, images, out["drop"], cand, windows[cand], out["flip_set"],
                                       cfg.null_windows, runner.device, cfg.verdict_ncc, cfg.seed, cfg.forward_batch,
-                                      cfg.verdict_exact, act, clusters)
+                                      cfg.verdict_exact, act, clusters, cfg.verdict_part_exact)
 
         with clock("verdict", (len(cand) + cfg.null_windows) * len(out["flip_set"])):
             stats = runner.broadcast_object(cache.get_or_compute("verdict", vkey, statistics))
@@ -145,6 +145,8 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
         boxes = windows[confirmed]
         by_core = verdict["template_core"][verdict["confirmed"]]  # matched by their core (decide())
         boxes[by_core] = core_boxes(torch.as_tensor(boxes[by_core])).numpy()
+        by_part = verdict["template_part"][verdict["confirmed"]]  # ... or by their best part
+        boxes[by_part] = np.asarray(stats["part_box"])[verdict["confirmed"]][by_part]
         if len(confirmed) == 0:  # forced with nothing confirmed: the top candidates stand in, as the classifier's
             confirmed = np.argsort(-scores, kind="stable")[: cfg.classifier.topk]
             boxes = windows[confirmed]
@@ -175,7 +177,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     result.metrics["num_removed"] = int(removed.sum())
     result.metrics["num_samples"] = n
     if verdict is not None:
-        result.metrics["verdict"] = {k: v for k, v in verdict.items() if k not in ("confirmed", "template_core")}
+        result.metrics["verdict"] = {k: v for k, v in verdict.items() if k not in ("confirmed", "template_core", "template_part")}
         result.metrics["verdict"]["text"] = verdict_text
         result.metrics["verdict"]["removal_skipped"] = bool(cfg.remove != "none" and not act_on)
     return result

@@ -12,7 +12,8 @@ trigger-carrying image is unlikely):
    resampling phase); aligned natural content (the same garment outline at the centre of centred
    photographs) is alike but never exact. Exactness is also asked of the window's *core* (its
    central half, :func:`core_boxes`): a window that overlaps the trigger and a strip of background
-   has no exact copy, its core inside the trigger has.
+   has no exact copy, its core inside the trigger has. And of its *parts* (:func:`part_boxes`): a
+   window twice the trigger's side, the trigger off its centre, has one part inside the trigger.
 2. **Learned** (did the model take it?): a backdoor the threat model learned makes images that
    carry the trigger collapse together in feature space, whatever their content (what an SSL
    backdoor is). A window's *coherence* is how close together the flip images' features come with
@@ -21,14 +22,15 @@ trigger-carrying image is unlikely):
    is pasted at its own place (``flip_scores(..., in_place=True)``; a trigger always pasted at one place is
    learned there, and a random place misses it).
 
-Found = at least ``min_count`` candidates repeat beyond the null (by their window, or by their core's
-exact copies), and their median coherence or median in-place flip rate beats the null's quantile
+Found = at least ``min_count`` candidates repeat beyond the null (by their window, by their core's
+exact copies, or by a part's exact copies on more candidates than the null predicts), and their median coherence or median in-place flip rate beats the null's quantile
 (``detect/decision.py``). No ground truth and no trigger: only the model, the images and the candidates.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+import math
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -147,17 +149,60 @@ def core_boxes(boxes: torch.Tensor, share: float = 0.5) -> torch.Tensor:
     return torch.cat([x0, x0 + inner], 1)
 
 
+def part_boxes(boxes: torch.Tensor, share: float = 0.25, least: int = 4) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sub-windows ("parts") of each box: side ``ceil(share * side)`` (at least ``least`` px, at most the
+    side), on a grid of stride ``ceil(3/4 * part)`` that ends at the far edge. Returns (Q, 4) long boxes and
+    (Q,) long, the box each part came from. A trigger of side >= part + stride - 1 (about 3/8 of the
+    window) anywhere in a window holds one part whole: a window twice the trigger's side, the trigger off
+    its centre, has a core (:func:`core_boxes`) that takes background along, and one of its parts does not.
+
+    >>> b, owner = part_boxes(torch.tensor([[0, 0, 16, 16]]))
+    >>> len(b), b[0].tolist(), b[-1].tolist()
+    (25, [0, 0, 4, 4], [12, 12, 16, 16])
+    """
+    out, owner = [], []
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        side = min(x1 - x0, y1 - y0)
+        part = min(side, max(least, math.ceil(side * share)))
+        step = max(1, -(-3 * part // 4))
+        offs = sorted(set(range(0, side - part + 1, step)) | {side - part})
+        out += [[x0 + ox, y0 + oy, x0 + ox + part, y0 + oy + part] for oy in offs for ox in offs]
+        owner += [i] * len(offs) ** 2
+    return torch.tensor(out, dtype=torch.long).view(-1, 4), torch.tensor(owner, dtype=torch.long)
+
+
+def _best_part(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float, exclude: np.ndarray,
+               exact: float, pairs: bool = False):
+    """Per box: the largest number of pool images holding an exact copy (RMSE < ``exact``) of one of its
+    parts (:func:`part_boxes`), that part's box and (``pairs``) the (P, T) bool of the images holding it."""
+    parts, owner = part_boxes(boxes)
+    own = owner.numpy()
+    out = repetition(src_images[owner], parts, pool, ncc, np.asarray(exclude)[own], (exact,), within=exact if pairs else None)
+    counts, within = (out if pairs else (out, None))
+    best = np.full(len(boxes), -1, dtype=np.int64)
+    order = np.lexsort((np.arange(len(own)), -counts, own))  # per box: the most copies, then the first part
+    first = np.flatnonzero(np.r_[True, own[order][1:] != own[order][:-1]])
+    best[own[order][first]] = order[first]
+    res = {"count": counts[best], "box": parts[torch.as_tensor(best)].numpy()}
+    if pairs:
+        res["pairs"] = within[:, best]
+    return res
+
+
 def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, cand_windows: np.ndarray,
                        flip_pos: np.ndarray, count: int, device, ncc: float = 0.9, seed: int = 0,
                        forward_batch: int = 4096, exact: float = 0.02, act=None,
-                       clusters: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+                       clusters: Optional[np.ndarray] = None, part_exact: float = 0.001) -> Dict[str, np.ndarray]:
     """Repetition, coherence and (with ``act`` and the images' ``clusters``) in-place flip rates of the
     candidates and of :func:`null_windows` (with the null windows themselves, ``null_src`` and
     ``null_boxes``); repetition is searched in the candidates' own images (where the poisons
     concentrate, if there are any). ``exact`` / ``core_exact`` (and the null's ``null_exact`` /
     ``null_core_exact``): how many of those copies match within RMSE ``exact``, by the window and by
     its core (pasted pixels at the same resampling phase; natural content, however alike, does not);
-    ``exact_pairs`` (C, C) bool: candidate image p holds an exact copy of candidate t's window or core."""
+    ``part_exact`` / ``null_part_exact`` the same for the best of each window's parts (:func:`part_boxes`)
+    within RMSE ``part_exact`` (identical pixels: a few pixels of natural content, clipped at 0 or 255 and
+    centred alike, copy within 0.02 too), ``part_box`` (C, 4) that part; ``exact_pairs`` (C, C) bool: candidate image p holds an exact copy of
+    candidate t's window, core or best part."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
@@ -167,7 +212,10 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     rep, pairs = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact), within=exact)
     core_exact, core_pairs = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,), within=exact)
     null_rep = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact))
-    out = {"rep": rep[0], "exact": rep[1], "core_exact": core_exact, "exact_pairs": pairs | core_pairs,
+    part = _best_part(cand_x, cw, cand_x, ncc, own, part_exact, pairs=True)
+    out = {"rep": rep[0], "exact": rep[1], "core_exact": core_exact, "exact_pairs": pairs | core_pairs | part["pairs"],
+           "part_exact": part["count"], "part_box": part["box"],
+           "null_part_exact": _best_part(null_x, nb, cand_x, ncc, null_own, part_exact)["count"],
            "null_rep": null_rep[0], "null_exact": null_rep[1],
            "null_core_exact": repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,)),
            "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),

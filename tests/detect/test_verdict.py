@@ -9,10 +9,11 @@ from solo_poisoncam.data.base import ArrayImageDataset
 from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
-from solo_poisoncam.detect.decision import decide, describe
+from solo_poisoncam.detect.decision import binomial_tail, decide, describe
 from solo_poisoncam.detect.flip import flip_scores
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.verdict import core_boxes, null_windows, pattern_errors, repetition, verdict_statistics
+from solo_poisoncam.detect.verdict import (core_boxes, null_windows, part_boxes, pattern_errors, repetition,
+                                          verdict_statistics)
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
@@ -305,3 +306,70 @@ def test_verdict_statistics_link_the_exact_copies_of_a_planted_trigger(planted):
     assert pairs.shape == (20, 20) and not pairs[np.arange(20), np.arange(20)].any()
     assert pairs[:10, :10].sum() == 90  # each poison holds every other poison's trigger exactly
     assert not pairs[10:, :10].any() and not pairs[:10, 10:].any()
+
+
+def test_part_boxes_tile_each_window_to_its_far_edge():
+    boxes = torch.tensor([[2, 3, 18, 19], [0, 0, 12, 12], [5, 5, 8, 8]])
+    parts, owner = part_boxes(boxes)
+    # side 16: part ceil(16 / 4) = 4, stride ceil(3 * 4 / 4) = 3, offsets 0, 3, 6, 9, 12: 25 parts;
+    # side 12: part max(4, 3) = 4, offsets 0, 3, 6 and the far edge 8: 16; side 3: the window itself
+    assert owner.tolist() == [0] * 25 + [1] * 16 + [2]
+    assert parts[0].tolist() == [2, 3, 6, 7] and parts[24].tolist() == [14, 15, 18, 19]
+    assert parts[25 + 3].tolist() == [8, 0, 12, 4] and parts[-1].tolist() == [5, 5, 8, 8]
+    assert ((parts[:, 2:] - parts[:, :2]) == torch.tensor([4] * 41 + [3])[:, None]).all()
+
+
+def test_binomial_tail_by_hand():
+    # P(X >= 5), X ~ B(7, 1/6): (21 * 25 + 7 * 5 + 1) / 6^7 = 561 / 279936
+    assert binomial_tail(5, 7, 1 / 6) == pytest.approx(561 / 279936)
+    assert binomial_tail(0, 7, 0.3) == 1.0 and binomial_tail(8, 7, 0.3) == 0.0 and binomial_tail(1, 7, 0.0) == 0.0
+
+
+def test_decide_by_hand_repeats_by_a_part_alone():
+    """Rows 0-4: windows twice a small trigger's side, the trigger off their centre: neither the window
+    nor its core has an exact copy, a part has 4-5 (in one another: exact_pairs). Row 5's part has 4
+    copies too, in images whose own parts do not repeat: chance, not a group. Null: 1 of 10 random
+    windows holds a repeating part (a trigger in a random window), a rate of (1 + 1) / (10 + 2) = 1/6;
+    5 of 7 candidates, P = 561 / 279936 < 0.01: enriched. A null of 4 in 10 (rate 5/12) is not beaten."""
+    pairs = np.zeros((7, 7), dtype=bool)
+    pairs[:5, :5] = True
+    pairs[np.arange(7), np.arange(7)] = False
+    pairs[6, 5] = pairs[5, 5] = True  # the images holding row 5's part: row 6 (no repeating part) and itself
+    stats = {"rep": np.zeros(7, dtype=int), "exact": np.zeros(7, dtype=int), "core_exact": np.zeros(7, dtype=int),
+             "null_rep": np.zeros(10, dtype=int), "null_core_exact": np.zeros(10, dtype=int),
+             "part_exact": np.array([5, 4, 4, 4, 4, 4, 0]), "null_part_exact": np.array([0, 0, 9, 0, 0, 1, 0, 0, 2, 0]),
+             "part_box": np.tile([[1, 1, 5, 5]], (7, 1)), "exact_pairs": pairs,
+             "coh": np.full(7, 0.1), "null_coh": np.full(10, 0.2),
+             "flip": np.array([0.3, 0.4, 0.2, 0.3, 0.2, 0.9, 0.0]), "null_flip": np.full(10, 0.1)}
+    v = decide(stats, min_count=5, quantile=0.99)
+    assert v["repeated"] == 5 and v["repeated_by_part"] == 5 and v["repeated_by_core"] == 0
+    assert v["found"] and v["confirmed"].tolist() == [True] * 5 + [False] * 2
+    assert v["template_part"].tolist() == [True] * 5 + [False] * 2 and not v["template_core"].any()
+    assert "(5 by a part's exact copies)" in describe(v)
+    crowded = decide({**stats, "null_part_exact": np.array([9, 0, 9, 0, 9, 1, 0, 9, 2, 0])}, min_count=5, quantile=0.99)
+    assert crowded["repeated"] == 0 and not crowded["found"]
+    # statistics of before (no part counts): the rules of before, nothing repeats
+    v = decide({k: x for k, x in stats.items() if "part" not in k}, min_count=5, quantile=0.99)
+    assert v["repeated"] == 0 and not v["found"] and "part's" not in describe(v)
+
+
+def test_a_small_trigger_off_the_window_centre_is_exact_by_a_part(planted):
+    """The planted 8 px trigger in the far corner of a 16 px window: the core takes background along and has
+    no exact copy, the best part lies inside the trigger and has one in every other poison; clean
+    windows' parts have none, and no part links a clean candidate to a poison."""
+    _, data, manifest = planted
+    images = IndexedImages(data, size=32)
+    poisons, clean = manifest.indexes[:10], np.flatnonzero(~manifest.is_poison())[:10]
+    cand = np.concatenate([poisons, clean])
+    trig = manifest.boxes[:10]
+    x0 = np.clip(trig[:, :2] - 8, 0, 16)  # the trigger at the window's far edge where the image allows
+    boxes = np.concatenate([np.concatenate([x0, x0 + 16], 1), np.tile([[4, 4, 20, 20]], (10, 1))])
+    stats = verdict_statistics(lambda x: x.flatten(1)[:, :8], images, np.zeros(len(data)), cand, boxes,
+                               clean[:4], count=8, device=torch.device("cpu"))
+    off = (trig[:, :2] - x0 == 8).all(1)
+    assert off.sum() >= 3  # the case this test is about is there
+    assert (stats["core_exact"][:10][off] == 0).all()
+    assert (stats["part_exact"][:10] == 9).all() and (stats["part_exact"][10:] == 0).all()
+    pb = stats["part_box"][:10]
+    assert ((pb[:, :2] >= trig[:, :2]) & (pb[:, 2:] <= trig[:, 2:])).all()  # inside the trigger
+    assert not stats["exact_pairs"][10:, :10].any() and not stats["exact_pairs"][:10, 10:].any()
