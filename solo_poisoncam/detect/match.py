@@ -61,7 +61,7 @@ def _agreement(a: torch.Tensor, images: torch.Tensor, shift: torch.Tensor, tol: 
 
 @torch.no_grad()
 def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.Tensor, tol: float = 0.1,
-                   agree: float = 0.5, others: Optional[torch.Tensor] = None) -> np.ndarray:
+                   agree: float = 0.5, others: Optional[torch.Tensor] = None, reach=None) -> np.ndarray:
     """The trigger's box (x0, y0, x1, y1) in ``template``'s pixels, grown or shrunk from ``box``.
 
     Args:
@@ -71,7 +71,8 @@ def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.
         tol: a pixel agrees with a copy when its largest channel difference is below this (in [0, 1]).
         agree: a pixel is the trigger's when the share of the copies that cover it and agree exceeds
             the share of ``others`` that do by at least this; the region is the 8-connected one through
-            the window's such pixels, at most the window grown by its own size on each side.
+            the window's such pixels, at most the window grown by its own size on each side (or the
+            box ``reach``: a part of a window may sit anywhere in the trigger, which the window holds).
         others: uint8 (M, 3, S, S), images the pattern did not match in (the base rate), aligned with
             the copies' shifts in turn; none: a base rate of 0.
 
@@ -91,7 +92,8 @@ def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.
         base = ocount / ocover.clamp(min=1)
     w, h = box[2] - box[0], box[3] - box[1]
     region = torch.zeros(side, side, dtype=torch.bool)
-    region[max(0, box[1] - h):min(side, box[3] + h), max(0, box[0] - w):min(side, box[2] + w)] = True
+    x0, y0, x1, y1 = (box[0] - w, box[1] - h, box[2] + w, box[3] + h) if reach is None else [int(v) for v in reach]
+    region[max(0, y0):min(side, y1), max(0, x0):min(side, x1)] = True
     mask = (share - base >= agree) & (cover >= max(1, len(copies) // 2)) & region
     inside = torch.zeros_like(mask)
     inside[box[1]:box[3], box[0]:box[2]] = True
@@ -108,7 +110,8 @@ def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.
 
 
 def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0.9, rmse: float = 0.1,
-                  copies: int = 64, tol: float = 0.1, agree: float = 0.5) -> Dict[str, np.ndarray]:
+                  copies: int = 64, tol: float = 0.1, agree: float = 0.5,
+                  reach: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
     """Remove every image that holds one of the confirmed windows' patterns, and place the trigger in it.
 
     Args:
@@ -116,6 +119,8 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
         src_pos: (T,) positions of the confirmed windows' images; ``boxes`` (T, 4) their windows.
         copies: the extent of a window is measured on at most this many of its matches (the closest),
             against as many images it did not match in (spread evenly over the set: the base rate).
+        reach: (T, 4) the box each window's extent may grow in (:func:`trigger_extent`); a row of -1, or
+            none: the window grown by its own size on each side.
 
     Returns ``removed`` (N,) bool, ``windows`` (N, 4) the trigger box in each removed image (-1 rows
     elsewhere), ``template`` (N,) the window whose pattern (its own or its extent's) matched best (-1:
@@ -139,7 +144,8 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
         misses = np.flatnonzero(~hit[:, t].numpy())
         others = misses[np.linspace(0, len(misses) - 1, min(copies, len(misses))).astype(np.int64)] if len(misses) else misses
         extents[t] = trigger_extent(src[t], boxes[t], images.take(rows.numpy()), at[rows, t], tol, agree,
-                                    images.take(others) if len(others) else None)
+                                    images.take(others) if len(others) else None,
+                                    None if reach is None or (reach[t] < 0).all() else reach[t])
     # the extents scanned again (module docstring): each column of err / at is then one pattern, the windows
     # and these extents, ``owner`` the window it came from
     again = np.flatnonzero((extents != boxes).any(1) & (2 * (extents[:, 2:] - extents[:, :2])

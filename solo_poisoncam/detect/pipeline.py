@@ -145,14 +145,18 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
         boxes = windows[confirmed]
         by_core = verdict["template_core"][verdict["confirmed"]]  # matched by their core (decide())
         boxes[by_core] = core_boxes(torch.as_tensor(boxes[by_core])).numpy()
-        by_part = verdict["template_part"][verdict["confirmed"]]  # ... or by their best part
-        boxes[by_part] = np.asarray(stats["part_box"])[verdict["confirmed"]][by_part]
+        by_part = verdict["template_part"][verdict["confirmed"]]  # ... or by their best part, whose extent
+        reach = np.full_like(boxes, -1)                         # may grow over the window that holds it
+        part = np.asarray(stats["part_box"])[verdict["confirmed"]][by_part]
+        grow = np.tile(part[:, 2:] - part[:, :2], 2) * np.array([-1, -1, 1, 1])
+        reach[by_part], boxes[by_part] = boxes[by_part] + grow, part
         if len(confirmed) == 0:  # forced with nothing confirmed: the top candidates stand in, as the classifier's
             confirmed = np.argsort(-scores, kind="stable")[: cfg.classifier.topk]
             boxes = windows[confirmed]
+            reach = np.full_like(boxes, -1)
         # at most probe.triggers of them, spread over the ranking
         pick = np.unique(np.linspace(0, len(confirmed) - 1, min(cfg.probe.triggers, len(confirmed))).round().astype(int))
-        confirmed, boxes = confirmed[pick], boxes[pick]
+        confirmed, boxes, reach = confirmed[pick], boxes[pick], reach[pick]
         rkey = {**vkey, "removal_v": stage_version("probe"), "remove": cfg.remove,
                 "verdict": [cfg.verdict_min, cfg.verdict_margin, cfg.verdict_quantile, cfg.force_remove],
                 "probe": vars(cfg.probe)}
@@ -164,7 +168,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
                 probability, removed = res["probability"], res["removed"]
             else:  # match: every image that holds a confirmed trigger's pattern, with the trigger's box in it
                 res = cache.get_or_compute("match", rkey, lambda: match_removal(
-                    images, confirmed, boxes, cfg.verdict_ncc))
+                    images, confirmed, boxes, cfg.verdict_ncc, reach=reach))
                 removed = res["removed"]
                 map_windows, windows = windows, np.where(removed[:, None], res["windows"], windows)
 

@@ -57,6 +57,20 @@ def test_trigger_extent_grows_a_partial_window_to_the_trigger_and_cuts_the_image
     assert trigger_extent(x[0], window, copies[:0], at[:0]).tolist() == window.tolist()
 
 
+def test_trigger_extent_of_a_part_grows_over_the_window_that_holds_it():
+    """A 4 x 4 part at the corner of a 14 px trigger (side 32): grown by its own size on each side it reaches at
+    most 8 px of the trigger; within ``reach`` (the window that held it, grown by the part's side) all 14."""
+    x, boxes = _planted(side=32, t=14)
+    x0, y0 = boxes[0, :2]
+    part = np.array([x0, y0, x0 + 4, y0 + 4])
+    copies, at = x[1:10], torch.as_tensor(boxes[1:10, :2])
+    capped = trigger_extent(x[0], part, copies, at)
+    assert capped.tolist() == [x0, y0, x0 + 8, y0 + 8]
+    window = np.array([x0 - 1, y0 - 1, x0 + 15, y0 + 15])
+    reach = window + np.array([-4, -4, 4, 4])
+    assert trigger_extent(x[0], part, copies, at, reach=reach).tolist() == boxes[0].tolist()
+
+
 def test_trigger_extent_leaves_out_what_every_image_shares():
     # every image black on its left third, the trigger beside it at one place in every poison (all of a class
     # poisoned on a black background): the copies agree on the black too, the images without the pattern as much
