@@ -26,9 +26,10 @@ def metrics_document(result: DetectionResult, extra: Optional[Dict[str, Any]] = 
         "definitions": {
             "removed": "images the removal stage (probe, match or classifier) flags (never a deletion of files); "
                        "none when PoisonCAM's verdict is 'no backdoor found' unless force_remove",
-            "verdict": "label-free: do >= verdict_min candidate windows repeat (NCC > verdict_ncc) in other "
-                       "candidates beyond a null of random windows, and does pasting them make features cohere "
-                       "beyond the null's verdict_quantile (docs/design.md, Verdict)",
+            "verdict": "label-free: do >= verdict_min candidate windows repeat (NCC > verdict_ncc, an exact copy by "
+                       "the window, its core or a part) in other candidates beyond a null of random windows, and does "
+                       "pasting them make features cohere or flip images in place beyond the null's verdict_quantile "
+                       "(docs/design.md, Verdict)",
             "precision/recall/f1": "of the removed set against the manifest",
             "auroc/auprc": "of the poison score against the manifest",
             "precision_at_k": "poison share of the k highest scores (ties broken uniformly at random, in expectation)",
