@@ -179,10 +179,9 @@ def _best_part(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor
     own = owner.numpy()
     out = repetition(src_images[owner], parts, pool, ncc, np.asarray(exclude)[own], (exact,), within=exact if pairs else None)
     counts, within = (out if pairs else (out, None))
-    best = np.full(len(boxes), -1, dtype=np.int64)
-    order = np.lexsort((np.arange(len(own)), -counts, own))  # per box: the most copies, then the first part
-    first = np.flatnonzero(np.r_[True, own[order][1:] != own[order][:-1]])
-    best[own[order][first]] = order[first]
+    starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])  # each box's parts are one run, in box order
+    # per box: the part with the most copies, the first of them on a tie
+    best = np.array([s + int(np.argmax(c)) for s, c in zip(starts, np.split(counts, starts[1:]))], dtype=np.int64)
     res = {"count": counts[best], "box": parts[torch.as_tensor(best)].numpy()}
     if pairs:
         res["pairs"] = within[:, best]
