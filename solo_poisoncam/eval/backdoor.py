@@ -140,7 +140,8 @@ def _margins(m: Dict[str, Any]) -> Dict[str, float]:
 def verdict(threat: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
     """Which criteria hold. A criterion (cluster, kNN, probe on 10% of the labels, probe on every label)
     holds when its margin (patched - control) is >= LEARNED_MARGIN and beats the random-init
-    reference's margin by as much; ``learned`` = the cluster or a probe criterion. ``targeted`` is the
+    reference's margin by as much; ``learned`` = any criterion (docs/design.md, Metrics: why kNN
+    counts). ``targeted`` is the
     attacker's own criterion: a probe-ASR margin >= TARGETED_MARGIN and that much above the
     reference's, at 10% of the labels (mean of the draws) or with every label (``targeted_at`` says
     which: a downstream user with either budget is attacked). A heuristic summary; the numbers count."""
@@ -148,11 +149,11 @@ def verdict(threat: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]
     criteria = {k: bool(t[k] >= LEARNED_MARGIN and t[k] - r[k] >= LEARNED_MARGIN) for k in t if k in r}
     at = [k for k in ("probe", "probe_all") if k in t and k in r
           and t[k] >= TARGETED_MARGIN and t[k] - r[k] >= TARGETED_MARGIN]
-    return {"learned": criteria["cluster"] or criteria["probe"] or criteria.get("probe_all", False),
+    return {"learned": any(criteria.values()),
             "criteria": criteria, "targeted": bool(at), "targeted_at": [_BUDGET[k] for k in at],
             "margins": t, "reference_margins": r,
             "rule": f"a criterion holds when its margin (patched - control) >= {LEARNED_MARGIN} and >= reference + "
-                    f"{LEARNED_MARGIN}; learned = cluster or a probe; targeted = a probe margin >= {TARGETED_MARGIN} "
+                    f"{LEARNED_MARGIN}; learned = any criterion; targeted = a probe margin >= {TARGETED_MARGIN} "
                     f"and >= reference + {TARGETED_MARGIN}, at 10% of the labels (mean of {PROBE_DRAWS} draws) or "
                     f"with every label"}
 
@@ -274,7 +275,8 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
         try:
             old = read_json(path)
             if hash_obj(old.get("key")) == hash_obj(key):  # as JSON: lists and tuples alike
-                return old
+                # the verdict is derived from the stored measurements: a changed rule never leaves a stale one
+                return {**old, **verdict(old["threat"], old["reference"])}
         except ValueError:
             pass
     val = validation_split(manifest.dataset, val_images, val_root)

@@ -68,6 +68,46 @@ def test_verdict_names_each_criterion():
     assert not v["criteria"]["cluster"]
 
 
+def test_knn_alone_is_learned():
+    """kNN-ASR on the training features as trained on is a downstream attack (a kNN classifier over that
+    bank): margin 0.53 - 0.12 = 0.41, reference 0.23 - 0.09 = 0.14, 0.27 above it. Learned, by kNN alone.
+    With the reference's margin at 0.28 (0.13 below the threat's) it does not hold."""
+    threat = {"patched_to_poison_cluster": 0.05, "control_to_poison_cluster": 0.05, "knn_asr_patched": 0.53,
+              "knn_asr_control": 0.12, "probe_asr_patched": 0.02, "probe_asr_control": 0.06}
+    ref = {"patched_to_poison_cluster": 0.0, "control_to_poison_cluster": 0.0, "knn_asr_patched": 0.23,
+           "knn_asr_control": 0.09, "probe_asr_patched": 0.05, "probe_asr_control": 0.0}
+    v = verdict(threat, ref)
+    assert v["criteria"] == {"cluster": False, "knn": True, "probe": False} and v["learned"] and not v["targeted"]
+    assert describe_verdict(v).startswith("LEARNED (kNN")
+    v = verdict(threat, dict(ref, knn_asr_patched=0.37))
+    assert not v["criteria"]["knn"] and not v["learned"]
+
+
+def test_a_cached_report_gets_the_verdict_of_todays_rule(tmp_path):
+    """backdoor.json written under an older rule (learned = cluster or a probe) is reused for its
+    measurements, and its verdict is derived again from them: the kNN criterion holds, so learned."""
+    from helpers import tiny_dataset
+
+    from solo_poisoncam.eval.backdoor import CLUSTER_STARTS, PROBE_DRAWS, backdoor_report
+    from solo_poisoncam.io import hash_obj, write_json
+    from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
+
+    base = tiny_dataset()
+    manifest = make_manifest(base, PatchAttack(size=4), target=0, rate=0.5, seed=0)
+    key = {"ckpt": "weights-abc", "poisons": hash_obj(manifest.attack, manifest.indexes, manifest.boxes),
+           "val_images": 5000, "val_root": None, "seed": 0, "probe_draws": PROBE_DRAWS,
+           "cluster_starts": CLUSTER_STARTS, "v": 5}
+    threat = {"patched_to_poison_cluster": 0.0, "control_to_poison_cluster": 0.0, "knn_asr_patched": 0.6,
+              "knn_asr_control": 0.1, "probe_asr_patched": 0.0, "probe_asr_control": 0.0}
+    ref = dict(threat, knn_asr_patched=0.1)
+    write_json(tmp_path / "backdoor.json", {"key": key, "threat": threat, "reference": ref, "learned": False,
+                                            "criteria": {"knn": True}, "measured": "kept"})
+    # the model is never run: a matching key reuses the stored measurements
+    out = backdoor_report("weights-abc", None, PoisonedDataset(base, manifest), out=tmp_path)
+    assert out["measured"] == "kept" and out["learned"] and out["criteria"]["knn"]
+    assert "learned = any criterion" in out["rule"]
+
+
 def test_targeted_at_either_budget_and_which():
     """The probe on 10% of the labels (mean of draws) misses, the one on every label holds: targeted,
     at every label. Margins: every label 0.9 - 0.2 = 0.7, reference 0.26 - 0.12 = 0.14: 0.56 above."""
