@@ -30,7 +30,7 @@ def test_poison_cli_region_spreads_the_patch(tmp_path):
     assert main(["poison", "--num-samples", "1000", "--patch-size", "16", "--region", "0.1", "0.9",
                  "--out", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())
-    assert m["attack"]["region"] == [0.1, 0.9]
+    assert m["attack"]["region"] == [0.1, 0.9] and "jpeg" not in m["attack"]
     boxes = np.array([p["box"] for p in m["poisons"]])
     assert boxes[:, :2].min() >= 3 and boxes[:, :2].max() <= 12 and len(np.unique(boxes[:, :2], axis=0)) > 20
 
@@ -43,6 +43,7 @@ def test_poison_cli_region_spreads_the_patch(tmp_path):
     (["--patch-size", "40"], "larger than the 32x32 image"),
     (["--target", "10"], "target class 10 does not exist"),
     (["--region", "0.6", "0.4"], "patch region must be"),
+    (["--jpeg", "0"], "jpeg quality must be"),
     (["--trigger", "/nonexistent/t.png"], "does not exist"),
 ])
 @needs_fashion_mnist

@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--region", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="patch: share of each side the patch lies in (default 0.25 0.75, SSL-Backdoor's central "
                         "region; 0.1 0.9 spreads a large patch over many places)")
+    g.add_argument("--jpeg", type=int, default=None, metavar="Q",
+                   help="patch: save each poisoned image as JPEG at quality Q, as SSL-Backdoor's generator does (75)")
     g.add_argument("--alpha", type=float, default=None, help="patch opacity (1) or blend weight (0.2)")
     g.add_argument("--magnitude", type=float, default=100.0, help="frequency attack: DCT magnitude")
     g.add_argument("--target", type=int, default=0, help="target class index")
@@ -51,6 +53,8 @@ def attack_config(args: argparse.Namespace) -> Dict[str, Any]:
         cfg["size"] = args.patch_size
         if args.region is not None:
             cfg["region"] = list(args.region)
+        if args.jpeg is not None:
+            cfg["jpeg"] = args.jpeg
     if args.alpha is not None:
         cfg["alpha"] = args.alpha
     return cfg

@@ -98,8 +98,8 @@ class Chain:
         attack = {"name": p["attack"]}
         if p["attack"] != "frequency":
             attack["trigger"] = p.get("trigger", {"kind": "htba", "seed": 10})
-        for key in ("size", "alpha", "magnitude", "window", "region"):
-            if key in p and not (key in ("size", "region") and p["attack"] != "patch"):
+        for key in ("size", "alpha", "magnitude", "window", "region", "jpeg"):
+            if key in p and not (key in ("size", "region", "jpeg") and p["attack"] != "patch"):
                 attack[key] = p[key]
         spec = data_spec(self.cfg)
         if (folder / "manifest.json").is_file():

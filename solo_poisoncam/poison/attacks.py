@@ -7,6 +7,7 @@ coordinates with exclusive ends; non-patch attacks cover the whole image.
 
 from __future__ import annotations
 
+import io
 import math
 from functools import lru_cache
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -63,13 +64,16 @@ class PatchAttack(Attack):
             Default SSL-Backdoor's central region (0.25, 0.75); where the patch does not fit (a 16 px
             patch on 32 px images) it sits at the region's centre, one position for every copy.
             (0.1, 0.9), the patched validation set's region, spreads it over many places.
+        jpeg: if set, each poisoned image is encoded as JPEG at this quality (1-95) and decoded, as
+            SSL-Backdoor's generator leaves it: it saves a poisoned ImageNet image under its own
+            ``.JPEG`` name, so PIL writes JPEG at its default quality, 75. Trigger copies then differ.
     """
 
     name = "patch"
     is_patch = True
 
     def __init__(self, trigger: Optional[Dict[str, Any]] = None, size: float = 50 / 224, alpha: float = 1.0,
-                 region: Sequence[float] = TRAIN_REGION):
+                 region: Sequence[float] = TRAIN_REGION, jpeg: Optional[int] = None):
         self.trigger_spec = dict(trigger or {"kind": "htba", "seed": 10})
         self.trigger = build_trigger(self.trigger_spec)
         check(size > 0, f"patch size must be positive, got {size}")
@@ -78,12 +82,16 @@ class PatchAttack(Attack):
               f"patch region must be (lo, hi) with 0 <= lo < hi <= 1, got {list(region)}")
         self.size, self.alpha = float(size), float(alpha)
         self.region = (float(region[0]), float(region[1]))
+        check(jpeg is None or (isinstance(jpeg, int) and 1 <= jpeg <= 95), f"jpeg quality must be an int in [1, 95], got {jpeg}")
+        self.jpeg = jpeg
         self._resized = lru_cache(maxsize=32)(self._resize)
 
     def config(self) -> Dict[str, Any]:
         cfg = {"name": self.name, "trigger": self.trigger_spec, "size": self.size, "alpha": self.alpha}
         if self.region != TRAIN_REGION:  # manifests written before the field existed keep their hash
             cfg["region"] = list(self.region)
+        if self.jpeg is not None:
+            cfg["jpeg"] = self.jpeg
         return cfg
 
     def patch_shape(self, width: int, height: int) -> Tuple[int, int]:
@@ -118,7 +126,15 @@ class PatchAttack(Attack):
         patch = self._resized(x1 - x0, y1 - y0)
         region = out[y0:y1, x0:x1].astype(np.float32)
         out[y0:y1, x0:x1] = np.rint(self.alpha * patch + (1 - self.alpha) * region).astype(np.uint8)
-        return out
+        return out if self.jpeg is None else jpeg_roundtrip(out, self.jpeg)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 (H, W, 3) ``image`` encoded as JPEG at ``quality`` (PIL, 4:2:0 chroma) and decoded."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def _sample_start(extent: int, side: int, region: Sequence[float], rng: np.random.Generator) -> int:

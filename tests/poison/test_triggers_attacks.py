@@ -77,6 +77,25 @@ def test_patch_region_is_the_attacks_own_and_roundtrips():
     assert again.region == (0.1, 0.9) and again.config() == wide.config()
 
 
+def test_jpeg_poisons_are_lossy_copies_and_roundtrip():
+    """jpeg=75: the pasted trigger's copies are no longer identical pixels (SSL-Backdoor's saved
+    poisons), but close; the default keeps exact copies and its config (and manifest hash)."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    exact, lossy = PatchAttack(size=16), PatchAttack(size=16, jpeg=75)
+    box = (8, 8, 24, 24)
+    e = [exact.apply(im, box)[8:24, 8:24].astype(float) for im in images]
+    j = [lossy.apply(im, box)[8:24, 8:24].astype(float) for im in images]
+    assert np.array_equal(e[0], e[1])  # pasted pixels: identical copies
+    assert not np.array_equal(j[0], j[1]) and not np.array_equal(j[0], e[0])
+    rmse = np.sqrt(((j[0] - e[0]) ** 2).mean()) / 255
+    assert 0.001 < rmse < 0.2  # lossy (above the part route's 0.001) but still the trigger
+    assert "jpeg" not in exact.config() and lossy.config()["jpeg"] == 75
+    assert build_attack(lossy.config()).config() == lossy.config()
+    with pytest.raises(PoisonCamError, match="jpeg quality must be"):
+        PatchAttack(jpeg=100)
+
+
 @pytest.mark.parametrize("region", [(0.5, 0.5), (-0.1, 0.5), (0.2, 1.2), (0.1,)])
 def test_bad_patch_region_is_one_clear_error(region):
     with pytest.raises(PoisonCamError, match="patch region must be"):
