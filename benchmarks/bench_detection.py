@@ -70,6 +70,10 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
     "cifar-patch16-0.1-jpeg": {"data": {"dataset": "npz", "num_samples": None, "size": None},
                                "poison": {"attack": "patch", "size": 16, "rate": 0.1, "target": 2, "jpeg": 75},
                                "pretrain": {"epochs": 20}},
+    # the same at random places (10-90% of the side): each copy meets JPEG's 8 px block grid differently
+    "cifar-patch16-0.1-wide-jpeg": {"data": {"dataset": "npz", "num_samples": None, "size": None},
+                                    "poison": {"attack": "patch", "size": 16, "rate": 0.1, "target": 2,
+                                               "region": [0.1, 0.9], "jpeg": 75}, "pretrain": {"epochs": 20}},
     "cifar-clean": {"data": {"dataset": "npz", "num_samples": None, "size": None}, "pretrain": {"epochs": 20}},
     "cifar-patch12-1.0": {"data": {"dataset": "npz", "num_samples": None, "size": None},
                           "poison": {"attack": "patch", "size": 12, "rate": 1.0, "target": 2}, "pretrain": {"epochs": 20}},
