@@ -66,7 +66,8 @@ class PatchAttack(Attack):
             (0.1, 0.9), the patched validation set's region, spreads it over many places.
         jpeg: if set, each poisoned image is encoded as JPEG at this quality (1-95) and decoded, as
             SSL-Backdoor's generator leaves it: it saves a poisoned ImageNet image under its own
-            ``.JPEG`` name, so PIL writes JPEG at its default quality, 75. Trigger copies then differ.
+            ``.JPEG`` name, so PIL writes JPEG at its default quality, 75 (its patched validation images
+            too, and so here). Trigger copies then differ.
     """
 
     name = "patch"
