@@ -36,6 +36,19 @@ def check_pair(v, name: str):
     return pair
 
 
+def check_number(value, name: str, whole: bool = False) -> None:
+    """``value`` is a number (a whole one with ``whole``), not a bool (YAML's ``true`` is no size).
+
+    >>> check_number(0.5, "alpha"); check_number(75, "jpeg", whole=True)
+    """
+    import numbers
+
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok and whole:
+        ok = isinstance(value, numbers.Integral)
+    check(ok, f"{name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
+
+
 def check_rate(rate: float, name: str = "rate") -> float:
     """A poisoning rate must lie in (0, 1]."""
     rate = float(rate)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from solo_poisoncam.checks import check
+from solo_poisoncam.checks import check, check_number
 from solo_poisoncam.poison.triggers import build_trigger
 from solo_poisoncam.registry import Registry
 
@@ -77,14 +77,18 @@ class PatchAttack(Attack):
                  region: Sequence[float] = TRAIN_REGION, jpeg: Optional[int] = None):
         self.trigger_spec = dict(trigger or {"kind": "htba", "seed": 10})
         self.trigger = build_trigger(self.trigger_spec)
+        check_number(size, "patch size")
+        check_number(alpha, "patch alpha")
         check(size > 0, f"patch size must be positive, got {size}")
         check(0 < alpha <= 1, f"patch alpha must be in (0, 1], got {alpha}")
         check(len(region) == 2 and 0 <= float(region[0]) < float(region[1]) <= 1,
               f"patch region must be (lo, hi) with 0 <= lo < hi <= 1, got {list(region)}")
         self.size, self.alpha = float(size), float(alpha)
         self.region = (float(region[0]), float(region[1]))
-        check(jpeg is None or (isinstance(jpeg, int) and 1 <= jpeg <= 95), f"jpeg quality must be an int in [1, 95], got {jpeg}")
-        self.jpeg = jpeg
+        if jpeg is not None:
+            check_number(jpeg, "jpeg quality", whole=True)
+            check(1 <= jpeg <= 95, f"jpeg quality must be in [1, 95], got {jpeg}")
+        self.jpeg = None if jpeg is None else int(jpeg)
         self._resized = lru_cache(maxsize=32)(self._resize)
 
     def config(self) -> Dict[str, Any]:
@@ -157,6 +161,7 @@ class BlendAttack(Attack):
     def __init__(self, trigger: Optional[Dict[str, Any]] = None, alpha: float = 0.2):
         self.trigger_spec = dict(trigger or {"kind": "htba", "seed": 10, "grid": 8})
         self.trigger = build_trigger(self.trigger_spec)
+        check_number(alpha, "blend alpha")
         check(0 < alpha < 1, f"blend alpha must be in (0, 1), got {alpha}")
         self.alpha = float(alpha)
         self._resized = lru_cache(maxsize=8)(self._resize)
@@ -211,6 +216,8 @@ class FrequencyAttack(Attack):
 
     def __init__(self, magnitude: float = 100.0, window: int = 32,
                  positions: Sequence[Sequence[int]] = ((15, 15), (31, 31)), channels: Sequence[int] = (1, 2)):
+        check_number(magnitude, "frequency magnitude")
+        check_number(window, "frequency window", whole=True)
         check(magnitude > 0, f"frequency magnitude must be positive, got {magnitude}")
         check(window >= 2, f"frequency window must be >= 2, got {window}")
         self.magnitude, self.window = float(magnitude), int(window)

@@ -96,6 +96,23 @@ def test_jpeg_poisons_are_lossy_copies_and_roundtrip():
         PatchAttack(jpeg=100)
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: PatchAttack(jpeg=True), "jpeg quality must be a whole number, got True"),
+    (lambda: PatchAttack(jpeg=75.0), "jpeg quality must be a whole number, got 75.0"),
+    (lambda: PatchAttack(size=True), "patch size must be a number, got True"),
+    (lambda: PatchAttack(size="16"), "patch size must be a number, got '16'"),
+    (lambda: PatchAttack(alpha=True), "patch alpha must be a number, got True"),
+    (lambda: BlendAttack(alpha=False), "blend alpha must be a number, got False"),
+    (lambda: FrequencyAttack(window=8.5), "frequency window must be a whole number, got 8.5"),
+    (lambda: FrequencyAttack(magnitude=True), "frequency magnitude must be a number, got True")])
+def test_attack_numbers_reject_bools_and_strings(make, message):
+    """YAML's ``true`` is an int to Python: without the check, jpeg: true was quality 1 and size: true 1 px."""
+    with pytest.raises(PoisonCamError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        make()
+    cfg = PatchAttack(size=np.int64(16), jpeg=np.int64(75)).config()  # numpy numbers (from arrays) are numbers
+    assert type(cfg["jpeg"]) is int and type(cfg["size"]) is float  # and JSON-ready in the manifest
+
+
 @pytest.mark.parametrize("region", [(0.5, 0.5), (-0.1, 0.5), (0.2, 1.2), (0.1,)])
 def test_bad_patch_region_is_one_clear_error(region):
     with pytest.raises(PoisonCamError, match="patch region must be"):
