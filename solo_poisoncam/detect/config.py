@@ -68,6 +68,7 @@ class DetectConfig:
     verdict_ncc: float = 0.9                    # a window's pattern "repeats" in an image above this correlation ...
     verdict_exact: float = 0.02                 # ... and one of its copies is exact: RMSE below this (pasted pixels)
     verdict_part_exact: float = 0.001           # a part's copies: identical pixels (trigger copies 0-0.0004 RMSE, natural >= 0.002)
+    verdict_shift: float = 0.25                 # no exact copies: lossy ones count this share of the side away from the window
     force_remove: bool = False                  # remove even when the verdict is "no backdoor found"
     # removal: probe (frozen-feature probe) | match (confirmed trigger patterns) | classifier (CNN ensemble) | none;
     # None = match for poisoncam (measured best: benchmarks/results/trust-*.md), classifier for patchsearch (its paper)
@@ -103,6 +104,7 @@ class DetectConfig:
         check(0 < self.verdict_quantile <= 1, "verdict_quantile must be in (0, 1]")
         check(0 <= self.verdict_exact < 0.1, "verdict_exact must be in [0, 0.1) (below the repetition RMSE)")
         check(0 <= self.verdict_part_exact <= self.verdict_exact, "verdict_part_exact must be in [0, verdict_exact]")
+        check(0 <= self.verdict_shift, "verdict_shift must be >= 0 (a share of the window's side)")
         check(self.window == "auto" or float(self.window) > 0, f"window must be 'auto' or positive, got {self.window}")
         check(self.num_clusters is None or self.num_clusters >= 1, "num_clusters must be >= 1")
         check(self.flip_images >= 1 and self.flip_top >= 0, "flip_images must be >= 1 and flip_top >= 0")

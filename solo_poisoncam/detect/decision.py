@@ -27,7 +27,15 @@ def binomial_tail(k: int, n: int, p: float) -> float:
                         for i in range(k, n + 1)))
 
 
-def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, quantile: float = 0.99) -> Dict[str, Any]:
+def _group_beyond_null(has: np.ndarray, null_has: np.ndarray, quantile: float) -> bool:
+    """More candidates ``has`` than the null windows' rate ``(m + 1) / (R + 2)`` predicts (binomial tail
+    below ``1 - quantile``; m of the R null windows ``null_has``)."""
+    rate = (null_has.sum() + 1) / (len(null_has) + 2)
+    return binomial_tail(int(has.sum()), len(has), rate) < 1 - quantile
+
+
+def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, quantile: float = 0.99,
+           shift: float = 0.25) -> Dict[str, Any]:
     """The verdict from :func:`verdict_statistics`.
 
     A candidate *repeats* when its repetition is at least ``min_count - 1`` (it and that many others
@@ -43,6 +51,11 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     rate ``(m + 1) / (R + 2)`` of the R null windows, m of them with one): a window twice a small trigger's
     side holds it whole off its centre. The null is counted, not taken at a quantile, because a random window
     also holds a trigger where the poisons are many (7 px at 9.6% of CIFAR-10: 7 of 200 null windows).
+    Where fewer than ``min_count`` candidates repeat by those routes (no exact copies: JPEG-saved poisons), a
+    candidate also repeats when at least ``min_count - 1`` of its copies (NCC and RMSE < 0.1, not exact)
+    sit more than ``shift`` of its side away from its own place (``stats["shift"]``), in candidates that
+    have such copies themselves, and more candidates have them than the null's rate predicts (as for parts):
+    a trigger pasted at random places repeats at many places, aligned natural content at one.
     The pattern is *learned* when the repeating candidates' median coherence exceeds the null's
     ``quantile`` plus ``margin``, or (where the statistics hold in-place flip rates, ``flip`` and
     ``null_flip``) their median in-place flip rate exceeds the null's ``quantile`` (and 0: nothing
@@ -73,10 +86,20 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
             held = np.asarray(stats["exact_pairs"], dtype=bool) & has[:, None]
             has = has & (held.sum(0) >= min_count - 1)
         null_has = np.asarray(stats["null_part_exact"]) >= min_count - 1
-        rate = (null_has.sum() + 1) / (len(null_has) + 2)
-        if binomial_tail(int(has.sum()), len(has), rate) < 1 - quantile:
+        if _group_beyond_null(has, null_has, quantile):
             by_part = has & ~repeats
             repeats = repeats | by_part
+    by_shift = np.zeros(len(rep), dtype=bool)
+    if repeats.sum() < min_count and stats.get("shift") is not None and stats.get("null_shift") is not None:
+        # lossy copies at other places; where exact copies are enough, they are the evidence and the templates
+        with np.errstate(invalid="ignore"):  # NaN (no copy) compares False
+            moved = np.asarray(stats["shift"], dtype=np.float64) > shift
+            null_moved = np.asarray(stats["null_shift"], dtype=np.float64) > shift
+        has = moved.sum(0) >= min_count - 1
+        has = has & ((moved & has[:, None]).sum(0) >= min_count - 1)  # held by images that have such copies too
+        if _group_beyond_null(has, null_moved.sum(0) >= min_count - 1, quantile):
+            by_shift = has & ~repeats
+            repeats = repeats | by_shift
     rep_threshold = max(float(min_count - 1), null_q, 0.0)  # as reported: at least this many others
     coh_threshold = (float(np.quantile(null_coh, quantile)) if len(null_coh) else 0.0) + margin
     coh_median = float(np.median(coh[repeats])) if repeats.any() else 0.0
@@ -112,9 +135,10 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     # with the background of every copy, and the trigger's box grown from it took most of the image
     # (Fashion-MNIST, 0.5% of the set, seed 0: IoU >= 0.5 on 3 of 25 poisons by the window, 25 by the core)
     template_part = confirmed & by_part & ~exact
-    template_core = confirmed & ~exact & ~template_part
+    template_core = confirmed & ~exact & ~template_part & ~by_shift  # a lossy copy's window is matched whole
     out = {"found": learned and confirmed_count >= min_count, "repeated": count,
            "repeated_by_core": int(by_core.sum()), "repeated_by_part": int(by_part.sum()),
+           "repeated_by_shift": int(by_shift.sum()), "shift": shift,
            "confirmed_count": confirmed_count, "templates": int(confirmed.sum()), "learned": learned,
            "learned_by": learned_by,
            "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
@@ -133,6 +157,8 @@ def describe(verdict: Dict[str, Any]) -> str:
     flip = (f", in-place flip rate {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None else "")
     how = [f"{v[k]} by {w} exact copies" for k, w in (("repeated_by_core", "their core's"), ("repeated_by_part", "a part's"))
            if v.get(k)]
+    if v.get("repeated_by_shift"):
+        how.append(f"{v['repeated_by_shift']} by copies more than {v['shift']:g} of their side away")
     core = f" ({', '.join(how)})" if how else ""
     why = (f"{v['repeated']} of {v['candidates']} candidate windows repeat in >= {v['rep_threshold']:g} other "
            f"candidates{core}; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}{flip}, the "

@@ -27,7 +27,8 @@ def metrics_document(result: DetectionResult, extra: Optional[Dict[str, Any]] = 
             "removed": "images the removal stage (probe, match or classifier) flags (never a deletion of files); "
                        "none when PoisonCAM's verdict is 'no backdoor found' unless force_remove",
             "verdict": "label-free: do >= verdict_min candidate windows repeat (NCC > verdict_ncc, an exact copy by "
-                       "the window, its core or a part) in other candidates beyond a null of random windows, and does "
+                       "the window, its core or a part; without those, alike copies more than verdict_shift of the "
+                       "side away) in other candidates beyond a null of random windows, and does "
                        "pasting them make features cohere or flip images in place beyond the null's verdict_quantile "
                        "(docs/design.md, Verdict)",
             "precision/recall/f1": "of the removed set against the manifest",

@@ -127,7 +127,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
 
         with clock("verdict", (len(cand) + cfg.null_windows) * len(out["flip_set"])):
             stats = runner.broadcast_object(cache.get_or_compute("verdict", vkey, statistics))
-        verdict = decide(stats, cfg.verdict_min, cfg.verdict_margin, cfg.verdict_quantile)
+        verdict = decide(stats, cfg.verdict_min, cfg.verdict_margin, cfg.verdict_quantile, cfg.verdict_shift)
         verdict_text = describe(verdict)
         runner.info(verdict_text)
 
@@ -158,7 +158,7 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
         pick = np.unique(np.linspace(0, len(confirmed) - 1, min(cfg.probe.triggers, len(confirmed))).round().astype(int))
         confirmed, boxes, reach = confirmed[pick], boxes[pick], reach[pick]
         rkey = {**vkey, "removal_v": stage_version("probe"), "remove": cfg.remove,
-                "verdict": [cfg.verdict_min, cfg.verdict_margin, cfg.verdict_quantile, cfg.force_remove],
+                "verdict": [cfg.verdict_min, cfg.verdict_margin, cfg.verdict_quantile, cfg.force_remove, cfg.verdict_shift],
                 "probe": vars(cfg.probe)}
         with clock(cfg.remove, n):
             if cfg.remove == "probe":  # the verdict's null windows are the probe's pasted negatives

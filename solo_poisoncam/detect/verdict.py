@@ -14,6 +14,10 @@ trigger-carrying image is unlikely):
    central half, :func:`core_boxes`): a window that overlaps the trigger and a strip of background
    has no exact copy, its core inside the trigger has. And of its *parts* (:func:`part_boxes`): a
    window twice the trigger's side, the trigger off its centre, has one part inside the trigger.
+   Where no pattern repeats exactly, copies that are alike but not exact (JPEG-saved poisons) count
+   when they sit at *other places* than the window (``shift``): a trigger pasted at random places
+   repeats wherever it was pasted, aligned natural content (the same garment outline at the centre
+   of centred photographs) at one place.
 2. **Learned** (did the model take it?): a backdoor the threat model learned makes images that
    carry the trigger collapse together in feature space, whatever their content (what an SSL
    backdoor is). A window's *coherence* is how close together the flip images' features come with
@@ -23,7 +27,8 @@ trigger-carrying image is unlikely):
    learned there, and a random place misses it).
 
 Found = at least ``min_count`` candidates repeat beyond the null (by their window, by their core's
-exact copies, or by a part's exact copies on more candidates than the null predicts), and their median coherence or median in-place flip rate beats the null's quantile
+exact copies, or by a part's exact copies or, without those, by copies at other places on more
+candidates than the null predicts), and their median coherence or median in-place flip rate beats the null's quantile
 (``detect/decision.py``). No ground truth and no trigger: only the model, the images and the candidates.
 """
 
@@ -110,18 +115,27 @@ def _partly_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 def repetition(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-               exclude: Optional[np.ndarray] = None, rmse: Sequence[float] = (0.1,), within: Optional[float] = None):
+               exclude: Optional[np.ndarray] = None, rmse: Sequence[float] = (0.1,), within: Optional[float] = None,
+               shifts: bool = False):
     """Per window (T,) and per ``rmse`` level (L, T): the number of pool images holding its pattern within
     that RMSE, not counting row ``exclude[t]`` of the pool (the window's own image; -1 = none). One
-    level gives (T,). With ``within``, also (P, T) bool: pool image p holds window t's pattern within it."""
-    err = pattern_errors(src_images, boxes, pool, ncc)
+    level gives (T,). With ``within``, also (P, T) bool: pool image p holds window t's pattern within it.
+    With ``shifts``, also (P, T) float32: how far that copy (within the first ``rmse``) sits from the
+    window's own place, as a share of its side (the larger of the x and y offsets; NaN where p holds none)."""
+    err, at = pattern_errors(src_images, boxes, pool, ncc, where=True)
     if exclude is not None:
         own = torch.as_tensor(exclude)
         cols = torch.nonzero(own >= 0).flatten()
         err[own[cols], cols] = float("inf")
     counts = np.stack([(err < r).sum(0).numpy() for r in rmse])
-    counts = counts[0] if len(rmse) == 1 else counts
-    return counts if within is None else (counts, (err < within).numpy())
+    out = [counts[0] if len(rmse) == 1 else counts]
+    if within is not None:
+        out.append((err < within).numpy())
+    if shifts:
+        side = (boxes[:, 2:] - boxes[:, :2]).min(1).values.clamp_min(1).float()
+        moved = (at - boxes[None, :, :2]).abs().max(-1).values.float() / side[None]
+        out.append(torch.where(err < rmse[0], moved, torch.full_like(moved, float("nan"))).numpy().astype(np.float32))
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 @torch.no_grad()
@@ -201,21 +215,22 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     ``part_exact`` / ``null_part_exact`` the same for the best of each window's parts (:func:`part_boxes`)
     within RMSE ``part_exact`` (identical pixels: a few pixels of natural content, clipped at 0 or 255 and
     centred alike, copy within 0.02 too), ``part_box`` (C, 4) that part; ``exact_pairs`` (C, C) bool: candidate image p holds an exact copy of
-    candidate t's window, core or best part."""
+    candidate t's window, core or best part; ``shift`` (C, C) / ``null_shift`` (C, R): how far window t's copy
+    (RMSE < 0.1) in candidate image p sits from the window's own place, a share of its side (NaN: no copy)."""
     side = int(images[0][1].shape[-1])
     src, boxes = null_windows(drop, cand_windows, count, side, seed)
     cand_x, null_x, flips = images.take(cand_pos), images.take(src), images.take(flip_pos)
     cw, nb = torch.as_tensor(cand_windows), torch.as_tensor(boxes)
     row = {int(p): i for i, p in enumerate(cand_pos)}
     own, null_own = np.arange(len(cand_pos)), np.array([row.get(int(p), -1) for p in src])
-    rep, pairs = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact), within=exact)
+    rep, pairs, shift = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact), within=exact, shifts=True)
     core_exact, core_pairs = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,), within=exact)
-    null_rep = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact))
+    null_rep, null_shift = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact), shifts=True)
     part = _best_part(cand_x, cw, cand_x, ncc, own, part_exact, pairs=True)
     out = {"rep": rep[0], "exact": rep[1], "core_exact": core_exact, "exact_pairs": pairs | core_pairs | part["pairs"],
            "part_exact": part["count"], "part_box": part["box"],
            "null_part_exact": _best_part(null_x, nb, cand_x, ncc, null_own, part_exact)["count"],
-           "null_rep": null_rep[0], "null_exact": null_rep[1],
+           "null_rep": null_rep[0], "null_exact": null_rep[1], "shift": shift, "null_shift": null_shift,
            "null_core_exact": repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,)),
            "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
            "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),

@@ -373,3 +373,102 @@ def test_a_small_trigger_off_the_window_centre_is_exact_by_a_part(planted):
     pb = stats["part_box"][:10]
     assert ((pb[:, :2] >= trig[:, :2]) & (pb[:, 2:] <= trig[:, 2:])).all()  # inside the trigger
     assert not stats["exact_pairs"][10:, :10].any() and not stats["exact_pairs"][:10, 10:].any()
+
+
+def test_repetition_shifts_by_hand():
+    """Window (4, 4)-(12, 12) of image 0 (8 px): pasted at its own place in image 1 (shift 0), 6 px to the
+    right in image 2 (6 / 8 = 0.75), 4 px left and 3 px down in image 3 (4 / 8 = 0.5), absent from image 4
+    (NaN); image 0 is the window's own (excluded: NaN)."""
+    rng = np.random.default_rng(3)
+    pattern = torch.as_tensor(rng.integers(0, 256, size=(3, 8, 8), dtype=np.uint8))
+    pool = torch.as_tensor(rng.integers(0, 256, size=(5, 3, 24, 24), dtype=np.uint8))
+    for i, (x, y) in enumerate([(4, 4), (4, 4), (10, 4), (0, 7)]):
+        pool[i, :, y:y + 8, x:x + 8] = pattern
+    counts, shift = repetition(pool[:1], torch.tensor([[4, 4, 12, 12]]), pool, 0.9, np.array([0]), shifts=True)
+    assert counts.tolist() == [3]
+    assert shift[[1, 2, 3], 0].tolist() == [0.0, 0.75, 0.5] and np.isnan(shift[[0, 4], 0]).all()
+
+
+def _lossy_stats(moved: float):
+    """7 candidates, none with an exact copy. Windows 0-4 have alike copies in one another's images, each
+    ``moved`` of its side from its own place; window 5 has copies in images 0-4 at 0.1 of its side (aligned
+    content); window 6 none. Null: 1 of 10 random windows has 4 copies at other places (rate 2 / 12 = 1/6)."""
+    shift = np.full((7, 7), np.nan)
+    shift[:5, :5] = moved
+    shift[np.arange(5), np.arange(5)] = np.nan
+    shift[:5, 5] = 0.1
+    null_shift = np.full((7, 10), np.nan)
+    null_shift[:4, 2] = 0.7
+    return {"rep": np.array([4, 4, 4, 4, 4, 5, 0]), "exact": np.zeros(7, dtype=int), "core_exact": np.zeros(7, dtype=int),
+            "null_rep": np.zeros(10, dtype=int), "null_core_exact": np.zeros(10, dtype=int),
+            "part_exact": np.zeros(7, dtype=int), "null_part_exact": np.zeros(10, dtype=int),
+            "part_box": np.tile([[1, 1, 5, 5]], (7, 1)), "exact_pairs": np.zeros((7, 7), dtype=bool),
+            "shift": shift, "null_shift": null_shift,
+            "coh": np.full(7, 0.1), "null_coh": np.full(10, 0.2),
+            "flip": np.array([0.3, 0.4, 0.2, 0.3, 0.2, 0.9, 0.0]), "null_flip": np.full(10, 0.1)}
+
+
+def test_decide_by_hand_repeats_by_lossy_copies_at_other_places():
+    """No exact copy anywhere (JPEG-saved poisons): windows 0-4 repeat by their 4 copies half their side away,
+    5 of 7 candidates against the null's rate 1/6 (P = 561 / 279936 < 0.01, as for parts); their median
+    in-place flip rate 0.3 beats the null's 0.1 and each beats it itself: found, the 5 windows are matched
+    whole (no core, no part). Window 5's copies sit where it sits (0.1 of the side): not counted."""
+    v = decide(_lossy_stats(0.5), min_count=5, quantile=0.99)
+    assert v["repeated"] == 5 and v["repeated_by_shift"] == 5 and v["found"]
+    assert v["confirmed"].tolist() == [True] * 5 + [False] * 2
+    assert not v["template_core"].any() and not v["template_part"].any()
+    assert "5 by copies more than 0.25 of their side away" in describe(v)
+    # aligned: the same copies within a quarter of the side (the gap between centred trousers' legs)
+    aligned = decide(_lossy_stats(0.2), min_count=5, quantile=0.99)
+    assert aligned["repeated"] == 0 and not aligned["found"]
+    assert not decide(_lossy_stats(0.5), min_count=5, quantile=0.99, shift=0.5)["found"]  # strictly more than
+    crowded = _lossy_stats(0.5)
+    crowded["null_shift"][:4, [0, 4, 7, 9]] = 0.6  # 5 of 10 null windows: rate 6 / 12, not beaten
+    assert not decide(crowded, min_count=5, quantile=0.99)["found"]
+    # statistics of before (no shifts): the rules of before
+    v = decide({k: x for k, x in _lossy_stats(0.5).items() if "shift" not in k}, min_count=5, quantile=0.99)
+    assert v["repeated"] == 0 and not v["found"]
+
+
+def test_lossy_copies_count_only_without_enough_exact_ones():
+    """Where min_count windows repeat exactly, they are the evidence and the templates: lossy copies add nothing."""
+    stats = _lossy_stats(0.5)
+    stats["exact"] = np.array([0, 0, 0, 0, 0, 1, 0])
+    stats["rep"] = np.array([4, 4, 4, 4, 4, 5, 0])
+    v = decide(stats, min_count=2, quantile=0.99)  # window 5 alone repeats exactly: 1 < 2, the lossy route counts
+    assert v["repeated_by_shift"] == 5
+    stats["exact"] = np.array([1, 1, 1, 1, 1, 0, 0])
+    v = decide(stats, min_count=5, quantile=0.99)
+    assert v["repeated"] == 5 and v["repeated_by_shift"] == 0 and v["found"]
+
+
+def _noisy_copies(places: str, n: int = 400, side: int = 32, size: int = 8, seed: int = 1):
+    """Smooth grayscale images (4 classes by brightness); one colour pattern pasted on 30 images of class 0
+    with its own pixel noise on each copy (sd 8 grey levels: alike, never exact, as JPEG-saved poisons),
+    at random places or at one place with the +-1 px jitter of aligned content. Returns the data and the
+    poisons' positions."""
+    rng = np.random.default_rng(seed)
+    targets = np.arange(n) % 4
+    grid = torch.as_tensor(rng.random((n, 1, 4, 4)), dtype=torch.float32)
+    smooth = torch.nn.functional.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
+    gray = (smooth[:, 0].numpy() * 96 + (targets * 40)[:, None, None]).astype(np.uint8)
+    images = np.repeat(gray[..., None], 3, axis=3)
+    pattern = rng.integers(0, 256, size=(size, size, 3)).astype(np.float64)
+    pos = np.flatnonzero(targets == 0)[:30]
+    for i in pos:
+        x, y = 12 + rng.integers(-1, 2, size=2) if places == "one" else rng.integers(2, side - size - 2, size=2)
+        images[i, y:y + size, x:x + size] = np.clip(pattern + rng.normal(0, 8, pattern.shape), 0, 255).round()
+    return ArrayImageDataset(images, targets, [f"c{i}" for i in range(4)], "noisy-copies", "train",
+                             spec={"name": "noisy-copies", "places": places, "seed": seed}), pos
+
+
+@pytest.mark.parametrize("places, shift, found", [("random", 0.25, True), ("one", 0.25, False), ("one", 0.0, True)])
+def test_alike_copies_count_at_other_places_only(places, shift, found):
+    """No exact copy: a pattern pasted at random places is found by its copies at other places; the same
+    copies at one place (aligned content) are not, unless verdict_shift lets a 1 px offset count."""
+    data, _ = _noisy_copies(places)
+    r = run_detection(SaturationNet(), data, DetectConfig.from_dict({**FAST, "remove": "none", "verdict_shift": shift}),
+                      Runner(progress=False))
+    v = r.metrics["verdict"]
+    assert v["found"] == found, v["text"]
+    assert (v["repeated_by_shift"] >= 20) == found and v["repeated_by_part"] == 0
