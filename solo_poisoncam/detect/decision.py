@@ -138,7 +138,7 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     template_core = confirmed & ~exact & ~template_part & ~by_shift  # a lossy copy's window is matched whole
     out = {"found": learned and confirmed_count >= min_count, "repeated": count,
            "repeated_by_core": int(by_core.sum()), "repeated_by_part": int(by_part.sum()),
-           "repeated_by_shift": int(by_shift.sum()), "shift": shift,
+           "repeated_by_shift": int(by_shift.sum()), "shift_threshold": shift,
            "confirmed_count": confirmed_count, "templates": int(confirmed.sum()), "learned": learned,
            "learned_by": learned_by,
            "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
@@ -158,7 +158,7 @@ def describe(verdict: Dict[str, Any]) -> str:
     how = [f"{v[k]} by {w} exact copies" for k, w in (("repeated_by_core", "their core's"), ("repeated_by_part", "a part's"))
            if v.get(k)]
     if v.get("repeated_by_shift"):
-        how.append(f"{v['repeated_by_shift']} by copies more than {v['shift']:g} of their side away")
+        how.append(f"{v['repeated_by_shift']} by copies more than {v['shift_threshold']:g} of their side away")
     core = f" ({', '.join(how)})" if how else ""
     why = (f"{v['repeated']} of {v['candidates']} candidate windows repeat in >= {v['rep_threshold']:g} other "
            f"candidates{core}; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}{flip}, the "
