@@ -117,7 +117,8 @@ def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
         for name, d in r["detections"].items():
             m, t = d["metrics"], d["timings"]
             v = m.get("verdict") or {}
-            core = "".join(f", {v[k]} by {w}" for k, w in (("repeated_by_core", "core"), ("repeated_by_part", "part"))
+            core = "".join(f", {v[k]} by {w}" for k, w in (("repeated_by_core", "core"), ("repeated_by_part", "part"),
+                                                     ("repeated_by_shift", "copies at other places"))
                            if v.get(k))
             flip = (f"; flip {v['flip']:.2f} vs {v['flip_threshold']:.2f}" if v.get("flip") is not None else "")
             verdict = (("found" if v.get("found") else "none") + f" ({v.get('repeated')} repeat{core}; coherence "
