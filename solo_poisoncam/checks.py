@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -41,8 +42,6 @@ def check_number(value, name: str, whole: bool = False) -> None:
 
     >>> check_number(0.5, "alpha"); check_number(75, "jpeg", whole=True)
     """
-    import numbers
-
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if ok and whole:
         ok = isinstance(value, numbers.Integral)
