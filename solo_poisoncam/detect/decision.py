@@ -27,6 +27,13 @@ def binomial_tail(k: int, n: int, p: float) -> float:
                         for i in range(k, n + 1)))
 
 
+def _held_in_group(has: np.ndarray, copies: np.ndarray, min_count: int) -> np.ndarray:
+    """(C,) bool: the candidates ``has`` whose copies lie in at least ``min_count - 1`` candidate images that
+    ``has`` too (``copies`` (C, C) bool: image p holds candidate t's copy). One trigger pasted on many images
+    is one group; a clean image's chance copies are not a group of repeating images."""
+    return has & ((np.asarray(copies, dtype=bool) & has[:, None]).sum(0) >= min_count - 1)
+
+
 def _group_beyond_null(has: np.ndarray, null_has: np.ndarray, quantile: float) -> bool:
     """More candidates ``has`` than the null windows' rate ``(m + 1) / (R + 2)`` predicts (binomial tail
     below ``1 - quantile``; m of the R null windows ``null_has``)."""
@@ -83,8 +90,7 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     if stats.get("part_exact") is not None and stats.get("null_part_exact") is not None:
         has = np.asarray(stats["part_exact"]) >= min_count - 1
         if stats.get("exact_pairs") is not None:  # and enough of the images holding it have such a part too
-            held = np.asarray(stats["exact_pairs"], dtype=bool) & has[:, None]
-            has = has & (held.sum(0) >= min_count - 1)
+            has = _held_in_group(has, stats["exact_pairs"], min_count)
         null_has = np.asarray(stats["null_part_exact"]) >= min_count - 1
         if _group_beyond_null(has, null_has, quantile):
             by_part = has & ~repeats
@@ -95,8 +101,7 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
         with np.errstate(invalid="ignore"):  # NaN (no copy) compares False
             moved = np.asarray(stats["shift"], dtype=np.float64) > shift
             null_moved = np.asarray(stats["null_shift"], dtype=np.float64) > shift
-        has = moved.sum(0) >= min_count - 1
-        has = has & ((moved & has[:, None]).sum(0) >= min_count - 1)  # held by images that have such copies too
+        has = _held_in_group(moved.sum(0) >= min_count - 1, moved, min_count)
         if _group_beyond_null(has, null_moved.sum(0) >= min_count - 1, quantile):
             by_shift = has & ~repeats
             repeats = repeats | by_shift
