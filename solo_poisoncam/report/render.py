@@ -114,7 +114,8 @@ def write_report(results: Dict[str, Any], out: Path) -> Dict[str, Path]:
                                  f"{cfg['pretrain']['epochs']} epochs, batch {cfg['pretrain']['batch_size']}"],
                 ["detectors", ", ".join(cfg["detect"]["methods"]) + f" (overrides: {cfg['detect'].get('settings') or 'none'})"],
                 ["seed", str(cfg["seed"])], ["environment", ", ".join(f"{k} {v}" for k, v in env.items())]]
-    add("Settings", T.markdown((["", ""], settings)), _html_table((["", ""], settings)))
+    settings_table = (["setting", "value"], settings)
+    add("Settings", T.markdown(settings_table), _html_table(settings_table))
     bt = T.backdoor_table(bd)
     verdict = (f"**Backdoor {describe_verdict(bd)}** by the threat model (rule: {bd.get('rule', '')}). "
                f"{BANKS_DIFFER}")
