@@ -178,11 +178,34 @@ def file_stats(samples, root) -> List[List[Any]]:
     return stats
 
 
+def _crop_geometry(width: int, height: int, size: int) -> Tuple[int, int, int, int]:
+    """(resized width, resized height, left, top) of the folder dataset's serving rule at ``size``."""
+    scale = size / min(width, height)
+    nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` then centre-crop a square (the usual eval geometry)."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh, left, top = _crop_geometry(*img.size, size)
     img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
+
+
+def served_box(box: Sequence[float], image_size: Sequence[int], size: Optional[int]) -> np.ndarray:
+    """A box (x0, y0, x1, y1; exclusive ends) in an image file of ``image_size`` = (W, H) pixels, in the
+    pixels :class:`FolderImageDataset` serves that file at ``size`` (shorter side resized to ``size``,
+    then the centred ``size`` x ``size`` crop), clipped to the crop; unchanged for ``size=None``.
+
+    Each axis scales by its own resized / original extent (what the resize does to the pixel grid).
+
+    >>> served_box((100, 50, 140, 70), (500, 375), 32).round(4).tolist()
+    [3.6, 4.2667, 7.04, 5.9733]
+    """
+    b = np.asarray(box, dtype=np.float64)
+    if size is None:
+        return b
+    w, h = int(image_size[0]), int(image_size[1])
+    nw, nh, left, top = _crop_geometry(w, h, int(size))
+    out = b * np.array([nw / w, nh / h, nw / w, nh / h]) - np.array([left, top, left, top])
+    return np.clip(out, 0, size)

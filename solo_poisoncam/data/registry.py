@@ -238,7 +238,7 @@ def folder(split: str = "train", root: Optional[str] = None, size: Optional[int]
     ``data.fraction`` trained on.
     """
     check(root is not None, "the 'folder' dataset needs root=<path to an ImageFolder tree>")
-    path = _split_folder(Path(root), split)
+    path = split_folder(Path(root), split)
     spec = dict(name="folder", split=split, root=str(root), size=size, num_samples=num_samples, subset_seed=subset_seed)
     if files is not None:
         spec["files"] = list(files)
@@ -252,7 +252,8 @@ def folder(split: str = "train", root: Optional[str] = None, size: Optional[int]
     return ds
 
 
-def _split_folder(root: Path, split: str) -> Path:
+def split_folder(root: Path, split: str) -> Path:
+    """The folder of ``split`` under ``root`` (see :func:`folder`); raises when a held-out split has none."""
     if split == "train":
         return root / "train" if (root / "train").is_dir() else root
     candidates = [root / s for s in ("test", "val")]

@@ -186,10 +186,12 @@ def check_images(poisoned: PoisonedDataset, val_base: ImageDataset, size: int, s
     """The backdoor check's images at the model's ``size``: the poisoned training set as trained on
     (``train``), its clean originals (``clean_train``), the held-out images (``val``), and the same with
     the true trigger (``patched``) or a same-size random-colour control patch (``control``) pasted at
-    places drawn from ``seed``."""
+    places drawn from ``seed``. A written folder's files hold its poisons, so there the clean training
+    images are its un-poisoned files."""
     manifest = poisoned.manifest
     attack = build_attack(manifest.attack)
-    return {"train": IndexedImages(poisoned, size=size), "clean_train": IndexedImages(poisoned.base, size=size),
+    clean = np.flatnonzero(~manifest.is_poison()) if manifest.in_files else None
+    return {"train": IndexedImages(poisoned, size=size), "clean_train": IndexedImages(poisoned.base, clean, size=size),
             "val": IndexedImages(val_base, size=size),
             "patched": IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed), size=size),
             "control": IndexedImages(PatchedDataset(val_base, attack, manifest.target, seed=seed, control=True),

@@ -13,9 +13,11 @@ from solo_poisoncam.poison.manifest import PoisonManifest
 
 
 def true_boxes_in_input(manifest: PoisonManifest, side: int) -> Dict[int, np.ndarray]:
-    """Manifest boxes mapped to the S x S model input (images are resized to S x S)."""
+    """Manifest boxes mapped to the S x S model input: to the pixels the manifest's dataset serves
+    (a written folder's file boxes through its resize and centre crop), then resized to S x S."""
     out = {}
-    for i, b, (w, h) in zip(manifest.indexes, manifest.boxes, manifest.image_sizes):
+    boxes, sizes = manifest.served_boxes(manifest.dataset.get("size"))
+    for i, b, (w, h) in zip(manifest.indexes, boxes, sizes):
         sx, sy = side / w, side / h
         out[int(i)] = np.array([b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy])
     return out

@@ -44,6 +44,10 @@ class Attack:
         """Return a poisoned copy of uint8 (H, W, 3) ``image``."""
         raise NotImplementedError
 
+    def store(self, image: np.ndarray) -> np.ndarray:
+        """An image the attack does not poison, as the poisoned set holds it (unchanged by default)."""
+        return image
+
 
 def _patch_side(size: float, width: int, height: int) -> int:
     """``size`` < 1 is a fraction of the shorter side, otherwise pixels."""
@@ -64,8 +68,9 @@ class PatchAttack(Attack):
             Default SSL-Backdoor's central region (0.25, 0.75); where the patch does not fit (a 16 px
             patch on 32 px images) it sits at the region's centre, one position for every copy.
             (0.1, 0.9), the patched validation set's region, spreads it over many places.
-        jpeg: if set, each poisoned image is encoded as JPEG at this quality (1-95) and decoded, as
-            SSL-Backdoor's generator leaves it: it saves a poisoned ImageNet image under its own
+        jpeg: if set, every image of the poisoned set, clean and poisoned alike (``store`` for the
+            clean ones, so compression is no tell), is encoded as JPEG at this quality (1-95) and
+            decoded, as SSL-Backdoor's generator leaves a poisoned image: it saves it under its own
             ``.JPEG`` name, so PIL writes JPEG at its default quality, 75 (its patched validation images
             too, and so here). Trigger copies then differ.
     """
@@ -101,15 +106,17 @@ class PatchAttack(Attack):
 
     def patch_shape(self, width: int, height: int) -> Tuple[int, int]:
         """(w, h) of the pasted patch on an image of this size."""
-        side = _patch_side(self.size, width, height)
-        th, tw = self.trigger.shape[:2]
-        if tw >= th:
-            w, h = side, max(1, round(side * th / tw))
-        else:
-            w, h = max(1, round(side * tw / th)), side
+        w, h = self.trigger_shape(_patch_side(self.size, width, height))
         check(w <= width and h <= height,
               f"trigger of {w}x{h} px is larger than the {width}x{height} image; use a smaller size")
         return w, h
+
+    def trigger_shape(self, side: int) -> Tuple[int, int]:
+        """(w, h) of the trigger resized to ``side`` px on its longer side, aspect kept."""
+        th, tw = self.trigger.shape[:2]
+        if tw >= th:
+            return side, max(1, round(side * th / tw))
+        return max(1, round(side * tw / th)), side
 
     def _resize(self, w: int, h: int) -> np.ndarray:
         img = Image.fromarray(self.trigger)
@@ -131,7 +138,10 @@ class PatchAttack(Attack):
         patch = self._resized(x1 - x0, y1 - y0)
         region = out[y0:y1, x0:x1].astype(np.float32)
         out[y0:y1, x0:x1] = np.rint(self.alpha * patch + (1 - self.alpha) * region).astype(np.uint8)
-        return out if self.jpeg is None else jpeg_roundtrip(out, self.jpeg)
+        return self.store(out)
+
+    def store(self, image: np.ndarray) -> np.ndarray:
+        return image if self.jpeg is None else jpeg_roundtrip(image, self.jpeg)
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:

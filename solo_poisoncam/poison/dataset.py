@@ -44,7 +44,9 @@ class PoisonedDataset(torch.utils.data.Dataset):
 
     Items are ``(transform(img), label)``, or ``(index, transform(img), label)`` with
     ``return_index=True`` (solo-learn's convention). Labels are the true labels: the attack
-    changes pixels only.
+    changes pixels only. An attack that stores images as JPEG re-encodes the clean images too. A
+    written folder's manifest (``manifest.in_files``) pastes nothing: its files hold the poisons,
+    and its boxes are mapped to the pixels ``base`` serves.
     """
 
     def __init__(self, base: ImageDataset, manifest: PoisonManifest, transform: Optional[Callable] = None,
@@ -53,7 +55,8 @@ class PoisonedDataset(torch.utils.data.Dataset):
             manifest.check_matches(base)
         self.base, self.manifest, self.transform, self.return_index = base, manifest, transform, return_index
         self.attack = attack or build_attack(manifest.attack)
-        self._boxes = manifest.box_map()
+        boxes, _ = manifest.served_boxes(getattr(base, "size", None))
+        self._boxes = {int(i): b for i, b in zip(manifest.indexes, boxes)}
         self.targets = base.targets
         self.classes = base.classes
         self.mean, self.std = base.mean, base.std
@@ -75,10 +78,16 @@ class PoisonedDataset(torch.utils.data.Dataset):
     def is_poison(self) -> np.ndarray:
         return self.manifest.is_poison()
 
+    def box(self, index: int) -> Optional[np.ndarray]:
+        """The trigger box of image ``index`` in the pixels it is served in (None: a clean image)."""
+        return self._boxes.get(int(index))
+
     def get_array(self, index: int) -> np.ndarray:
         arr = self.base.get_array(index)
+        if self.manifest.in_files:
+            return arr
         box = self._boxes.get(int(index))
-        return self.attack.apply(arr, tuple(int(v) for v in box)) if box is not None else arr
+        return self.attack.apply(arr, tuple(int(v) for v in box)) if box is not None else self.attack.store(arr)
 
     def __getitem__(self, index: int):
         img = Image.fromarray(self.get_array(index))
@@ -91,8 +100,9 @@ class PoisonedDataset(torch.utils.data.Dataset):
         """All (poisoned) images as uint8 (N, 3, H, W); only for in-memory bases."""
         check(isinstance(self.base, ArrayImageDataset), "as_tensor() needs an in-memory (array) dataset")
         images = self.base.images.copy()
-        for i, box in self._boxes.items():
-            images[i] = self.attack.apply(images[i], tuple(int(v) for v in box))
+        # stored as JPEG: every image changes, otherwise the poisons only
+        for i in (range(len(images)) if getattr(self.attack, "jpeg", None) else self._boxes):
+            images[i] = self.get_array(int(i))
         return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
@@ -125,10 +135,10 @@ class PatchedDataset(torch.utils.data.Dataset):
     def get_array(self, j: int) -> np.ndarray:
         arr = self.base.get_array(int(self.indexes[j]))
         x0, y0, x1, y1 = (int(v) for v in self.boxes[j])
-        if self.control:
+        if self.control:  # stored like the patched image, so the two differ in the patch only
             out = arr.copy()
             out[y0:y1, x0:x1] = self.colours[j]
-            return out
+            return self.attack.store(out)
         return self.attack.apply(arr, (x0, y0, x1, y1))
 
     def __getitem__(self, j: int) -> Tuple[Any, int]:

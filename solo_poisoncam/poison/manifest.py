@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from solo_poisoncam.checks import PoisonCamError, check
+from solo_poisoncam.data.base import served_box
 from solo_poisoncam.io import PathLike, read_json, write_json
 
 MANIFEST_VERSION = 1
@@ -30,8 +31,12 @@ class PoisonManifest:
         seed: RNG seed of the selection and placement.
         indexes: (P,) sorted int64 dataset indices of the poisoned images.
         boxes: (P, 4) int64 trigger boxes (x0, y0, x1, y1, exclusive ends) in the pixel grid of the
-            image as the dataset serves it (after the dataset's own resize, before augmentation).
-        image_sizes: (P, 2) (width, height) of those images.
+            image as the dataset serves it (after the dataset's own resize, before augmentation);
+            for a written folder (``written``), in the image file's own pixels.
+        image_sizes: (P, 2) (width, height) of those images (for a written folder: of the files).
+        written: None for poisons pasted on the fly; for a poisoned folder written to disk
+            (``poison/folder.py``) its settings: the trigger is in the files, and ``dataset['size']``
+            is the side the folder is served at (:meth:`served_boxes` maps the boxes there).
     """
 
     dataset: Dict[str, Any]
@@ -49,6 +54,7 @@ class PoisonManifest:
     image_sizes: np.ndarray
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: int = MANIFEST_VERSION
+    written: Optional[Dict[str, Any]] = None
 
     def __post_init__(self):
         self.indexes = np.asarray(self.indexes, dtype=np.int64).reshape(-1)
@@ -71,8 +77,22 @@ class PoisonManifest:
         mask[self.indexes] = True
         return mask
 
+    @property
+    def in_files(self) -> bool:
+        """The trigger is in the image files (a written folder), not pasted when an image is served."""
+        return self.written is not None
+
     def box_map(self) -> Dict[int, np.ndarray]:
         return {int(i): b for i, b in zip(self.indexes, self.boxes)}
+
+    def served_boxes(self, size: Optional[int]) -> Tuple[np.ndarray, np.ndarray]:
+        """(P, 4) float boxes and (P, 2) image sizes in the pixels the data are served in: the stored
+        ones, or for a written folder its file boxes through the folder dataset's resize and centre
+        crop at ``size`` (the manifest's own: ``dataset['size']``; None serves the files as they are)."""
+        if not self.in_files or size is None:
+            return self.boxes.astype(np.float64), self.image_sizes
+        boxes = np.array([served_box(b, wh, size) for b, wh in zip(self.boxes, self.image_sizes)]).reshape(-1, 4)
+        return boxes, np.full((len(boxes), 2), int(size), dtype=np.int64)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -93,6 +113,8 @@ class PoisonManifest:
                 {"index": int(i), "box": [int(v) for v in b], "image_size": [int(v) for v in s]}
                 for i, b, s in zip(self.indexes, self.boxes, self.image_sizes)
             ],
+            # only where set, so manifests of poisons pasted on the fly keep their hash
+            **({"written": self.written} if self.written is not None else {}),
         }
 
     @classmethod
@@ -108,7 +130,7 @@ class PoisonManifest:
                 indexes=[p["index"] for p in poisons],
                 boxes=np.array([p["box"] for p in poisons], dtype=np.int64).reshape(-1, 4),
                 image_sizes=np.array([p["image_size"] for p in poisons], dtype=np.int64).reshape(-1, 2),
-                created=d.get("created", ""), version=d["version"],
+                created=d.get("created", ""), version=d["version"], written=d.get("written"),
             )
         except (KeyError, TypeError) as e:
             raise PoisonCamError(f"malformed manifest: missing or bad field {e}") from e
@@ -134,6 +156,11 @@ class PoisonManifest:
               f"manifest is for a dataset of {self.num_samples} images, this one has {len(dataset)} "
               f"(manifest dataset: {self.dataset})")
         fp = dataset.fingerprint()
+        size = getattr(dataset, "size", None)
+        check(not self.in_files or size == self.dataset.get("size"),
+              f"this manifest's boxes are mapped to its folder served at --size {self.dataset.get('size')}, "
+              f"this dataset serves it at {size}; serve it at --size {self.dataset.get('size')}, or write a manifest "
+              "for another side with 'poisoncam poison --reserve MANIFEST --size N --out DIR'")
         check(fp == self.fingerprint,
               f"manifest was made for other data (fingerprint {self.fingerprint}, this dataset {fp}; "
               f"manifest dataset: {self.dataset})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+import numpy as np
 from PIL import Image
 
 from solo_poisoncam.checks import check
@@ -42,7 +43,7 @@ def write_poison_outputs(out: Path, dataset: ImageDataset, attack: Attack, manif
     poisoned = PoisonedDataset(dataset, manifest, attack=attack, verify=False)
     take = manifest.indexes[:examples]
     images = [poisoned.get_array(int(i)) for i in take]
-    boxes = [[(b, TRUE_COLOUR)] if attack.is_patch else [] for b in manifest.boxes[:examples]]
+    boxes = [[(np.rint(poisoned.box(int(i))), TRUE_COLOUR)] if attack.is_patch else [] for i in take]
     scale = max(1, 128 // max(1, images[0].shape[0])) if images else 1
     grid = tile(images, boxes, scale=scale, captions=[str(int(i)) for i in take])
     out.mkdir(parents=True, exist_ok=True)
