@@ -130,6 +130,8 @@ def write_report(results: Dict[str, Any], out: Path) -> Dict[str, Path]:
                "Labels: share of the clean training labels the linear probe and kNN bank use.")
     if results.get("targeted_beyond_clean"):
         ds_note += " " + beyond_clean_sentence(results["targeted_beyond_clean"])
+    if not_downstream_line(results):
+        ds_note += " " + not_downstream_line(results)
     add("Downstream: is the backdoor gone, and what did the defence cost?", T.markdown(dst) + "\n\n" + ds_note,
         _html_table(dst) + f"<p>{html.escape(ds_note)}</p>")
     gal_md, gal_html = [], []
@@ -192,4 +194,18 @@ def console_summary(results: Dict[str, Any]) -> str:
              T.console(T.downstream_table(results["evaluations"]))]
     if results.get("targeted_beyond_clean"):
         lines.append(beyond_clean_sentence(results["targeted_beyond_clean"]))
+    if not_downstream_line(results):
+        lines.append(not_downstream_line(results))
     return "\n".join(lines)
+
+
+def not_downstream_line(results: Dict[str, Any]) -> str:
+    """One plain line when the attack did not take downstream (the targeted rule against the clean-data
+    model fails): what the downstream table then shows. Empty when it took, or without a clean-data model."""
+    beyond = results.get("targeted_beyond_clean")
+    if not beyond or beyond["targeted"]:
+        return ""
+    return ("The attack did not take downstream: the undefended model sends patched images to the target class "
+            "not clearly more often than the clean-data model does (by the rule above), so the downstream table "
+            "shows what each defence costs in clean accuracy and whether patched images keep their class "
+            "(patched acc), not a backdoor being removed.")

@@ -32,3 +32,21 @@ def test_settings_table_has_a_header_row_that_names_its_columns(tmp_path):
     page = paths["html"].read_text()
     first = re.search(r"<h2>Settings</h2>\s*<table><thead><tr>(.*?)</tr></thead>", page).group(1)
     assert first == "<th>setting</th><th>value</th>"
+
+
+def _beyond(targeted):
+    return {"targeted": targeted, "targeted_at": ["every label"] if targeted else [], "margin_threat": 0.5,
+            "margin_clean": 0.0 if targeted else 0.4, "label_fraction": 1.0, "rule": "r"}
+
+
+def test_the_console_says_in_one_line_when_the_attack_did_not_take_downstream():
+    from solo_poisoncam.report.render import console_summary
+
+    side = {"patched_to_poison_cluster": 0.9, "control_to_poison_cluster": 0.1}
+    base = {"backdoor": {"learned": True, "criteria": {"cluster": True}, "targeted": False, "threat": side,
+                         "reference": side}, "detections": {}, "evaluations": {}}
+    line = "The attack did not take downstream:"
+    missed = console_summary({**base, "targeted_beyond_clean": _beyond(False)}).splitlines()
+    assert sum(x.startswith(line) for x in missed) == 1 and missed[-1].startswith(line)
+    assert line not in console_summary({**base, "targeted_beyond_clean": _beyond(True)})
+    assert line not in console_summary(base)  # no clean-data model: nothing to judge it by
