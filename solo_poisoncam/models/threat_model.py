@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -57,8 +58,20 @@ def find_run_config(ckpt: PathLike) -> Path:
     raise PoisonCamError(f"no args.json beside checkpoint '{ckpt}': it says which backbone the weights belong to")
 
 
+def check_checkpoint_file(ckpt: PathLike) -> None:
+    """``ckpt`` exists and is a PyTorch checkpoint file (a zip archive, or a legacy pickle), by its first bytes."""
+    path = Path(ckpt)
+    check(path.exists(), f"checkpoint '{ckpt}' does not exist")
+    check(path.is_file(), f"checkpoint '{ckpt}' is a directory; give the .ckpt file inside it")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    check(head == b"PK\x03\x04" or head[:1] == b"\x80",
+          f"'{ckpt}' is not a checkpoint (not a file written by torch.save); give the .ckpt file of a "
+          "`poisoncam pretrain` or solo-learn run")
+
+
 def read_run_config(ckpt: PathLike) -> Dict[str, Any]:
-    check(Path(ckpt).is_file(), f"checkpoint '{ckpt}' does not exist")
+    check_checkpoint_file(ckpt)
     return read_json(find_run_config(ckpt))
 
 
@@ -106,13 +119,22 @@ def build_run_backbone(cfg: Dict[str, Any]) -> nn.Module:
 def load_backbone_state(backbone: nn.Module, ckpt: PathLike, prefix: str = "backbone.", name: Optional[str] = None) -> None:
     """Load the ``prefix*`` weights of a built-in or solo-learn checkpoint into ``backbone``, exactly:
     any missing, unexpected or differently shaped weight is refused, naming ``name`` when given."""
+    check_checkpoint_file(ckpt)
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise PoisonCamError(f"checkpoint '{ckpt}' does not exist") from e
     except Exception as e:  # torch raises many types for a torn file
+        # torch's weights-only messages advise weights_only=False, which runs arbitrary code from the file: never
+        # echo them, keep only the cause
+        text = str(e)
+        cause = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
+        if cause:
+            raise PoisonCamError(f"checkpoint '{ckpt}' holds objects other than weights ({cause.group(0)}), which are "
+                                 "refused (unpickling them can run code from the file); give a checkpoint of tensors, "
+                                 "e.g. torch.save(model.state_dict())") from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        safe = first and "weights only" not in text.lower().replace("_", " ")
         raise PoisonCamError(f"cannot load checkpoint '{ckpt}': the file is truncated or not a PyTorch checkpoint "
-                             f"({type(e).__name__}: {e})") from e
+                             f"({type(e).__name__}{': ' + first if safe else ''})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     check(isinstance(state, dict), f"checkpoint '{ckpt}' holds no state_dict")
     # built-in checkpoints written before feature_layer became an unregistered alias repeat the
