@@ -1,4 +1,4 @@
-"""Atomic file output and content hashing (cache keys)."""
+"""Atomic file output, content hashing (cache keys) and the run lock of an output folder."""
 
 from __future__ import annotations
 
@@ -32,6 +32,57 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+LOCK_NAME = ".poisoncam.lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: PathLike) -> Iterator[Path]:
+    """Hold ``out`` for this run: an exclusive ``flock`` on ``out/.poisoncam.lock``, refused with one
+    line naming the holder's pid while another run holds it. The kernel drops the lock when its
+    holder dies, so a killed run leaves no stale lock. Folders it creates are removed again if they
+    are left empty (a refused or failed run leaves nothing). A child of the holder (Lightning's DDP
+    launcher re-runs the command) shares its parent's lock."""
+    import fcntl
+
+    out = Path(out)
+    created = [d for d in (out, *out.parents) if not d.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    fd = None
+    try:
+        while fd is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                fd = None
+                if holder == str(os.getppid()):
+                    yield out
+                    return
+                raise PoisonCamError(f"'{out}' is in use by another run (pid {holder or '?'}); wait for it to finish "
+                                     "or choose another --out") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder removed the file after we opened it: lock the new one
+                os.close(fd)
+                fd = None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield out
+    finally:
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # while still locked, so no other run can take a file about to vanish
+            os.close(fd)
+        for d in created:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def _umask() -> int:

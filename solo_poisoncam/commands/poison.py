@@ -9,11 +9,11 @@ such a folder for another ``--size``."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Dict
 
-from solo_poisoncam.commands.common import add_dataset_arguments, dataset_kwargs
 from solo_poisoncam.checks import check
+from solo_poisoncam.commands.common import add_dataset_arguments, check_out_dir, dataset_kwargs
+from solo_poisoncam.io import run_lock
 from solo_poisoncam.poison import ATTACKS, PoisonManifest
 from solo_poisoncam.poison.folder import EXTENSIONS, SSL_BACKDOOR_SIDE, SSL_BACKDOOR_WIDTH, reserve_manifest, \
     write_poisoned_folder
@@ -100,11 +100,12 @@ def write_folder(args: argparse.Namespace) -> PoisonManifest:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = check_out_dir(args.out)
     if args.reserve is not None:
         manifest = reserve_manifest(PoisonManifest.load(args.reserve), args.size)
         check(not (out / "manifest.json").exists(), f"'{out}' already holds a manifest.json; choose another --out")
-        path = manifest.save(out / "manifest.json")
+        with run_lock(out):
+            path = manifest.save(out / "manifest.json")
         print(f"{manifest.summary()}, served at --size {args.size} -> {path}")
         return 0
     if args.write_folder:
@@ -115,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     dataset, attack, manifest = poison_dataset(
         args.dataset, args.split, dataset_kwargs(args), attack_config(args), args.target, args.rate,
         args.rate_of, not args.untargeted, args.seed)
-    out = Path(args.out)
-    write_poison_outputs(out, dataset, attack, manifest)
+    with run_lock(out):
+        write_poison_outputs(out, dataset, attack, manifest)
     note = resize_note(attack, dataset) if args.trigger != "htba" else ""
     if note:
         print(note)

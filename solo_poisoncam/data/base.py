@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from solo_poisoncam.checks import PoisonCamError, check
 from solo_poisoncam.io import hash_obj
@@ -41,6 +41,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def image_size(self, index: int) -> Tuple[int, int]:
         """(width, height) of image ``index`` without decoding pixels where possible."""
         return self[index][0].size
+
+    def image_sizes(self) -> List[Tuple[int, int]]:
+        """The distinct (width, height) the set serves, sorted (headers only where possible)."""
+        return sorted({tuple(self.image_size(i)) for i in range(len(self))})
 
     @property
     def num_classes(self) -> int:
@@ -86,6 +90,9 @@ class ArrayImageDataset(ImageDataset):
     def image_size(self, index: int) -> Tuple[int, int]:
         return int(self.images.shape[2]), int(self.images.shape[1])
 
+    def image_sizes(self) -> List[Tuple[int, int]]:
+        return [self.image_size(0)]
+
     def as_tensor(self) -> torch.Tensor:
         """All images as uint8 (N, 3, H, W), sharing memory with the array."""
         return torch.from_numpy(self.images).permute(0, 3, 1, 2)
@@ -122,6 +129,7 @@ class FolderImageDataset(ImageDataset):
         self.size = size
         self.name, self.split, self.spec = "folder", split, dict(spec)
         self._fingerprint: Optional[str] = None
+        self._header_sizes: Dict[str, Tuple[int, int]] = {}  # filled by check_images
 
     def select_files(self, files: Sequence[str]) -> None:
         """Keep exactly ``files`` (relative to the folder), in that order; each must exist."""
@@ -133,6 +141,25 @@ class FolderImageDataset(ImageDataset):
         check(len(files) > 0, f"an empty file list selects no images of '{self.root}'")
         self.samples = [by_name[f] for f in files]
         self.targets = np.array([c for _, c in self.samples], dtype=np.int64)
+
+    def check_images(self) -> None:
+        """Read every listed image's header (PIL ``verify``, cheap: no pixels decoded) and refuse the
+        folder with one line naming the files that are no image (empty, random bytes, broken PNG), so
+        none is ever counted or chosen as a poison; the sizes read serve ``image_size``."""
+        bad = []
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as img:
+                    size = img.size
+                    img.verify()
+                self._header_sizes[path] = size
+            except Exception as e:  # PIL raises many types for bad files
+                why = "empty file" if Path(path).stat().st_size == 0 else (
+                    "not an image" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}")
+                bad.append(f"'{Path(path).relative_to(self.root)}' ({why})")
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        check(not bad, f"image folder '{self.root}': cannot read image file(s) {', '.join(bad[:5])}{more}; "
+                       "remove or replace them")
 
     def _open(self, index: int) -> Image.Image:
         path = self.samples[index][0]
@@ -151,7 +178,9 @@ class FolderImageDataset(ImageDataset):
     def image_size(self, index: int) -> Tuple[int, int]:
         if self.size is not None:
             return self.size, self.size
-        return header_size(self.samples[index][0])
+        path = self.samples[index][0]
+        known = self._header_sizes.get(path)
+        return known if known is not None else header_size(path)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

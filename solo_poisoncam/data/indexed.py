@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from solo_poisoncam.checks import check
 from solo_poisoncam.data.base import ArrayImageDataset, ImageDataset
 
 
@@ -57,7 +58,14 @@ class IndexedImages(torch.utils.data.Dataset):
 
 
 def image_side(dataset: ImageDataset, size: Optional[int]) -> int:
+    """The side ``dataset`` is served at for training: ``size``, or its images' own when they all
+    share one (images of mixed sizes cannot be batched: refused, naming ``--size``)."""
     if size is not None:
         return int(size)
-    w, h = dataset.image_size(0)
+    sizes = dataset.image_sizes()
+    where = f" in '{dataset.root}'" if getattr(dataset, "root", None) else ""
+    check(len(sizes) == 1, f"the images{where} differ in size ({len(sizes)} sizes, e.g. {sizes[0][0]}x{sizes[0][1]} "
+                           f"and {sizes[-1][0]}x{sizes[-1][1]} px) and training needs one: give --size S to serve "
+                           "them all at side S")
+    w, h = sizes[0]
     return int(min(w, h))

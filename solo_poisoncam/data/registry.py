@@ -235,7 +235,8 @@ def folder(split: str = "train", root: Optional[str] = None, size: Optional[int]
     ``val``/``test``, or ``root`` itself when it is named ``val``/``test``; it never falls back to
     the training images. ``files`` (paths relative to the
     split folder, in order) restricts the set to exactly those images, e.g. the subset solo-learn's
-    ``data.fraction`` trained on.
+    ``data.fraction`` trained on. A file that is not a readable image is refused, naming it
+    (:meth:`FolderImageDataset.check_images`).
     """
     check(root is not None, "the 'folder' dataset needs root=<path to an ImageFolder tree>")
     path = split_folder(Path(root), split)
@@ -249,6 +250,7 @@ def folder(split: str = "train", root: Optional[str] = None, size: Optional[int]
         keep_samples, _ = _subsample(np.arange(len(ds)), ds.targets, num_samples, subset_seed)
         ds.samples = [ds.samples[i] for i in keep_samples]
         ds.targets = ds.targets[keep_samples]
+    ds.check_images()  # every command on this folder refuses the same unreadable files, before any work
     return ds
 
 

@@ -157,12 +157,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         if (out / "last.ckpt").exists():
             resume = str(out / "last.ckpt")
         check(not extend or resume is not None, f"'{out}' has no last.ckpt to train on from")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(args_path, run_cfg)
-    if manifest is not None:
-        shutil.copyfile(cfg.manifest if not os.path.isdir(cfg.manifest) else Path(cfg.manifest) / "manifest.json",
-                        out / "manifest.json")
 
+    # everything that can refuse the inputs runs before the run folder's first file is written
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     images = IndexedImages(data, cfg.keep, size=cfg.image_size)
     check(len(images) >= cfg.batch_size,
@@ -170,25 +166,57 @@ def pretrain(cfg: PretrainConfig) -> Path:
     loader = torch.utils.data.DataLoader(images, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     model = SSL_METHODS.get(cfg.method)(run_cfg)
-    ckpt_cb = ModelCheckpoint(dirpath=out, filename=f"{run_cfg['name']}-ep={{epoch}}", auto_insert_metric_name=False,
-                              save_last=True, save_top_k=1, monitor="epoch", mode="max", every_n_epochs=1)
-    precision = cfg.precision or ("16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu" else "32-true")
-    loggers = [CSVLogger(out, name="", version="logs")]
-    if cfg.wandb:
-        loggers.append(_wandb_logger(cfg, run_cfg, out))
-    # a bar on a terminal; in a log file one plain line per epoch instead of carriage-return noise
-    bar = cfg.progress and sys.stdout.isatty()
-    callbacks = [ckpt_cb] + ([EpochLine()] if cfg.progress and not bar else [])
-    trainer = pl.Trainer(max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
-                         precision=precision, logger=loggers,
-                         callbacks=callbacks, enable_progress_bar=bar, enable_model_summary=False,
-                         log_every_n_steps=max(1, min(10, len(loader))), num_sanity_val_steps=0)
-    history = _read_csv(out / "logs" / "metrics.csv") if resume else []
-    trainer.fit(model, loader, ckpt_path=resume)
+
+    created = not out.exists()
+    # what this call adds to the folder: removed again if a new run fails before its first checkpoint
+    new_paths = [] if args_path.exists() else [
+        q for q in (args_path, out / "manifest.json", out / "logs", out / "wandb") if not q.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(args_path, run_cfg)
+        if manifest is not None:
+            src = Path(cfg.manifest) / "manifest.json" if os.path.isdir(cfg.manifest) else cfg.manifest
+            shutil.copyfile(src, out / "manifest.json")
+        ckpt_cb = ModelCheckpoint(dirpath=out, filename=f"{run_cfg['name']}-ep={{epoch}}",
+                                  auto_insert_metric_name=False, save_last=True, save_top_k=1, monitor="epoch",
+                                  mode="max", every_n_epochs=1)
+        gpu = torch.cuda.is_available() and cfg.accelerator != "cpu"
+        precision = cfg.precision or ("16-mixed" if gpu else "32-true")
+        loggers = [CSVLogger(out, name="", version="logs")]
+        if cfg.wandb:
+            loggers.append(_wandb_logger(cfg, run_cfg, out))
+        # a bar on a terminal; in a log file one plain line per epoch instead of carriage-return noise
+        bar = cfg.progress and sys.stdout.isatty()
+        callbacks = [ckpt_cb] + ([EpochLine()] if cfg.progress and not bar else [])
+        trainer = pl.Trainer(max_epochs=cfg.max_epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+                             precision=precision, logger=loggers,
+                             callbacks=callbacks, enable_progress_bar=bar, enable_model_summary=False,
+                             log_every_n_steps=max(1, min(10, len(loader))), num_sanity_val_steps=0)
+        history = _read_csv(out / "logs" / "metrics.csv") if resume else []
+        trainer.fit(model, loader, ckpt_path=resume)
+    except BaseException:
+        if new_paths and not (out / "last.ckpt").exists():
+            _remove_unstarted_run(out, new_paths, created)
+        raise
     if history:  # Lightning's CSVLogger starts the file anew on resume: put the earlier epochs back
         _merge_csv(out / "logs" / "metrics.csv", history)
     check(final.exists(), f"training ended without writing '{final}'")
     return final
+
+
+def _remove_unstarted_run(out: Path, paths: Sequence[Path], created: bool) -> None:
+    """A new run that failed before its first checkpoint leaves nothing (a re-run starts it anew
+    anyway, and a lone args.json would only look like a run to resume): ``paths`` are what it added."""
+    for q in paths:
+        if q.is_dir():
+            shutil.rmtree(q, ignore_errors=True)
+        else:
+            q.unlink(missing_ok=True)
+    if created:
+        try:
+            out.rmdir()
+        except OSError:  # not empty: someone else's files, or the run lock (which removes it)
+            pass
 
 
 class EpochLine(Callback):

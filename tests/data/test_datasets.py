@@ -95,9 +95,16 @@ def test_folder_corrupt_image_names_the_file(tmp_path):
     _make_folder(tmp_path)
     bad = tmp_path / "a" / "9.png"
     bad.write_bytes(b"not a png")
+    with pytest.raises(PoisonCamError, match=r"cannot read image file\(s\) 'a/9.png' \(not an image\)"):
+        build_dataset("folder", root=str(tmp_path))  # found when listing, before any work
+    # a JPEG cut short keeps a valid header: it is found when decoded, still naming the file
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "a" / "8.jpg")
+    bad.write_bytes((tmp_path / "a" / "8.jpg").read_bytes()[:3000])
+    bad.rename(tmp_path / "a" / "9.jpg")
     ds = build_dataset("folder", root=str(tmp_path))
-    idx = [i for i, (p, _) in enumerate(ds.samples) if p.endswith("9.png")][0]
-    with pytest.raises(PoisonCamError, match="9.png"):
+    idx = [i for i, (p, _) in enumerate(ds.samples) if p.endswith("9.jpg")][0]
+    with pytest.raises(PoisonCamError, match="cannot read image .*9.jpg"):
         ds[idx]
 
 
