@@ -98,11 +98,15 @@ def test_match_removal_removes_the_poisons_only_and_boxes_each_trigger():
     assert out["extents"][0].tolist() == boxes[3].tolist()
 
 
-def test_match_removal_on_clean_noise_removes_nothing():
+def test_match_removal_on_clean_noise_removes_only_the_windows_own_image():
+    # match removal removes the image a template was cut from, always: "nothing removed" on clean data is the
+    # verdict's decision (it skips removal, tests/test_cli_pretrain_detect.py), not this function's
     x, _ = _planted(poisons=0)
-    out = match_removal(Stack(x), np.array([0]), np.array([[4, 4, 12, 12]]))
-    # a window of noise is in no other image (its own holds it: the verdict decides whether it is a trigger)
-    assert out["removed"].tolist() == [True] + [False] * 39
+    out = match_removal(Stack(x), np.array([5]), np.array([[4, 4, 12, 12]]))
+    # a window of noise is in no other image: its own image is the only one removed, boxed by the window
+    assert out["removed"].tolist() == [False] * 5 + [True] + [False] * 34
+    assert out["template"].tolist() == [-1] * 5 + [0] + [-1] * 34
+    assert out["windows"][5].tolist() == [4, 4, 12, 12] and (np.delete(out["windows"], 5, 0) == -1).all()
     assert out["extents"][0].tolist() == [4, 4, 12, 12]
 
 
