@@ -185,12 +185,23 @@ def test_detect_reports_the_verdict_and_force_remove_overrides_it(trained, capsy
     man = str(root / "poison" / "manifest.json")
     assert main(["detect", "--ckpt", str(ckpt), "--manifest", man, "--out", str(tmp_path / "a")] + FAST_DETECT) == 0
     line = capsys.readouterr().out
-    v = json.loads((tmp_path / "a" / "metrics.json").read_text())["metrics"]["verdict"]
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())["metrics"]
+    v = m["verdict"]
     assert v["text"] in line and {"repeated", "learned", "coherence", "coherence_threshold"} <= set(v)
-    if not v["found"]:  # a 1-epoch model: nothing removed, and said so
-        assert v["removal_skipped"] and "nothing removed" in line
-        assert (tmp_path / "a" / "removed.txt").read_text().split() == []
+    # a 1-epoch model on 300 images: the verdict says none, nothing is removed, and every output says so
+    assert not v["found"] and v["text"].startswith("no backdoor found")
+    assert v["removal_skipped"] and "nothing removed" in line
+    assert m["num_removed"] == 0 and (tmp_path / "a" / "removed.txt").read_text().split() == []
+    assert len((tmp_path / "a" / "kept.txt").read_text().split()) == m["num_samples"] == 300
     assert main(["detect", "--ckpt", str(ckpt), "--manifest", man, "--out", str(tmp_path / "b"), "--force-remove"]
                 + FAST_DETECT) == 0
-    forced = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]["verdict"]
+    fm = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]
+    forced = fm["verdict"]
     assert forced["found"] == v["found"] and not forced["removal_skipped"]
+    # forced: the removal ran although the verdict said none (at least the top candidates' own images go)
+    removed = (tmp_path / "b" / "removed.txt").read_text().split()
+    kept = (tmp_path / "b" / "kept.txt").read_text().split()
+    assert fm["num_removed"] == len(removed) > 0 and len(removed) + len(kept) == 300
+    assert not set(removed) & set(kept)
+    # the verdict decides what is removed, not the scores: both runs scored every image alike
+    assert np.array_equal(np.load(tmp_path / "a" / "scores.npy"), np.load(tmp_path / "b" / "scores.npy"))
