@@ -310,8 +310,8 @@ def main(argv=None) -> int:
         if seed in prev["port"]:
             ports[seed] = prev["port"][seed]
             continue
-        cfg = DetectConfig(method="patchsearch", num_clusters=k, test_images_size=args.test_images_size,
-                           window=window, remove="none", seed=seed)
+        cfg = DetectConfig.from_dict(dict(method="patchsearch", num_clusters=k, test_images_size=args.test_images_size,
+                                           window=window, remove="none", seed=seed))
         start = time.perf_counter()
         r = score_detection(run_detection(model, data, cfg, Runner(progress=False)), manifest)
         total = time.perf_counter() - start

@@ -163,7 +163,7 @@ def test_detect_flags_map_to_detect_config():
     args = p.parse_args(["--ckpt", "x", "--out", "o", "--remove", "match", "--force-remove", "--amp", "bf16",
                          "--set", "probe.samples=256", "--set", "verdict_min=9", "--set", "classifier.models=2"])
     cfg = DetectConfig.from_dict(config_overrides(args))
-    assert (cfg.remove, cfg.force_remove, cfg.amp, cfg.verdict_min) == ("match", True, "bf16", 9)
+    assert (cfg.remove, cfg.force_remove, cfg.amp, cfg.poisoncam.verdict_min) == ("match", True, "bf16", 9)
     assert cfg.probe.samples == 256 and cfg.classifier.models == 2
     plain = DetectConfig.from_dict(config_overrides(p.parse_args(["--ckpt", "x", "--out", "o"])))
     assert (plain.remove, plain.force_remove, plain.amp) == ("match", False, "off")
@@ -171,7 +171,7 @@ def test_detect_flags_map_to_detect_config():
     # null / None, as the YAML configs write it, is one pass; a word where a number belongs is one clear error
     for word in ("null", "None"):
         one = config_overrides(p.parse_args(["--ckpt", "x", "--out", "o", "--set", f"coarse_stride={word}"]))
-        assert DetectConfig.from_dict(one).coarse_stride is None
+        assert DetectConfig.from_dict(one).poisoncam.coarse_stride is None
     bad = config_overrides(p.parse_args(["--ckpt", "x", "--out", "o", "--set", "coarse_stride=fine"]))
     with pytest.raises(PoisonCamError, match="coarse_stride must be a share of the side"):
         DetectConfig.from_dict(bad)

@@ -119,11 +119,12 @@ def test_run_configs_load(path, tmp_path):
 def test_detect_groups_list_every_detect_config_field():
     """So that every DetectConfig field is overridable as plain detect.<field>=... (no '+')."""
     import dataclasses
+    import json
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
-    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.detect.config import SECTIONS, DetectConfig
     from solo_poisoncam.solo_adapter.config import DETECT_ADAPTER_KEYS
 
     import solo_poisoncam
@@ -133,8 +134,11 @@ def test_detect_groups_list_every_detect_config_field():
     for option in ("poisoncam", "patchsearch"):
         node = OmegaConf.load(conf / f"{option}.yaml")
         assert set(node) == fields | set(DETECT_ADAPTER_KEYS), option
-        assert set(node.classifier) == {f.name for f in dataclasses.fields(DetectConfig().classifier)}
-        assert set(node.probe) == {f.name for f in dataclasses.fields(DetectConfig().probe)}
+        for section, kind in SECTIONS.items():
+            assert set(node[section]) == {f.name for f in dataclasses.fields(kind)}, (option, section)
         assert node.amp == "off"  # a string: YAML 1.1 would read a bare off as false
         d = {k: v for k, v in OmegaConf.to_container(node).items() if k not in DETECT_ADAPTER_KEYS}
         assert DetectConfig.from_dict(d).method == option
+        # and every value is the default it documents: the YAML and the dataclass say the same
+        as_lists = lambda v: json.loads(json.dumps(v))  # noqa: E731 (tuples and lists alike)
+        assert as_lists(DetectConfig.from_dict(d).to_dict()) == as_lists(DetectConfig(method=option).to_dict()), option

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Dict
 
 from solo_poisoncam.checks import check
-from solo_poisoncam.commands.common import add_dataset_arguments, dataset_kwargs
+from solo_poisoncam.commands.common import add_dataset_arguments, check_out_dir, dataset_kwargs
+from solo_poisoncam.io import run_lock
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="remove even when PoisonCAM's verdict is 'no backdoor found' (the verdict is still reported)")
     p.add_argument("--amp", default=None, choices=["off", "bf16", "fp16"], help="autocast precision (default off)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any DetectConfig field, e.g. --set refine=0 --set verdict_min=10 --set probe.samples=2048")
+                   help="any DetectConfig field, e.g. --set poisoncam.refine=0 --set probe.samples=2048 (a field of one "
+                        "section also by its name alone: --set verdict_min=10)")
     p.add_argument("--cache", default=None, help="stage cache folder (default OUT/cache)")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--no-backdoor-check", action="store_true", help="skip the backdoor-strength check")
@@ -69,14 +71,17 @@ def config_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def parse_sets(items) -> Dict[str, Any]:
-    """``--set KEY=VALUE`` items -> DetectConfig fields (``classifier.x`` / ``probe.x``: their groups')."""
+    """``--set KEY=VALUE`` items -> DetectConfig fields (``section.field``: that section's, e.g. ``poisoncam.refine``)."""
+    from solo_poisoncam.detect.config import SECTIONS
+
     d: Dict[str, Any] = {}
     for item in items:
         check("=" in item, f"--set takes KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
-        if key.startswith(("classifier.", "probe.")):
-            group, field = key.split(".", 1)
-            d.setdefault(group, {})[field] = _parse_value(value)
+        group = key.split(".", 1)[0]
+        if "." in key:
+            check(group in SECTIONS, f"--set {key}: no section '{group}'; sections: {', '.join(SECTIONS)}")
+            d.setdefault(group, {})[key.split(".", 1)[1]] = _parse_value(value)
         else:
             d[key] = _parse_value(value)
     return d
@@ -103,13 +108,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from solo_poisoncam.detect.config import DetectConfig
-    from solo_poisoncam.detect.outputs import summary_line, write_detection_outputs
-    from solo_poisoncam.detect.pipeline import run_detection
+    from solo_poisoncam.detect.outputs import summary_line
     from solo_poisoncam.engine.cache import StageCache
     from solo_poisoncam.engine.runner import Runner
     from solo_poisoncam.models.threat_model import load_threat_model
+    from solo_poisoncam.pipeline.detection import detect_to_folder
 
     cfg = DetectConfig.from_dict(config_overrides(args))
+    out = check_out_dir(args.out)
+    if args.cache:
+        check_out_dir(args.cache, "--cache")
     model = load_threat_model(args.ckpt)
     dataset, manifest = resolve_data(args)
     device = torch.device(args.device) if args.device else None
@@ -121,24 +129,18 @@ def run(args: argparse.Namespace) -> int:
         fabric.launch()
         device = fabric.device
     runner = Runner(device, progress=not args.quiet)
-    out = Path(args.out)
     cache = StageCache(args.cache or out / "cache", enabled=not args.no_cache, runner=runner)
-    result = run_detection(model, dataset, cfg, runner, cache)
-    if manifest is not None:
-        from solo_poisoncam.eval.detection import score_detection
-
-        score_detection(result, manifest)
-    extra = {"checkpoint": str(Path(args.ckpt).resolve()),
-             "manifest": str(Path(args.manifest).resolve()) if args.manifest else None}
+    backdoor = None
     if manifest is not None and not args.no_backdoor_check:
         from solo_poisoncam.eval.backdoor import backdoor_report, backdoor_summary
 
-        report = backdoor_report(args.ckpt, model, dataset, runner, seed=cfg.seed, out=out)
-        extra["backdoor"] = backdoor_summary(report)
-    if runner.is_main:
-        from solo_poisoncam.data.indexed import IndexedImages
-
-        write_detection_outputs(result, out, IndexedImages(dataset, size=model.image_size), model, extra)
-        print(summary_line(result, extra.get("backdoor")) + f" -> {out / 'metrics.json'}")
+        def backdoor():
+            return backdoor_summary(backdoor_report(args.ckpt, model, dataset, runner, seed=cfg.seed, out=out))
+    extra = {"checkpoint": str(Path(args.ckpt).resolve()),
+             "manifest": str(Path(args.manifest).resolve()) if args.manifest else None}
+    with run_lock(out):  # a second run on OUT is refused, not silently overwritten
+        result, extra, path = detect_to_folder(model, dataset, cfg, out, runner, cache, manifest, backdoor, extra)
+    if path is not None:
+        print(summary_line(result, extra.get("backdoor")) + f" -> {path}")
     return 0
 

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         line = f"trained {args.method}/{args.backbone} for {args.epochs} epochs -> {ckpt}"
         if backdoor_check:
             from solo_poisoncam.engine.runner import Runner
-            from solo_poisoncam.eval.backdoor import backdoor_report, describe_verdict, format_backdoor
+            from solo_poisoncam.eval.backdoor import backdoor_report, describe_outcome, format_backdoor
             from solo_poisoncam.models.threat_model import load_threat_model
             from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             report = backdoor_report(ckpt, load_threat_model(ckpt), poisoned, Runner(progress=not args.quiet),
                                      seed=args.seed)
             print(format_backdoor(report))
-            line += f" | backdoor {describe_verdict(report)} ({Path(ckpt).parent / 'backdoor.json'})"
+            line += f" | backdoor {describe_outcome(report)} ({Path(ckpt).parent / 'backdoor.json'})"
     print(line)
     return 0
 

@@ -20,8 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from solo_poisoncam.data.indexed import IndexedImages
+from solo_poisoncam.detect.handoff import Removed
+from solo_poisoncam.detect.stages import stage
 from solo_poisoncam.detect.window import crop_boxes, paste_patches
 from solo_poisoncam.engine.runner import Runner
+from solo_poisoncam.io import hash_obj
 from solo_poisoncam.models.backbones import ConvNet
 from solo_poisoncam.ssl.augment import color_jitter, random_grayscale, random_resized_crop
 
@@ -166,3 +169,14 @@ def poison_classifier(images: IndexedImages, scores: np.ndarray, windows: np.nda
 
     prob = runner.map_images(fn, images, batch_size=512, desc="poison classifier").numpy()
     return {"probability": prob, "removed": prob > 0.5}
+
+
+def remove(ctx, loc, verdict) -> Removed:
+    """The ``classifier`` removal (``detect/registry.py``): PatchSearch's poison classifier on the detector's
+    top-ranked windows."""
+    key = stage("classifier").key(ctx.cfg, loc.key, method=ctx.cfg.method,
+                                  scores=hash_obj(loc.scores.astype(np.float64), loc.windows.astype(np.int64)))
+    with ctx.clock("classifier", len(ctx.images)):
+        res = ctx.cache.get_or_compute("classifier", key, lambda: poison_classifier(
+            ctx.images, loc.scores, loc.windows, ctx.runner, ctx.cfg.classifier))
+    return Removed(res["removed"], probability=res["probability"])

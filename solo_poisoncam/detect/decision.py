@@ -8,6 +8,11 @@ import math
 from typing import Any, Dict
 
 import numpy as np
+import torch
+
+from solo_poisoncam.detect.handoff import Templates, Verdict
+from solo_poisoncam.detect.stages import stage
+from solo_poisoncam.detect.verdict import core_boxes, verdict_statistics
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -172,3 +177,50 @@ def describe(verdict: Dict[str, Any]) -> str:
     if not v["found"] and v["repeated"] >= v["min_count"] and not v["learned"]:
         why += ": a repeated pattern the model did not learn"
     return f"{head} ({why})"
+
+
+def templates(decision: Dict[str, Any], stats: Dict[str, Any], candidates: np.ndarray, windows: np.ndarray,
+              scores: np.ndarray, cap: int, forced_top: int, ncc: float) -> Templates:
+    """The trigger windows removal looks for: the confirmed candidates' windows, by their core or their best
+    part where :func:`decide` says so (a part's extent may grow over the window that held it); where none is
+    confirmed (``force_remove``), the ``forced_top`` highest-scored windows. At most ``cap`` of them, spread
+    over the ranking."""
+    chosen = decision["confirmed"]
+    positions = candidates[chosen]
+    boxes = windows[positions]
+    by_core = decision["template_core"][chosen]
+    boxes[by_core] = core_boxes(torch.as_tensor(boxes[by_core])).numpy()
+    by_part = decision["template_part"][chosen]
+    reach = np.full_like(boxes, -1)
+    part = np.asarray(stats["part_box"])[chosen][by_part]
+    grow = np.tile(part[:, 2:] - part[:, :2], 2) * np.array([-1, -1, 1, 1])
+    reach[by_part], boxes[by_part] = boxes[by_part] + grow, part
+    if len(positions) == 0:
+        positions = np.argsort(-scores, kind="stable")[:forced_top]
+        boxes = windows[positions]
+        reach = np.full_like(boxes, -1)
+    pick = np.unique(np.linspace(0, len(positions) - 1, min(cap, len(positions))).round().astype(int))
+    return Templates(positions[pick], boxes[pick], reach[pick], ncc)
+
+
+def verdict(ctx, loc) -> Verdict:
+    """PoisonCAM's verdict on its candidates (``loc.candidates``): the statistics (a cached stage), the
+    decision and its templates (docs/design.md, Verdict)."""
+    cfg, pc, runner = ctx.cfg, ctx.cfg.poisoncam, ctx.runner
+    cand = loc.candidates
+    key = stage("verdict").key(cfg, loc.key)
+
+    def statistics():
+        if not runner.is_main:
+            return None
+        return verdict_statistics(ctx.embed, ctx.images, loc.drop, cand, loc.windows[cand], loc.flip_set,
+                                  pc.null_windows, runner.device, pc.verdict_ncc, cfg.seed, cfg.forward_batch,
+                                  pc.verdict_exact, ctx.clustering.activation, loc.clusters, pc.verdict_part_exact)
+
+    with ctx.clock("verdict", (len(cand) + pc.null_windows) * len(loc.flip_set)):
+        stats = runner.broadcast_object(ctx.cache.get_or_compute("verdict", key, statistics))
+    decision = decide(stats, pc.verdict_min, pc.verdict_margin, pc.verdict_quantile, pc.verdict_shift)
+    chosen = templates(decision, stats, cand, loc.windows, loc.scores, pc.templates, pc.forced_top, pc.verdict_ncc)
+    summary = {k: v for k, v in decision.items() if k not in ("confirmed", "template_core", "template_part")}
+    return Verdict(bool(decision["found"]), summary, describe(decision), stats, chosen,
+                   stage("templates").key(cfg, key))

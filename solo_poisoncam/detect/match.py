@@ -23,14 +23,16 @@ either pattern matches.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from solo_poisoncam.checks import check
-from solo_poisoncam.detect.verdict import pattern_errors
+from solo_poisoncam.detect.handoff import Removed
+from solo_poisoncam.detect.stages import stage
+from solo_poisoncam.detect.verdict import crop_errors, pattern_errors
 
 
 def match_scan(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, chunk: int = 1024):
@@ -111,7 +113,7 @@ def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.
 
 def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0.9, rmse: float = 0.1,
                   copies: int = 64, tol: float = 0.1, agree: float = 0.5,
-                  reach: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+                  reach: Optional[np.ndarray] = None, scales: Sequence[float] = ()) -> Dict[str, np.ndarray]:
     """Remove every image that holds one of the confirmed windows' patterns, and place the trigger in it.
 
     Args:
@@ -121,6 +123,8 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
             against as many images it did not match in (spread evenly over the set: the base rate).
         reach: (T, 4) the box each window's extent may grow in (:func:`trigger_extent`); a row of -1, or
             none: the window grown by its own size on each side.
+        scales: each extent is also looked for resized by these factors (:func:`scaled_scan`): a trigger
+            pasted at each file's own resolution reaches the model at another size in each image.
 
     Returns ``removed`` (N,) bool, ``windows`` (N, 4) the trigger box in each removed image (-1 rows
     elsewhere), ``template`` (N,) the window whose pattern (its own or its extent's) matched best (-1:
@@ -166,5 +170,57 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     windows[rows] = np.clip(np.tile(where, 2) + offset[col], 0, side)
     template = np.full(n, -1, dtype=np.int64)
     template[rows] = owner[col]
+    scaled = np.zeros(n, dtype=bool)
+    if len(scales):  # what no copy at the extents' own size matched: the extents resized
+        rest = np.flatnonzero(~removed)
+        s_err, s_box, s_owner = scaled_scan(src, extents, images, rest, scales, ncc)
+        hit_s = (s_err < rmse).any(1).numpy()
+        rows = rest[hit_s]
+        got = torch.as_tensor(np.flatnonzero(hit_s))
+        best = torch.where(s_err < rmse, s_err, torch.full_like(s_err, float("inf")))[got].argmin(1)
+        removed[rows], scaled[rows] = True, True
+        windows[rows] = s_box[got, best].numpy()
+        template[rows] = s_owner[best.numpy()]
     return {"removed": removed, "windows": windows, "template": template, "extents": extents,
-            "rescanned": again}
+            "rescanned": again, "scaled": scaled}
+
+
+def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray, scales: Sequence[float],
+                ncc: float = 0.9, chunk: int = 1024):
+    """The images at positions ``rows`` against every extent resized by each of ``scales`` (bilinear,
+    antialiased; sides of 4 px up to the image's): ((R, C) RMSE of the best position, inf = none; (R, C, 4)
+    the box of that position; (C,) the extent each column came from). ``src``: the extents' own images."""
+    side = int(src.shape[-1])
+    x = src.float() / 255
+    patterns, owner = [], []
+    for t, box in enumerate(np.asarray(extents, dtype=np.int64)):
+        crop = x[t:t + 1, :, box[1]:box[3], box[0]:box[2]]
+        h, w = crop.shape[-2:]
+        for f in scales:
+            hh, ww = round(h * f), round(w * f)
+            if f == 1 or min(hh, ww) < 4 or max(hh, ww) > side or (hh, ww) == (h, w):
+                continue
+            patterns.append(F.interpolate(crop, size=(hh, ww), mode="bilinear", antialias=True,
+                                          align_corners=False)[0].clamp(0, 1))
+            owner.append(t)
+    err = torch.full((len(rows), len(patterns)), float("inf"))
+    box = torch.full((len(rows), len(patterns), 4), -1, dtype=torch.long)
+    sizes = [tuple(p.shape[-2:]) for p in patterns]
+    for size in sorted(set(sizes)):
+        cols = [c for c, sz in enumerate(sizes) if sz == size]
+        group = torch.stack([patterns[c] for c in cols])
+        for i in range(0, len(rows), chunk):
+            e, a = crop_errors(group, images.take(rows[i:i + chunk]), ncc)
+            err[i:i + len(e), cols] = e
+            box[i:i + len(e), cols] = torch.cat([a, a + torch.tensor([size[1], size[0]])], -1)
+    return err, box, np.asarray(owner, dtype=np.int64)
+
+
+def remove(ctx, loc, verdict) -> Removed:
+    """The ``match`` removal (``detect/registry.py``): every image that holds one of the verdict's templates."""
+    t, m = verdict.templates, ctx.cfg.match
+    key = stage("match").key(ctx.cfg, verdict.key)
+    with ctx.clock("match", len(ctx.images)):
+        res = ctx.cache.get_or_compute("match", key, lambda: match_removal(
+            ctx.images, t.positions, t.boxes, t.ncc, m.rmse, m.copies, m.tol, m.agree, reach=t.reach, scales=m.scales))
+    return Removed(res["removed"], windows=res["windows"])

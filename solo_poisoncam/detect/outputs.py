@@ -26,11 +26,10 @@ def metrics_document(result: DetectionResult, extra: Optional[Dict[str, Any]] = 
         "definitions": {
             "removed": "images the removal stage (probe, match or classifier) flags (never a deletion of files); "
                        "none when PoisonCAM's verdict is 'no backdoor found' unless force_remove",
-            "verdict": "label-free: do >= verdict_min candidate windows repeat (NCC > verdict_ncc, an exact copy by "
-                       "the window, its core or a part; without those, alike copies more than verdict_shift of the "
-                       "side away) in other candidates beyond a null of random windows, and does "
-                       "pasting them make features cohere or flip images in place beyond the null's verdict_quantile "
-                       "(docs/design.md, Verdict)",
+            "verdict": "the label-free decision (is there a trigger at all?): found, or 'no backdoor found'; its "
+                       "rule: docs/design.md, Verdict",
+            "backdoor": "the backdoor check (ground truth: did the attack take?): learned or not learned, with its "
+                        "criteria (docs/design.md, Metrics)",
             "precision/recall/f1": "of the removed set against the manifest",
             "auroc/auprc": "of the poison score against the manifest",
             "precision_at_k": "poison share of the k highest scores (ties broken uniformly at random, in expectation)",
@@ -103,7 +102,8 @@ def gallery(result: DetectionResult, images: IndexedImages, model=None):
     if model is not None and cfg.method == "poisoncam" and result.head_state is not None:
         device = next(model.parameters()).device
         act = cluster_activation(model, result.head_state, cfg.head_temperature).to(device)
-        maps = maps_for(act, x, build_masks(cfg, side, cfg.seed), fill_value(cfg, model), device, cfg.forward_batch)
+        maps = maps_for(act, x, build_masks(cfg.poisoncam, side, cfg.seed), fill_value(cfg.poisoncam, model), device,
+                        cfg.forward_batch)
         heat = [heat_overlay(p, m.numpy(), alpha=0.6) for p, m in zip(plain, maps)]
     true = {}
     if result.true_boxes is not None:

@@ -11,22 +11,17 @@ cluster pruning. Images never scored keep score 0, as in its code.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from solo_poisoncam.detect.cam import ClusterActivation, window_sizes
-from solo_poisoncam.detect.config import DetectConfig
 from solo_poisoncam.detect.flip import flip_images_of, pasted_on_flips
-from solo_poisoncam.detect.versions import stage_version
+from solo_poisoncam.detect.handoff import Context, Localisation
+from solo_poisoncam.detect.stages import stage
 from solo_poisoncam.detect.window import best_window, max_sum_window
-
-
-# PatchSearch's own k-means (its faiss_kmeans: L2 on the unit features, random initialisation; centroids
-# not renormalised), as options of cluster.kmeans.kmeans_state
-KMEANS = {"spherical": False, "init": "random"}
 
 
 def gradcam_maps(act: ClusterActivation, x: torch.Tensor, layer: torch.nn.Module) -> tuple:
@@ -131,14 +126,15 @@ def l2_flip_counts(model: torch.nn.Module, centroids: torch.Tensor, cand_images:
     return out
 
 
-def patchsearch_scores(act, images, model, cfg: DetectConfig, side: int, runner, cache, key: Dict[str, Any], clock,
-                       km) -> Dict[str, Any]:
-    """Grad-CAM windows and searched flip scores of every image (never-scored images keep 0); the same
-    outputs as :func:`solo_poisoncam.detect.poisoncam.poisoncam_scores`. ``km`` is PatchSearch's own
-    k-means (:data:`KMEANS`); ``clusters`` are its assignments, which the search and flip test use."""
-    sizes = window_sizes(side, cfg.window, *cfg.window_range)
+def localise(ctx: Context) -> Localisation:
+    """Grad-CAM windows and searched flip scores of every image (never-scored images keep 0). The
+    clustering is PatchSearch's own k-means (the detector's ``kmeans`` options in ``detect/registry.py``);
+    ``clusters`` are its assignments, which the search and flip test use."""
+    cfg, ps, images, runner, cache, clock = ctx.cfg, ctx.cfg.patchsearch, ctx.images, ctx.runner, ctx.cache, ctx.clock
+    act, km, model = ctx.clustering.activation, ctx.clustering.kmeans, ctx.model
+    sizes = window_sizes(ctx.side, cfg.window, *cfg.window_range)
     layer = model.feature_layer
-    key = {**key, "gradcam_v": stage_version("gradcam"), "window": [cfg.window, list(cfg.window_range)]}
+    key = stage("gradcam").key(cfg, ctx.clustering.key)
     n = len(images)
 
     def gradcam_rows():
@@ -150,9 +146,8 @@ def patchsearch_scores(act, images, model, cfg: DetectConfig, side: int, runner,
     with clock("gradcam", n):  # never under autocast (gradcam_maps also turns it off)
         windows = cache.get_or_compute("gradcam", key, gradcam_rows).long()
     clusters = km["assignments"].long()
-    key = {**key, "search_v": stage_version("search"),
-           "search": [cfg.test_images_size, cfg.samples_per_iteration, cfg.remove_per_iteration]}
-    flip_pos = flip_images_of(km, cfg.test_images_size, cfg.seed)
+    key = stage("search").key(cfg, key)
+    flip_pos = flip_images_of(km, ps.test_images_size, cfg.seed)
 
     def search():
         if not runner.is_main:
@@ -165,11 +160,11 @@ def patchsearch_scores(act, images, model, cfg: DetectConfig, side: int, runner,
                                   flip_assign, runner.device, cfg.seed, cfg.forward_batch).numpy()
 
         s, scored, rounds = iterative_search(score_fn, clusters.numpy(), km["centroids"].shape[0],
-                                             cfg.samples_per_iteration, cfg.remove_per_iteration, cfg.seed)
+                                             ps.samples_per_iteration, ps.remove_per_iteration, cfg.seed)
         return {"scores": s, "scored": scored, "rounds": rounds}
 
     with clock("search"), runner.autocast(cfg.amp):
         found = runner.broadcast_object(cache.get_or_compute("search", key, search))
     clock.counts["search"] = int(found["scored"].sum()) * len(flip_pos)
-    return {"scores": found["scores"], "windows": windows.numpy(), "clusters": clusters.numpy(),
-            "scored": found["scored"], "candidates": np.zeros(0, dtype=np.int64), "flip_set": flip_pos, "key": key}
+    return Localisation(scores=found["scores"], windows=windows.numpy(), clusters=clusters.numpy(),
+                        scored=found["scored"], flip_set=flip_pos, key=key)

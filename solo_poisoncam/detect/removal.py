@@ -21,13 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from solo_poisoncam.detect.handoff import Removed
+from solo_poisoncam.detect.stages import stage
 from solo_poisoncam.detect.window import crop_boxes, paste_patches
 
 
 @dataclass
 class ProbeConfig:
     samples: int = 1024         # pasted positives (and as many pasted negatives); untouched negatives: the pool
-    triggers: int = 64          # at most this many confirmed candidate windows are pasted (or matched)
     top_p: float = 0.10         # share of top-scored images kept out of the negatives
     steps: int = 100            # L-BFGS iterations
     weight_decay: float = 1e-3
@@ -109,3 +110,15 @@ def feature_probe(embed: Callable[[torch.Tensor], torch.Tensor], images, feats: 
         prob = torch.sigmoid(feats.float() @ w + b).numpy()
         removed = prob > 0.5
     return {"probability": prob, "removed": removed}
+
+
+def remove(ctx, loc, verdict) -> Removed:
+    """The ``probe`` removal (``detect/registry.py``): the verdict's templates pasted are the positives, its
+    null windows pasted the negatives."""
+    t, stats = verdict.templates, verdict.statistics
+    key = stage("probe").key(ctx.cfg, verdict.key)
+    with ctx.clock("probe", len(ctx.images)):
+        res = ctx.cache.get_or_compute("probe", key, lambda: feature_probe(
+            ctx.embed, ctx.images, ctx.features, loc.scores, ctx.images.take(t.positions), torch.as_tensor(t.boxes),
+            ctx.images.take(stats["null_src"]), torch.as_tensor(stats["null_boxes"]), ctx.cfg.probe, ctx.cfg.seed))
+    return Removed(res["removed"], probability=res["probability"])

@@ -76,34 +76,39 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
         pool: uint8 (P, 3, S, S), the images searched.
         where: also return (P, T, 2) long, the top-left (x, y) in pool image p of that best position.
     """
-    pool_x = pool.float() / 255
     src = src_images.float() / 255
     out = torch.full((len(pool), len(boxes)), float("inf"))
     at = torch.zeros(len(pool), len(boxes), 2, dtype=torch.long)
     sizes = boxes[:, 2:] - boxes[:, :2]
     for size in torch.unique(sizes, dim=0):
-        w, h = int(size[0]), int(size[1])
         group = torch.nonzero((sizes == size).all(1)).flatten()
-        k = 3 * h * w
-        ones = torch.ones(1, 3, h, w)
-        s1 = F.conv2d(pool_x, ones)
-        s2 = F.conv2d(pool_x ** 2, ones)
-        local_sd = (s2 - s1 ** 2 / k).clamp_min(1e-8).sqrt()  # (P, 1, S-h+1, S-w+1), times sqrt(k)
-        flat = local_sd < np.sqrt(k) / 64
         for start in range(0, len(group), chunk):
             part = group[start:start + chunk]
-            raw = crop_boxes(src[part], boxes[part])
-            t = raw - raw.mean((1, 2, 3), keepdim=True)
-            norm = t.flatten(1).norm(dim=1)
-            corr = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])
-            sq = (s2 - 2 * F.conv2d(pool_x, raw) + raw.pow(2).sum((1, 2, 3))[None, :, None, None]) / k
-            sq = torch.where((corr > ncc) & ~flat, sq.clamp_min(0), torch.full_like(sq, float("inf")))
-            best, idx = sq.flatten(2).min(2)
-            err = best.sqrt()
-            err[:, _partly_flat(raw)] = float("inf")
-            out[:, part] = err
-            at[:, part] = torch.stack([idx % sq.shape[-1], idx // sq.shape[-1]], -1)
+            out[:, part], at[:, part] = crop_errors(crop_boxes(src[part], boxes[part]), pool, ncc)
     return (out, at) if where else out
+
+
+@torch.no_grad()
+def crop_errors(raw: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9):
+    """:func:`pattern_errors` of T patterns of one size (T, 3, h, w) in [0, 1]: ((P, T) RMSE of the best
+    position, inf = none; (P, T, 2) long top-left (x, y) of that position)."""
+    pool_x = pool.float() / 255
+    h, w = raw.shape[-2:]
+    k = 3 * h * w
+    ones = torch.ones(1, 3, h, w)
+    s1 = F.conv2d(pool_x, ones)
+    s2 = F.conv2d(pool_x ** 2, ones)
+    local_sd = (s2 - s1 ** 2 / k).clamp_min(1e-8).sqrt()  # (P, 1, S-h+1, S-w+1), times sqrt(k)
+    flat = local_sd < np.sqrt(k) / 64
+    t = raw - raw.mean((1, 2, 3), keepdim=True)
+    norm = t.flatten(1).norm(dim=1)
+    corr = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])
+    sq = (s2 - 2 * F.conv2d(pool_x, raw) + raw.pow(2).sum((1, 2, 3))[None, :, None, None]) / k
+    sq = torch.where((corr > ncc) & ~flat, sq.clamp_min(0), torch.full_like(sq, float("inf")))
+    best, idx = sq.flatten(2).min(2)
+    err = best.sqrt()
+    err[:, _partly_flat(raw)] = float("inf")
+    return err, torch.stack([idx % sq.shape[-1], idx // sq.shape[-1]], -1)
 
 
 def _partly_flat(x: torch.Tensor) -> torch.Tensor:

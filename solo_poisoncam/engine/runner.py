@@ -34,6 +34,16 @@ class Runner:
             device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(device)
         self.progress = progress and self.rank == 0
+        self.tag = "poisoncam"
+
+    @contextlib.contextmanager
+    def tagged(self, tag: str):
+        """Within it, :meth:`info` lines start with ``[tag]`` (the detector at work) instead of ``[poisoncam]``."""
+        before, self.tag = self.tag, tag
+        try:
+            yield self
+        finally:
+            self.tag = before
 
     @property
     def is_main(self) -> bool:
@@ -42,7 +52,7 @@ class Runner:
     def info(self, message: str) -> None:
         """One plain line on stderr (rank 0): each stage says when it is done, bars or not, TTY or not."""
         if self.is_main:
-            print(f"[poisoncam] {message}", file=sys.stderr, flush=True)
+            print(f"[{self.tag}] {message}", file=sys.stderr, flush=True)
 
     def autocast(self, amp: str = "off"):
         """Autocast on this device in ``amp`` = off | bf16 | fp16 (docs/design.md, Precision)."""

@@ -137,7 +137,7 @@ def _margins(m: Dict[str, Any]) -> Dict[str, float]:
     return out
 
 
-def verdict(threat: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
+def outcome(threat: Dict[str, Any], reference: Dict[str, Any]) -> Dict[str, Any]:
     """Which criteria hold. A criterion (cluster, kNN, probe on 10% of the labels, probe on every label)
     holds when its margin (patched - control) is >= LEARNED_MARGIN and beats the random-init
     reference's margin by as much; ``learned`` = any criterion (docs/design.md, Metrics: why kNN
@@ -166,8 +166,8 @@ def budget_name(fraction) -> str:
 _BUDGET = {"probe": budget_name(0.1), "probe_all": budget_name(1.0)}
 
 
-def describe_verdict(b: Dict[str, Any]) -> str:
-    """'LEARNED (cluster, kNN; targeted: no)' - the verdict with the criteria that hold."""
+def describe_outcome(b: Dict[str, Any]) -> str:
+    """'LEARNED (cluster, kNN; targeted: no)' - the backdoor check's outcome with the criteria that hold."""
     held = [{"knn": "kNN", "probe_all": "probe on every label"}.get(k, k) for k, v in b.get("criteria", {}).items() if v]
     head = "LEARNED" if b["learned"] else "NOT learned"
     at = f" ({', '.join(b['targeted_at'])})" if b.get("targeted") and b.get("targeted_at") else ""
@@ -223,7 +223,7 @@ def backdoor_strength(model: ThreatModel, poisoned: PoisonedDataset, val_base: I
                      "num_patched": len(patched)},
         "threat": threat,
         "reference": {"kind": getattr(ref_model, "checkpoint", "reference"), **ref},
-        **verdict(threat, ref),
+        **outcome(threat, ref),
     }
 
 
@@ -240,7 +240,7 @@ def format_backdoor(b: Dict[str, Any]) -> str:
                      f"(control {m['probe_asr_control']:.0%}{_draws(m)}), clean acc {m['probe_clean_acc1']:.1%}"
                      + ("" if m.get("probe_all_asr_patched") is None else
                         f" | every label: probe ASR {m['probe_all_asr_patched']:.0%} (control {m['probe_all_asr_control']:.0%})"))
-    return (f"backdoor {describe_verdict(b)}\n  threat model: {row(t)}\n"
+    return (f"backdoor {describe_outcome(b)}\n  threat model: {row(t)}\n"
             f"  reference ({r['kind']}): {row(r)}")
 
 
@@ -277,8 +277,8 @@ def backdoor_report(ckpt, model: ThreatModel, poisoned: PoisonedDataset, runner:
         try:
             old = read_json(path)
             if hash_obj(old.get("key")) == hash_obj(key):  # as JSON: lists and tuples alike
-                # the verdict is derived from the stored measurements: a changed rule never leaves a stale one
-                return {**old, **verdict(old["threat"], old["reference"])}
+                # the outcome is derived from the stored measurements: a changed rule never leaves a stale one
+                return {**old, **outcome(old["threat"], old["reference"])}
         except ValueError:
             pass
     val = validation_split(manifest.dataset, val_images, val_root)

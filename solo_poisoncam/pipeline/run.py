@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from solo_poisoncam.checks import check
-from solo_poisoncam.eval.backdoor import describe_verdict
+from solo_poisoncam.eval.backdoor import describe_outcome
 from solo_poisoncam.eval.downstream import targeted_beyond_clean
 from solo_poisoncam.io import hash_file, hash_obj, read_json, write_json
 
@@ -138,13 +138,11 @@ class Chain:
                                        "seed": self.cfg["seed"]})
 
     def detect(self, method: str, ckpt):
-        from solo_poisoncam.data.indexed import IndexedImages
-        from solo_poisoncam.detect.outputs import write_detection_outputs
-        from solo_poisoncam.detect.pipeline import STAGE_VERSION, run_detection
+        from solo_poisoncam.detect.pipeline import STAGE_VERSION
         from solo_poisoncam.engine.cache import StageCache
         from solo_poisoncam.engine.runner import Runner
-        from solo_poisoncam.eval.detection import score_detection
         from solo_poisoncam.models.threat_model import load_threat_model
+        from solo_poisoncam.pipeline.detection import detect_to_folder
         from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
         folder = self.out / f"detect-{method}"
@@ -155,11 +153,8 @@ class Chain:
             return read_json(folder / "metrics.json")
         m = PoisonManifest.load(self.out / "poison")
         data = PoisonedDataset.from_manifest(m)
-        model = load_threat_model(ckpt)
-        result = score_detection(run_detection(model, data, dcfg, Runner(progress=self.progress),
-                                               StageCache(self.out / "cache")), m)
-        write_detection_outputs(result, folder, IndexedImages(data, size=model.image_size), model,
-                                {"key": key, "checkpoint": str(ckpt)})
+        detect_to_folder(load_threat_model(ckpt), data, dcfg, folder, Runner(progress=self.progress),
+                         StageCache(self.out / "cache"), m, extra={"key": key, "checkpoint": str(ckpt)})
         return read_json(folder / "metrics.json")
 
     def retrain(self, method: str):
@@ -203,7 +198,7 @@ class Chain:
         self.log(f"  {manifest.summary()}")
         ckpt = self.stage("threat model", self.threat)
         bd = self.stage("backdoor check", lambda: self.backdoor(ckpt))
-        self.log(f"  backdoor {describe_verdict(bd)} (threat margins {bd['margins']}, "
+        self.log(f"  backdoor {describe_outcome(bd)} (threat margins {bd['margins']}, "
                  f"random-init reference {bd['reference_margins']})")
         models = {"undefended": str(ckpt)}
         detections = {}

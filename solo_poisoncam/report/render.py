@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from solo_poisoncam import __version__
-from solo_poisoncam.eval.backdoor import describe_verdict
+from solo_poisoncam.eval.backdoor import describe_outcome
 from solo_poisoncam.io import write_text
 from solo_poisoncam.report import tables as T
 
@@ -117,10 +117,10 @@ def write_report(results: Dict[str, Any], out: Path) -> Dict[str, Path]:
     settings_table = (["setting", "value"], settings)
     add("Settings", T.markdown(settings_table), _html_table(settings_table))
     bt = T.backdoor_table(bd)
-    verdict = (f"**Backdoor {describe_verdict(bd)}** by the threat model (rule: {bd.get('rule', '')}). "
+    outcome = (f"**Backdoor {describe_outcome(bd)}** by the threat model (rule: {bd.get('rule', '')}). "
                f"{BANKS_DIFFER}")
-    add("Did the attack take? Backdoor strength of the threat model", verdict + "\n\n" + T.markdown(bt),
-        f"<p>{html.escape(verdict.replace('**', ''))}</p>" + _html_table(bt))
+    add("Did the attack take? Backdoor strength of the threat model", outcome + "\n\n" + T.markdown(bt),
+        f"<p>{html.escape(outcome.replace('**', ''))}</p>" + _html_table(bt))
     dt = T.detection_table(results["detections"])
     det_md = T.markdown(dt) + "\n\nTrigger detection accuracy: share of poisoned images whose candidate window has IoU >= 0.5 with the true trigger box."
     add("Detection", det_md, _html_table(dt) + "<p>Trigger detection accuracy: share of poisoned images whose "
@@ -186,7 +186,7 @@ def beyond_clean_sentence(b: Dict[str, Any]) -> str:
 def console_summary(results: Dict[str, Any]) -> str:
     """The final table a person reads in the terminal."""
     bd = results["backdoor"]
-    lines = [f"backdoor {describe_verdict(bd)} by the threat model "
+    lines = [f"backdoor {describe_outcome(bd)} by the threat model "
              f"(patched->poison cluster {T.fmt(bd['threat']['patched_to_poison_cluster'], pct=True)}, control "
              f"{T.fmt(bd['threat']['control_to_poison_cluster'], pct=True)}; random-init reference "
              f"{T.fmt(bd['reference']['patched_to_poison_cluster'], pct=True)})", "",

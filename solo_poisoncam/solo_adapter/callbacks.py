@@ -160,11 +160,10 @@ class DetectionCallback(Callback):
         self.result = None
 
     def on_train_end(self, trainer, pl_module) -> None:
-        from solo_poisoncam.data.indexed import IndexedImages
-        from solo_poisoncam.detect.outputs import summary_line, write_detection_outputs
-        from solo_poisoncam.detect.pipeline import run_detection
+        from solo_poisoncam.detect.outputs import summary_line
         from solo_poisoncam.engine.cache import StageCache
         from solo_poisoncam.engine.runner import Runner
+        from solo_poisoncam.pipeline.detection import detect_to_folder
         from solo_poisoncam.solo_adapter.config import detect_config
 
         cfg = self.cfg
@@ -173,29 +172,21 @@ class DetectionCallback(Callback):
         model = threat_model_from_module(pl_module, cfg)
         device = torch.device(cfg.detect.device) if cfg.detect.device else pl_module.device
         runner = Runner(device, progress=bool(cfg.detect.progress))
-        out = Path(cfg.detect.dir) if cfg.detect.dir else output_dir(trainer) / f"detect-{dcfg.method}"
+        out = (Path(cfg.detect.dir) if cfg.detect.dir else output_dir(trainer) / f"detect-{dcfg.method}").resolve()
         cache = StageCache(out / "cache", enabled=bool(cfg.detect.cache), runner=runner)
-        result = run_detection(model, data, dcfg, runner, cache, progress=bool(cfg.detect.progress))
-        if manifest is not None:
-            from solo_poisoncam.eval.detection import score_detection
-
-            score_detection(result, manifest)
+        ckpt = _last_checkpoint(trainer)
+        # current_epoch counts finished epochs at on_train_end; the last one trained is the
+        # E of solo's "<name>-ep=E.ckpt"
+        extra = {"solo": {"method": cfg.method, "name": cfg.name, "epoch": int(trainer.current_epoch) - 1,
+                          "global_step": int(trainer.global_step),
+                          "checkpoint": str(Path(ckpt).resolve()) if ckpt else None},
+                 "manifest": str((output_dir(trainer) / MANIFEST_NAME).resolve()) if manifest is not None else None}
+        backdoor = (lambda: self._backdoor(model, data, runner, dcfg.seed, out)) if manifest is not None else None
+        result, extra, path = detect_to_folder(model, data, dcfg, out, runner, cache, manifest, backdoor, extra)
         self.result, self.out = result, out
-        backdoor = self._backdoor(model, data, runner, dcfg.seed, out) if manifest is not None else None
-        if trainer.is_global_zero:
-            images = IndexedImages(data, size=model.image_size)
-            ckpt = _last_checkpoint(trainer)
-            # current_epoch counts finished epochs at on_train_end; the last one trained is the
-            # E of solo's "<name>-ep=E.ckpt"
-            extra = {"solo": {"method": cfg.method, "name": cfg.name, "epoch": int(trainer.current_epoch) - 1,
-                              "global_step": int(trainer.global_step),
-                              "checkpoint": str(Path(ckpt).resolve()) if ckpt else None},
-                     "manifest": str((output_dir(trainer) / MANIFEST_NAME).resolve()) if manifest is not None else None}
-            if backdoor is not None:
-                extra["backdoor"] = backdoor
-            path = write_detection_outputs(result, out.resolve(), images, model, extra)
-            print(f"[solo-poisoncam] {summary_line(result, backdoor if 'learned' in (backdoor or {}) else None)} "
-                  f"-> {path}")
+        if path is not None:
+            b = extra.get("backdoor")
+            print(f"[solo-poisoncam] {summary_line(result, b if 'learned' in (b or {}) else None)} -> {path}")
         self._log(trainer, result.metrics)
 
     def _backdoor(self, model, data, runner, seed: int, out: Path) -> Dict[str, Any]:

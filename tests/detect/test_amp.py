@@ -6,7 +6,7 @@ import torch
 
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.cam import cluster_activation, masked_maps
-from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.config import DetectConfig, PoisonCamConfig
 from solo_poisoncam.detect.patchsearch import gradcam_maps
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.poisoncam import build_masks
@@ -42,7 +42,7 @@ def setup():
 def test_bf16_maps_and_windows_stay_close_to_float32(setup):
     model, _, x, act = setup
     runner = Runner(torch.device("cpu"), progress=False)
-    masks = build_masks(DetectConfig(), 32)
+    masks = build_masks(PoisonCamConfig(), 32)
     fill = model.mean.flatten()
     with torch.no_grad():
         clusters, base = act.own_cluster(x)
@@ -82,7 +82,9 @@ def test_precision_and_device_are_part_of_every_cache_key(setup, tmp_path):
     assert not any(bf.timings["cache_hits"].values())  # a float32 cache is never reused under autocast
     assert bf.config["amp"] == "bf16" and np.isfinite(bf.scores).all()
     stored = [torch.load(f, weights_only=False)["key"] for f in sorted(tmp_path.glob("cam-*.pt"))]
-    assert sorted(k["amp"] for k in stored) == ["bf16", "off"] and {k["device"] for k in stored} == {"cpu"}
+    # the features stage's key (every later key holds it) names the precision and the device
+    assert sorted(k["features"]["amp"] for k in stored) == ["bf16", "off"]
+    assert {k["features"]["device"] for k in stored} == {"cpu"}
 
 
 def test_amp_is_checked():

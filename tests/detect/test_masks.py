@@ -233,18 +233,18 @@ def test_activation_map_localises_occluder():
 
 
 def test_build_masks_holds_occluders_of_each_side_in_the_list():
-    from solo_poisoncam.detect.config import DetectConfig
+    from solo_poisoncam.detect.config import DetectConfig, PoisonCamConfig
     from solo_poisoncam.detect.poisoncam import build_masks
 
-    one = build_masks(DetectConfig(occluder=0.25), 32)  # 8 px at stride 4: 7 x 7 positions
-    both = build_masks(DetectConfig(), 32)  # the default, and 16 px at stride 4: 5 x 5
+    one = build_masks(PoisonCamConfig(occluder=0.25), 32)  # 8 px at stride 4: 7 x 7 positions
+    both = build_masks(PoisonCamConfig(), 32)  # the default, and 16 px at stride 4: 5 x 5
     hidden = (1 - both).flatten(1).sum(1)
     assert one.shape == (49, 1, 32, 32) and both.shape == (49 + 25, 1, 32, 32)
     assert torch.equal(both[:49], one)
     assert (hidden[:49] == 64).all() and (hidden[49:] == 256).all()
-    coarse = build_masks(DetectConfig(occluder=[0.25, 0.5]), 32, stride=0.25)  # 4 x 4 and 3 x 3 at stride 8
+    coarse = build_masks(PoisonCamConfig(occluder=[0.25, 0.5]), 32, stride=0.25)  # 4 x 4 and 3 x 3 at stride 8
     assert coarse.shape[0] == 16 + 9
     for bad in ([], [0.25, 0], 1.5, [0.5, "big"]):
         with pytest.raises(PoisonCamError, match="occluder must be a share of the side"):
-            DetectConfig(occluder=bad)
-    assert DetectConfig.from_dict({"occluder": (0.25, 0.5)}).occluder == [0.25, 0.5]
+            PoisonCamConfig(occluder=bad)
+    assert DetectConfig.from_dict({"occluder": (0.25, 0.5)}).poisoncam.occluder == [0.25, 0.5]

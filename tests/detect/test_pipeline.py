@@ -4,7 +4,7 @@ from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist, 
 
 from solo_poisoncam import PoisonCamError
 from solo_poisoncam.data.base import ArrayImageDataset
-from solo_poisoncam.detect.config import DetectConfig
+from solo_poisoncam.detect.config import DetectConfig, PoisonCamConfig
 from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.engine.cache import StageCache
 from solo_poisoncam.engine.runner import Runner
@@ -69,12 +69,17 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
 
 
 @needs_fashion_mnist
-def test_patchsearch_runs_its_own_clustering_window_and_search(poisoned, tmp_path):
+def test_patchsearch_runs_its_own_clustering_window_and_search(poisoned, tmp_path, capsys):
     data, manifest = poisoned
     cfg = DetectConfig.from_dict({**FAST, "method": "patchsearch", "test_images_size": 40})
     assert cfg.window == 60 / 224  # the official fixed window_w, 60 px at 224
     cache = StageCache(tmp_path / "cache")
     r = score_detection(run_detection(SaturationNet(), data, cfg, Runner(progress=False), cache), manifest)
+    # its stage lines name PatchSearch, not PoisonCAM
+    lines = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("[patchsearch] features") for line in lines)
+    assert any(line.startswith("[patchsearch] gradcam") for line in lines)
+    assert not any(line.startswith("[poisoncam]") for line in lines)
     side = round(60 / 224 * 32)
     assert ((r.windows[:, 2:] - r.windows[:, :2]) == side).all()
     # its own k-means (L2, random init): not the cached spherical one PoisonCAM uses
@@ -93,18 +98,18 @@ def test_patchsearch_runs_its_own_clustering_window_and_search(poisoned, tmp_pat
 def test_fine_count_follows_the_coarse_share_and_the_flip_candidates():
     from solo_poisoncam.detect.poisoncam import fine_count
 
-    cfg = DetectConfig()  # coarse 0.25 -> fine 0.125: 20% of the images, at least flip_top = 200
+    cfg = DetectConfig().poisoncam  # coarse 0.25 -> fine 0.125: 20% of the images, at least flip_top = 200
     assert fine_count(cfg, 5000) == 1000 and fine_count(cfg, 20000) == 4000 and fine_count(cfg, 5085) == 1017
     assert fine_count(cfg, 600) == 200 and fine_count(cfg, 150) == 150  # the flip candidates all masked finely
-    assert fine_count(DetectConfig(coarse_top=0.05, flip_top=10), 1000) == 50
+    assert fine_count(PoisonCamConfig(coarse_top=0.05, flip_top=10), 1000) == 50
     # one pass: no coarse stride, a coarse stride no coarser than the full one, or RISE masks alone
-    assert fine_count(DetectConfig(coarse_stride=None), 5000) == 5000
-    assert fine_count(DetectConfig(occluder_stride=0.25), 5000) == 5000
-    assert fine_count(DetectConfig(masks="rise"), 5000) == 5000
+    assert fine_count(PoisonCamConfig(coarse_stride=None), 5000) == 5000
+    assert fine_count(PoisonCamConfig(occluder_stride=0.25), 5000) == 5000
+    assert fine_count(PoisonCamConfig(masks="rise"), 5000) == 5000
     with pytest.raises(PoisonCamError, match="coarse_top must be in"):
-        DetectConfig(coarse_top=0)
+        PoisonCamConfig(coarse_top=0)
     with pytest.raises(PoisonCamError, match="coarse_stride must be a share of the side in"):
-        DetectConfig(coarse_stride=1.5)
+        PoisonCamConfig(coarse_stride=1.5)
 
 
 @needs_fashion_mnist

@@ -216,6 +216,9 @@ def test_verdict_says_none_on_clean_data_and_removes_nothing(planted):
     forced = run_detection(SaturationNet(), base, DetectConfig.from_dict({**FAST, "force_remove": True}),
                            Runner(progress=False))
     assert not forced.metrics["verdict"]["found"] and not forced.metrics["verdict"]["removal_skipped"]
+    # it removed what the top-scored windows match (each at least its own image), ranked as without force
+    assert 1 <= forced.removed.sum() == forced.metrics["num_removed"] < len(base)
+    assert np.array_equal(forced.scores, r.scores) and forced.removed[np.argmax(r.scores)]
 
 
 def test_patchsearch_has_no_verdict_and_refuses_poisoncam_removals():

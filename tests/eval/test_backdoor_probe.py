@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from solo_poisoncam.eval.backdoor import describe_verdict, probe_view, verdict
+from solo_poisoncam.eval.backdoor import describe_outcome, outcome, probe_view
 
 
 def _feats(labels, dim, rng, noise=0.05):
@@ -54,17 +54,17 @@ def test_probe_criterion_is_the_mean_over_label_draws():
     assert abs(out["probe_asr_patched"] - sum(singles) / 4) < 1e-12
 
 
-def test_verdict_names_each_criterion():
+def test_outcome_names_each_criterion():
     threat = {"patched_to_poison_cluster": 0.9, "control_to_poison_cluster": 0.1, "knn_asr_patched": 0.5,
               "knn_asr_control": 0.1, "probe_asr_patched": 0.05, "probe_asr_control": 0.0}
     ref = {"patched_to_poison_cluster": 0.1, "control_to_poison_cluster": 0.0, "knn_asr_patched": 0.1,
            "knn_asr_control": 0.1, "probe_asr_patched": 0.0, "probe_asr_control": 0.0}
-    v = verdict(threat, ref)
+    v = outcome(threat, ref)
     assert v["learned"] and v["criteria"] == {"cluster": True, "knn": True, "probe": False}
     assert not v["targeted"]
-    v = verdict(dict(threat, probe_asr_patched=0.6), ref)
+    v = outcome(dict(threat, probe_asr_patched=0.6), ref)
     assert v["criteria"]["probe"] and v["targeted"]
-    v = verdict(dict(threat, patched_to_poison_cluster=0.2), dict(ref, patched_to_poison_cluster=0.1))
+    v = outcome(dict(threat, patched_to_poison_cluster=0.2), dict(ref, patched_to_poison_cluster=0.1))
     assert not v["criteria"]["cluster"]
 
 
@@ -76,16 +76,16 @@ def test_knn_alone_is_learned():
               "knn_asr_control": 0.12, "probe_asr_patched": 0.02, "probe_asr_control": 0.06}
     ref = {"patched_to_poison_cluster": 0.0, "control_to_poison_cluster": 0.0, "knn_asr_patched": 0.23,
            "knn_asr_control": 0.09, "probe_asr_patched": 0.05, "probe_asr_control": 0.0}
-    v = verdict(threat, ref)
+    v = outcome(threat, ref)
     assert v["criteria"] == {"cluster": False, "knn": True, "probe": False} and v["learned"] and not v["targeted"]
-    assert describe_verdict(v).startswith("LEARNED (kNN")
-    v = verdict(threat, dict(ref, knn_asr_patched=0.37))
+    assert describe_outcome(v).startswith("LEARNED (kNN")
+    v = outcome(threat, dict(ref, knn_asr_patched=0.37))
     assert not v["criteria"]["knn"] and not v["learned"]
 
 
-def test_a_cached_report_gets_the_verdict_of_todays_rule(tmp_path):
+def test_a_cached_report_gets_the_outcome_of_todays_rule(tmp_path):
     """backdoor.json written under an older rule (learned = cluster or a probe) is reused for its
-    measurements, and its verdict is derived again from them: the kNN criterion holds, so learned."""
+    measurements, and its outcome is derived again from them: the kNN criterion holds, so learned."""
     from helpers import tiny_dataset
 
     from solo_poisoncam.eval.backdoor import CLUSTER_STARTS, PROBE_DRAWS, backdoor_report
@@ -116,19 +116,19 @@ def test_targeted_at_either_budget_and_which():
     ref = {"patched_to_poison_cluster": 0.64, "control_to_poison_cluster": 0.06, "knn_asr_patched": 0.2,
            "knn_asr_control": 0.2, "probe_asr_patched": 0.16, "probe_asr_control": 0.10,
            "probe_all_asr_patched": 0.26, "probe_all_asr_control": 0.12}
-    v = verdict(dict(base, probe_all_asr_patched=0.9, probe_all_asr_control=0.2), ref)
+    v = outcome(dict(base, probe_all_asr_patched=0.9, probe_all_asr_control=0.2), ref)
     assert v["targeted"] and v["targeted_at"] == ["every label"]
     # cluster 0.88 vs reference 0.58 (0.30 above: holds); kNN 0.1 (< 0.2); probe at 10% 0.20, only 0.14 above
     # the reference's 0.06 (misses); every label 0.70 vs 0.14
     assert v["criteria"] == {"cluster": True, "knn": False, "probe": False, "probe_all": True}
     assert v["learned"]
-    assert "targeted: yes (every label)" in describe_verdict(v)
+    assert "targeted: yes (every label)" in describe_outcome(v)
     # neither budget: not targeted; an every-label margin of 0.29 is under the 0.3
-    v = verdict(dict(base, probe_all_asr_patched=0.49, probe_all_asr_control=0.2), ref)
+    v = outcome(dict(base, probe_all_asr_patched=0.49, probe_all_asr_control=0.2), ref)
     assert not v["targeted"] and v["targeted_at"] == []
     # a report from before the every-label probe: the 10% criterion alone, as before
     old_ref = {k: x for k, x in ref.items() if not k.startswith("probe_all")}
-    assert set(verdict(base, old_ref)["criteria"]) == {"cluster", "knn", "probe"}
+    assert set(outcome(base, old_ref)["criteria"]) == {"cluster", "knn", "probe"}
 
 
 def test_cluster_view_takes_the_start_with_the_median_margin(monkeypatch):

@@ -35,8 +35,8 @@ def test_poison_defaults_and_detect_fields_are_filled():
     assert p.rate_of == "target" and p.targeted and p.seed == 0 and p.manifest is None
     assert cfg.detect.enabled and cfg.detect.dir is None and cfg.detect.cache
     d = detect_config(cfg)
-    assert d.num_clusters == 20 and d.masks == "occlusion"
-    assert cfg.detect.flip_images == d.flip_images  # resolved defaults land in args.json
+    assert d.num_clusters == 20 and d.poisoncam.masks == "occlusion"
+    assert cfg.detect.poisoncam.flip_images == d.poisoncam.flip_images  # resolved defaults land in args.json
     assert OmegaConf.to_container(cfg)  # serialisable, as solo's Checkpointer needs
 
 

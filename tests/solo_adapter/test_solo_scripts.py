@@ -55,7 +55,7 @@ def test_main_pretrain_poison_detect_then_cluster_head_and_linear(tmp_path):
     proc, seconds = run([sys.executable, Path(SOLO_LEARN_ROOT) / "main_pretrain.py", "--config-path", ZOO,
                          "--config-name", "byol.yaml", *common, "method_kwargs.proj_hidden_dim=64",
                          "method_kwargs.pred_hidden_dim=64", "+poison=patch", "poison.rate=0.5", "poison.target=3",
-                         "+detect=poisoncam", "detect.num_clusters=6", "detect.flip_images=8", "detect.flip_top=16",
+                         "+detect=poisoncam", "detect.num_clusters=6", "detect.poisoncam.flip_images=8", "detect.poisoncam.flip_top=16",
                          "detect.progress=False", "detect.classifier.iters=10", "detect.classifier.models=1"],
                         cwd=tmp_path)
     run_dir = only(models / "byol", "*")
