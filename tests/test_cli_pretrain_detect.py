@@ -167,13 +167,13 @@ def test_detect_flags_map_to_detect_config():
     assert cfg.probe.samples == 256 and cfg.classifier.models == 2
     plain = DetectConfig.from_dict(config_overrides(p.parse_args(["--ckpt", "x", "--out", "o"])))
     assert (plain.remove, plain.force_remove, plain.amp) == ("match", False, "off")
-    assert (plain.coarse_stride, plain.coarse_top) == (0.25, 0.2)
+    assert (plain.poisoncam.coarse_stride, plain.poisoncam.coarse_top) == (0.25, 0.2)
     # null / None, as the YAML configs write it, is one pass; a word where a number belongs is one clear error
     for word in ("null", "None"):
         one = config_overrides(p.parse_args(["--ckpt", "x", "--out", "o", "--set", f"coarse_stride={word}"]))
         assert DetectConfig.from_dict(one).poisoncam.coarse_stride is None
     bad = config_overrides(p.parse_args(["--ckpt", "x", "--out", "o", "--set", "coarse_stride=fine"]))
-    with pytest.raises(PoisonCamError, match="coarse_stride must be a share of the side"):
+    with pytest.raises(PoisonCamError, match="poisoncam.coarse_stride='fine' must be a number or null"):
         DetectConfig.from_dict(bad)
     with pytest.raises(SystemExit):
         p.parse_args(["--ckpt", "x", "--out", "o", "--amp", "half"])

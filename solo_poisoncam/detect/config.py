@@ -106,8 +106,10 @@ class MatchConfig:
     tol: float = 0.1                            # a pixel agrees within this (in [0, 1] units)
     agree: float = 0.5
     # each trigger extent is also looked for resized by these factors, in the images no copy at its own size
-    # matched (a trigger pasted at each file's own resolution); empty: its own size only
-    scales: List[float] = field(default_factory=list)
+    # matched (a trigger pasted at each file's own resolution reaches the model at its own size in each image);
+    # 2^(k/4), k = -4..4: half to twice the size in steps of 19%; chosen on the tuning set (docs/design.md,
+    # Evaluation protocol); empty: its own size only
+    scales: List[float] = field(default_factory=lambda: [0.5, 0.595, 0.707, 0.841, 1.189, 1.414, 1.682, 2.0])
 
     def __post_init__(self):
         check(0 < self.rmse <= 1 and self.copies >= 1 and 0 < self.tol <= 1 and 0 <= self.agree <= 1,
@@ -244,8 +246,18 @@ def _check_types(kind, d: Dict[str, Any], prefix: str = "") -> None:
     for name, value in d.items():
         hint = hints.get(name)
         if hint is not None and not _matches(value, hint):
-            need = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-            raise PoisonCamError(f"detection setting {prefix}{name}={value!r} must be {need}")
+            raise PoisonCamError(f"detection setting {prefix}{name}={value!r} must be {_describe(hint)}")
+
+
+def _describe(hint: Any) -> str:
+    """A type annotation in words: 'a number or null', 'a whole number', 'a list of numbers'."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Union:
+        return " or ".join(_describe(a) for a in args)
+    if typing.get_origin(hint) in (list, tuple) or hint in (list, tuple):
+        return f"a list of {_describe(args[0])}s".replace("a list of a ", "a list of ") if args else "a list"
+    return {type(None): "null", bool: "true or false", int: "a whole number", float: "a number",
+            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def flat_owners() -> Dict[str, str]:

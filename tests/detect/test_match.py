@@ -131,3 +131,25 @@ def test_match_removal_scans_again_for_the_extent_when_the_window_holds_a_strip_
     assert out["extents"][0].tolist() == boxes[0] and out["rescanned"].tolist() == [0]
     assert out["removed"].tolist() == [True] * 10 + [False] * 30
     assert out["windows"][:10].tolist() == boxes and (out["template"][:10] == 0).all()
+
+
+def test_rescaled_copies_are_found_by_the_scaled_scan_and_placed_at_their_size():
+    """A smooth 8 px pattern pasted at its own size on two images and resized to 12 px on two others (a
+    trigger pasted at each file's own resolution): the own-size scan finds two, the scaled scan the other
+    two, each boxed at 12 px where it was pasted; the untouched images stay."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    pattern = F.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(8, 8), mode="bilinear", align_corners=False)
+    big = F.interpolate(pattern, size=(12, 12), mode="bilinear", antialias=True, align_corners=False)[0]
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    x[0, :, 2:10, 2:10], x[1, :, 10:18, 5:13], x[4, :, 20:28, 20:28] = pattern[0], pattern[0], pattern[0]
+    x[2, :, 3:15, 4:16], x[3, :, 15:27, 15:27] = big, big
+    images = Stack(x.mul(255).round().to(torch.uint8))
+    own = match_removal(images, np.array([0]), np.array([[2, 2, 10, 10]]), scales=[])
+    assert own["removed"].tolist() == [True, True, False, False, True, False, False, False]
+    scaled = match_removal(images, np.array([0]), np.array([[2, 2, 10, 10]]), scales=[0.75, 1.5])
+    assert scaled["removed"].tolist() == [True, True, True, True, True, False, False, False]
+    assert scaled["scaled"].tolist() == [False, False, True, True, False, False, False, False]
+    assert scaled["windows"][2].tolist() == [4, 3, 16, 15] and scaled["windows"][3].tolist() == [15, 15, 27, 27]
+    assert (scaled["windows"][5:] == -1).all() and scaled["template"][2] == 0

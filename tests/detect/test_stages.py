@@ -78,10 +78,10 @@ def test_flat_names_are_their_sections_fields():
 
 
 @pytest.mark.parametrize("given, message", [
-    ({"flip_top": "abc"}, "poisoncam.flip_top='abc' must be int"),
-    ({"flip_images": 2.5}, "poisoncam.flip_images=2.5 must be int"),
+    ({"flip_top": "abc"}, "poisoncam.flip_top='abc' must be a whole number"),
+    ({"flip_images": 2.5}, "poisoncam.flip_images=2.5 must be a whole number"),
     ({"probe": {"bogus": 3}}, "unknown probe settings ['bogus']"),
-    ({"force_remove": 1}, "force_remove=1 must be bool"),
+    ({"force_remove": 1}, "force_remove=1 must be true or false"),
     ({"flip_top": 0}, "flip_top must be >= 1"),
     ({"nonsense": 1}, "unknown detection settings ['nonsense']"),
 ])

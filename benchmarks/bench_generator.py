@@ -1,0 +1,177 @@
+"""Generator-faithful poisons, under the held-out protocol (docs/design.md, Evaluation protocol).
+
+    python benchmarks/bench_generator.py --set tuning --name generator-tuning
+    python benchmarks/bench_generator.py --set test --name generator-test          # once, rules frozen
+    python benchmarks/bench_generator.py --set test --only test-fm-r50-s1 --variant "no scales:match.scales=[]"
+
+Each model: an image folder of differing sizes (``scripts/make_sized_folder.py``), poisoned the way
+SSL-Backdoor's generator does (``poisoncam poison --write-folder``: the trigger at a fixed pixel width on
+each file at its own resolution, every file JPEG), BYOL trained on it (``poisoncam pretrain``; its
+backdoor check beside a random-init reference), then ``poisoncam detect`` with PoisonCAM's defaults (and
+``--variant``s) and PatchSearch. Clean models train on the same folder written with no poisons (every
+file JPEG too). Everything goes through the CLI, as a user runs it, under ``--root`` (cached by folder).
+
+The two sets differ in every choice a rule could be fitted to: the trigger (HTBA seed), its pixel width,
+the target class, the rate, the seeds and the image-size range. Every constant and rule is chosen on
+``tuning``; ``test`` is run once after they are frozen (docs/results.md publishes both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment, markdown_table, parse_variant, print_tables, write_results  # noqa: E402
+
+# data: (source, min side, max side, seed of the sizes); one folder per key, shared by its models
+DATA = {
+    "fm-64-160": ["--fashion-mnist", "--num-samples", "3000", "--num-val-samples", "600",
+                  "--min-side", "64", "--max-side", "160", "--seed", "0"],
+    "fm-80-200": ["--fashion-mnist", "--num-samples", "3000", "--num-val-samples", "600",
+                  "--min-side", "80", "--max-side", "200", "--seed", "1"],
+}
+TUNING = {
+    "tune-fm-r50-s0": {"data": "fm-64-160", "trigger_seed": 10, "width": 40, "target": 0, "rate": 0.5, "seed": 0},
+    "tune-fm-clean-s0": {"data": "fm-64-160", "clean": True, "seed": 0},
+}
+TEST = {  # one seed of each kind before the next seed: a stopped run has every kind
+    name: spec for s in (1, 2, 3) for name, spec in (
+        (f"test-fm-r50-s{s}", {"data": "fm-80-200", "trigger_seed": 12, "width": 56, "target": 3, "rate": 0.5, "seed": s}),
+        (f"test-fm-clean-s{s}", {"data": "fm-80-200", "clean": True, "seed": s}),
+        (f"test-fm-r100-s{s}", {"data": "fm-80-200", "trigger_seed": 12, "width": 56, "target": 3, "rate": 1.0, "seed": s}))
+}
+SETS = {"tuning": TUNING, "test": TEST}
+PRETRAIN = ["--method", "byol", "--backbone", "cnn_small", "--epochs", "4", "--batch-size", "128"]
+SIZE = 32
+# PatchSearch on CPU: its classifier cut from 3 x 1000 iterations, its flip set from 1000 (said in the tables)
+PATCHSEARCH = ["--set", "classifier.models=1", "--set", "classifier.iters=300", "--set", "test_images_size=300"]
+
+
+def sh(log: Path, *cmd: str) -> float:
+    """Run a command (its output to ``log``); its wall time. A failure stops the benchmark with the log's tail."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "WANDB_MODE": "disabled"}).returncode
+    if rc != 0:
+        raise SystemExit(f"failed ({rc}): {' '.join(map(str, cmd))}\n" + log.read_text()[-3000:])
+    return round(time.perf_counter() - start, 1)
+
+
+def jpeg_copy(src: Path, out: Path, quality: int = 75) -> None:
+    """Every file of image folder ``src`` saved as JPEG at ``quality`` under ``out`` (the writer's own save)."""
+    from PIL import Image
+
+    from solo_poisoncam.poison.folder import _save
+
+    tmp = out.with_name(out.name + ".tmp")
+    for path in sorted(src.rglob("*.png")):
+        _save(np.asarray(Image.open(path).convert("RGB")), tmp / path.relative_to(src).with_suffix(".JPEG"), quality)
+    tmp.rename(out)
+
+
+def model(name: str, spec: Dict[str, Any], root: Path, variants: List[Dict[str, Any]], patchsearch: bool):
+    py = [sys.executable, "-m", "solo_poisoncam.cli"]
+    src = root / "data" / spec["data"]
+    if not src.is_dir():
+        src.parent.mkdir(parents=True, exist_ok=True)
+        sh(root / f"data-{spec['data']}.log", sys.executable, Path(__file__).resolve().parent.parent / "scripts"
+           / "make_sized_folder.py", *DATA[spec["data"]], "--out", src)
+    run = root / name
+    run.mkdir(parents=True, exist_ok=True)
+    poisoned, out = run / "poisoned", {"name": name, **spec, "seconds": {}}
+    tm = run / "threat-model"
+    if spec.get("clean"):  # the same folder with every file JPEG and no poison: what a clean ImageNet is
+        clean = root / "data" / f"{spec['data']}-jpeg"
+        if not clean.is_dir():
+            jpeg_copy(src, clean)
+        data = ["--dataset", "folder", "--root", clean, "--size", str(SIZE)]
+        if not (tm / "last.ckpt").is_file():
+            out["seconds"]["pretrain"] = sh(run / "pretrain.log", *py, "pretrain", *data, *PRETRAIN, "--seed",
+                                            str(spec["seed"]), "--out", tm, "--quiet", "--no-backdoor-check")
+        out["num_poisons"], out["backdoor"] = 0, None
+    else:
+        if not (poisoned / "manifest.json").is_file():
+            out["seconds"]["poison"] = sh(
+                run / "poison.log", *py, "poison", "--write-folder", "--dataset", "folder", "--root", src, "--target",
+                str(spec["target"]), "--rate", str(spec["rate"]), "--trigger-seed", str(spec["trigger_seed"]),
+                "--patch-size", str(spec["width"]), "--size", str(SIZE), "--val-size", "96", "--seed",
+                str(spec["seed"]), "--out", poisoned)
+        data = ["--manifest", poisoned / "manifest.json"]
+        if not (tm / "last.ckpt").is_file():
+            out["seconds"]["pretrain"] = sh(run / "pretrain.log", *py, "pretrain", "--poison",
+                                            poisoned / "manifest.json", *PRETRAIN, "--seed", str(spec["seed"]),
+                                            "--out", tm, "--quiet")
+        out["num_poisons"] = json.loads((poisoned / "manifest.json").read_text())["num_poisons"]
+        backdoor = tm / "backdoor.json"
+        out["backdoor"] = json.loads(backdoor.read_text()) if backdoor.is_file() else None
+    out["detections"] = {}
+    runs = [(f"poisoncam {v['name']}", ["--method", "poisoncam", *[a for s in v["sets"] for a in ("--set", s)]])
+            for v in variants]
+    runs += [("patchsearch", ["--method", "patchsearch", *PATCHSEARCH])] if patchsearch else []
+    for label, args in runs:
+        folder = run / ("detect-" + label.replace(" ", "-"))
+        if not (folder / "metrics.json").is_file():
+            sh(run / f"detect-{label.replace(' ', '-')}.log", *py, "detect", "--ckpt", tm / "last.ckpt", *data,
+               "--out", folder, "--cache", run / "cache", "--quiet", *args)
+        out["detections"][label] = json.loads((folder / "metrics.json").read_text())
+    return out
+
+
+def rows(results: List[Dict[str, Any]]) -> List[List[str]]:
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    table = []
+    for r in results:
+        b = r["backdoor"] or {}
+        learned = "clean" if r.get("clean") else ("L" if b.get("learned") else "N") + ("T" if b.get("targeted") else "")
+        margins = b.get("margins", {})
+        strength = ", ".join(f"{k} {v:+.2f}" for k, v in margins.items() if v is not None) if margins else "n/a"
+        for label, d in r["detections"].items():
+            m = d["metrics"]
+            v = m.get("verdict", {})
+            table.append([r["name"], str(r["num_poisons"]), learned, strength, label,
+                          ("found" if v.get("found") else "none") if v else "-",
+                          f"{m['num_removed']}/{m['num_samples']}", fmt(m.get("precision")), fmt(m.get("recall")),
+                          fmt(m.get("auroc")), fmt(m.get("trigger_detection_accuracy")),
+                          str(round(d["timings"].get("total_s", 0)))])
+    return table
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", choices=sorted(SETS), required=True)
+    p.add_argument("--only", nargs="*", default=None, help="models of the set to run (default: all)")
+    p.add_argument("--root", default="runs/bench-generator")
+    p.add_argument("--variant", action="append", default=None, help='"NAME[:key=value;...]" PoisonCAM settings')
+    p.add_argument("--no-patchsearch", action="store_true")
+    p.add_argument("--name", required=True)
+    args = p.parse_args(argv)
+    variants = [parse_variant(v) for v in (args.variant or ["default"])]
+    chosen = {k: v for k, v in SETS[args.set].items() if args.only is None or k in args.only}
+    head = ["model", "poisons", "backdoor", "margins vs reference", "detector", "verdict", "removed", "precision",
+            "recall", "AUROC", "trigger det. acc", "s"]
+    settings = {"set": args.set, "models": chosen, "data": {k: DATA[k] for k in {s["data"] for s in chosen.values()}},
+                "pretrain": PRETRAIN, "size": SIZE, "patchsearch": PATCHSEARCH, "variants": variants}
+    env, results, tables, path = environment(), [], {}, None
+    for name, spec in chosen.items():  # the results file grows model by model: a stopped run keeps what it did
+        print(f"{name} ...", flush=True)
+        results.append(model(name, spec, Path(args.root), variants, not args.no_patchsearch))
+        print("\n".join(" | ".join(r) for r in rows(results[-1:])), flush=True)
+        tables = {f"{args.set} set: generator-faithful poisons ({SIZE} px, BYOL cnn_small, {PRETRAIN[5]} epochs; "
+                  f"{len(results)} of {len(chosen)} models)": markdown_table(head, rows(results))}
+        path = write_results(args.name, env, settings, tables, results)
+    return print_tables(tables, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
