@@ -192,3 +192,47 @@ def test_a_second_run_on_the_same_out_is_refused(tmp_path, capsys, command):
     (out / LOCK_NAME).write_text("999999999")
     assert command(data, out, "--size", "16") == 0
     assert not (out / LOCK_NAME).exists()
+
+
+def _detect(data, out, *extra, ckpt="never-read.ckpt"):
+    return main(["detect", "--ckpt", str(ckpt), "--dataset", "folder", "--root", str(data), "--size", "16",
+                 "--num-clusters", "2", "--out", str(out), "--quiet", *extra])
+
+
+def test_detect_out_that_is_a_file_or_cannot_be_written(tmp_path, capsys, monkeypatch):
+    """Checked before the checkpoint is read (it does not exist here) and before any work."""
+    test_out_that_is_a_file_or_cannot_be_written(tmp_path, capsys, monkeypatch, _detect)
+
+
+def test_detect_refuses_a_second_run_on_its_out_and_bad_settings_before_work(tmp_path, capsys):
+    data = _folder(tmp_path / "data")
+    assert _pretrain(data, tmp_path / "tm", "--size", "16", "--no-backdoor-check") == 0
+    ckpt = tmp_path / "tm" / "last.ckpt"
+    capsys.readouterr()
+    out = tmp_path / "o"
+    with run_lock(out):
+        err = _one_error(capsys, _detect(data, out, ckpt=ckpt))
+        assert f"'{out}' is in use by another run (pid {os.getpid()})" in err
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # the other run's results are untouched
+    for setting, message in (("flip_top=abc", "poisoncam.flip_top='abc' must be a whole number"),
+                             ("probe.bogus=3", "unknown probe settings ['bogus']"),
+                             ("flip_images=2.5", "poisoncam.flip_images=2.5 must be a whole number"),
+                             ("flip_top=0", "flip_top must be >= 1")):
+        err = _one_error(capsys, _detect(data, tmp_path / "d", "--set", setting, ckpt=ckpt))
+        assert message in err
+        assert not (tmp_path / "d").exists()  # refused before any work: no cache, no outputs
+
+
+def test_detect_records_and_says_when_the_data_is_served_at_another_size_than_the_model_was_trained_at(tmp_path,
+                                                                                                    capsys):
+    data = _folder(tmp_path / "data")
+    assert _pretrain(data, tmp_path / "tm", "--size", "16", "--no-backdoor-check") == 0
+    capsys.readouterr()
+    out = tmp_path / "d"
+    assert main(["detect", "--ckpt", str(tmp_path / "tm" / "last.ckpt"), "--dataset", "folder", "--root", str(data),
+                 "--size", "24", "--num-clusters", "2", "--remove", "none", "--set", "flip_top=4",
+                 "--set", "flip_images=4", "--set", "null_windows=4", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "the data is served at 24x24 px and the threat model was trained at 16 px" in err
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["input"] == {"served_size": [24, 24], "model_side": 16, "resized": True}

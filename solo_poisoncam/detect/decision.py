@@ -48,36 +48,13 @@ def _group_beyond_null(has: np.ndarray, null_has: np.ndarray, quantile: float) -
 
 def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, quantile: float = 0.99,
            shift: float = 0.25) -> Dict[str, Any]:
-    """The verdict from :func:`verdict_statistics`.
+    """The verdict from :func:`verdict_statistics`, by the rule of docs/design.md, Verdict (written there
+    once: repeats by window, core, part or copies at other places -> learned -> confirmed -> found).
 
-    A candidate *repeats* when its repetition is at least ``min_count - 1`` (it and that many others
-    share the pattern), above the null's ``quantile``, and at least one copy is exact, by the window
-    (``stats["exact"]``) or by its core (``stats["core_exact"]``); or when its core alone has at least
-    ``min_count - 1`` exact copies, above the null's ``quantile`` of the same count
-    (``stats["null_core_exact"]``): a window 2-3 px off a pasted trigger takes a strip of varying
-    background along, which breaks its own match, while the core inside the trigger is still pasted pixels;
-    or when one of its parts has at least ``min_count - 1`` exact copies (``stats["part_exact"]``) in
-    candidates that have such a part themselves (``stats["exact_pairs"]``: one trigger pasted on many
-    images is one group; a clean image's chance copies are not a group of repeating images), and more
-    candidates have such a part than the null's rate predicts (binomial tail below ``1 - quantile``, the
-    rate ``(m + 1) / (R + 2)`` of the R null windows, m of them with one): a window twice a small trigger's
-    side holds it whole off its centre. The null is counted, not taken at a quantile, because a random window
-    also holds a trigger where the poisons are many (7 px at 9.6% of CIFAR-10: 7 of 200 null windows).
-    Where fewer than ``min_count`` candidates repeat by those routes (no exact copies: JPEG-saved poisons), a
-    candidate also repeats when at least ``min_count - 1`` of its copies (NCC and RMSE < 0.1, not exact)
-    sit more than ``shift`` of its side away from its own place (``stats["shift"]``), in candidates that
-    have such copies themselves, and more candidates have them than the null's rate predicts (as for parts):
-    a trigger pasted at random places repeats at many places, aligned natural content at one.
-    The pattern is *learned* when the repeating candidates' median coherence exceeds the null's
-    ``quantile`` plus ``margin``, or (where the statistics hold in-place flip rates, ``flip`` and
-    ``null_flip``) their median in-place flip rate exceeds the null's ``quantile`` (and 0: nothing
-    moved is nothing learned). Confirmed: the repeating candidates that pass the same test themselves,
-    and the repeating candidates linked to one of those by an exact copy (``stats["exact_pairs"]``, where
-    the statistics hold it: the same pasted pixels); found = learned and at least ``min_count`` confirmed. ``confirmed`` (the array) marks the triggers
-    removal uses: the confirmed ones exact by their own window where at least ``min_count`` are;
-    ``template_core`` (the array) those of them to match by their core (not exact by their window),
-    ``template_part`` those to match by their best part (the ones that repeat by a part alone).
-    A quantile, not the maximum: a few null windows may still fall on a trigger.
+    Returns the numbers metrics.json reports and three (C,) bool arrays over the candidates: ``confirmed``
+    (the triggers removal uses: exact by their own window where at least ``min_count`` are),
+    ``template_core`` (to match by their core) and ``template_part`` (by their best part). Statistics of
+    earlier versions without a route's arrays get the rule without that route.
     """
     rep, null_rep = np.asarray(stats["rep"]), np.asarray(stats["null_rep"])
     coh, null_coh = np.asarray(stats["coh"], dtype=np.float64), np.asarray(stats["null_coh"], dtype=np.float64)

@@ -1,35 +1,8 @@
-"""Is there a trigger at all? A label-free test of PoisonCAM's own candidates (docs/design.md, Verdict).
-
-Two questions, both against a null of random windows with the candidates' sides, cut from random
-places in the images least affected by masking (the lower half by window drop, where a
-trigger-carrying image is unlikely):
-
-1. **Repetition** (is a pattern planted?): a poisoning pastes one trigger on many images, and
-   natural photographs almost never share a pixel pattern. A candidate's repetition is the number
-   of other candidate images that contain its window's pattern somewhere (max normalised cross-
-   correlation over positions > ``ncc``). Colour shortcuts (a red car, blue sky) do not repeat:
-   their textures differ. Some copies of a pasted trigger are exact (those pasted at the same
-   resampling phase); aligned natural content (the same garment outline at the centre of centred
-   photographs) is alike but never exact. Exactness is also asked of the window's *core* (its
-   central half, :func:`core_boxes`): a window that overlaps the trigger and a strip of background
-   has no exact copy, its core inside the trigger has. And of its *parts* (:func:`part_boxes`): a
-   window twice the trigger's side, the trigger off its centre, has one part inside the trigger.
-   Where no pattern repeats exactly, copies that are alike but not exact (JPEG-saved poisons) count
-   when they sit at *other places* than the window (``shift``): a trigger pasted at random places
-   repeats wherever it was pasted, aligned natural content (the same garment outline at the centre
-   of centred photographs) at one place.
-2. **Learned** (did the model take it?): a backdoor the threat model learned makes images that
-   carry the trigger collapse together in feature space, whatever their content (what an SSL
-   backdoor is). A window's *coherence* is how close together the flip images' features come with
-   it pasted at random places (||mean of unit features||^2, the mean pairwise cosine); its
-   *in-place flip rate* is the share of flip images that move into its own image's cluster when it
-   is pasted at its own place (``flip_scores(..., in_place=True)``; a trigger always pasted at one place is
-   learned there, and a random place misses it).
-
-Found = at least ``min_count`` candidates repeat beyond the null (by their window, by their core's
-exact copies, or by a part's exact copies or, without those, by copies at other places on more
-candidates than the null predicts), and their median coherence or median in-place flip rate beats the null's quantile
-(``detect/decision.py``). No ground truth and no trigger: only the model, the images and the candidates.
+"""Is there a trigger at all? The statistics of PoisonCAM's label-free verdict: repetition of the
+candidates' patterns in other candidates' images (by window, core, part, and copies at other places), and
+whether the model learned them (coherence, in-place flip rate), each beside a null of random windows.
+The rule that decides from them is written once, in docs/design.md, Verdict (``detect/decision.py``
+applies it). No ground truth and no trigger: only the model, the images and the candidates.
 """
 
 from __future__ import annotations
