@@ -100,10 +100,10 @@ def backdoor_row(model: Dict[str, Any], m: Dict[str, Any]) -> List[str]:
         return [model["name"], "not measured (no poisons)"] + [""] * 3
     t = b["threat"]
     pct = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
-    from solo_poisoncam.eval.backdoor import describe_verdict
+    from solo_poisoncam.eval.backdoor import describe_outcome
 
     draws = " / ".join(pct(a) for a in t.get("probe_asr_patched_draws") or [])
-    return [model["name"], describe_verdict(b),
+    return [model["name"], describe_outcome(b),
             f"{pct(t['patched_to_poison_cluster'])} ({pct(t['control_to_poison_cluster'])})",
             f"{pct(t['probe_asr_patched'])} ({pct(t['probe_asr_control'])}); draws {draws}",
             f"{pct(t.get('probe_all_asr_patched'))} ({pct(t.get('probe_all_asr_control'))})"]

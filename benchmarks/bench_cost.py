@@ -88,7 +88,7 @@ def one(backbone: str, side: int, n: int, stride: float, device, forward_batch: 
     runner = Runner(device, progress=False)
     r = run_detection(model, ds, cfg, runner)
     t = r.timings
-    masks = build_masks(cfg, side)
+    masks = build_masks(cfg.poisoncam, side)
     m = masks.shape[0]
     act = cluster_activation(model, r.head_state, cfg.head_temperature).to(device)
     pure = pure_forward_seconds(model, act.head, n * (m + 2), side, forward_batch, device, amp)

@@ -149,7 +149,7 @@ def _detection_row(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) -> Dict[str, str]:
-    from solo_poisoncam.eval.backdoor import TARGETED_MARGIN, describe_verdict
+    from solo_poisoncam.eval.backdoor import TARGETED_MARGIN, describe_outcome
     from solo_poisoncam.eval.downstream import targeted_beyond_clean
 
     det_rows, bd_rows, ds_rows, clean_rows, cost_rows, seed_rows, ds_seed_rows = [], [], [], [], [], [], []
@@ -179,7 +179,7 @@ def tables(results: Dict[str, Dict[int, Dict[str, Any]]], methods: List[str]) ->
                          for seed, r in by_seed.items() if method in r["detections"]} for method in methods}
         for seed, r in by_seed.items():
             b = r["backdoor"]
-            strength = (f"{describe_verdict(b)}; probe ASR {b['threat']['probe_asr_patched']:.1%} vs control "
+            strength = (f"{describe_outcome(b)}; probe ASR {b['threat']['probe_asr_patched']:.1%} vs control "
                         f"{b['threat']['probe_asr_control']:.1%}")
             for method in (m_ for m_ in methods if seed in dets[m_]):
                 m = dets[method][seed][0]

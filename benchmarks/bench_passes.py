@@ -35,11 +35,12 @@ def masked_forwards(cfg, n: int, side: int) -> int:
     """Masked forward passes of the masking stages (counted, not timed: also right for cache hits)."""
     from solo_poisoncam.detect.poisoncam import build_masks, fine_count
 
-    fine = fine_count(cfg, n)
-    full = build_masks(cfg, side, cfg.seed).shape[0]
+    pc = cfg.poisoncam
+    fine = fine_count(pc, n)
+    full = build_masks(pc, side, cfg.seed).shape[0]
     if fine == n:
         return n * full
-    return n * build_masks(cfg, side, cfg.seed, stride=cfg.coarse_stride).shape[0] + fine * full
+    return n * build_masks(pc, side, cfg.seed, stride=pc.coarse_stride).shape[0] + fine * full
 
 
 def parse_variant(text: str) -> tuple:
@@ -61,7 +62,7 @@ def run_one(folder: Path, variants: Dict[str, Dict[str, Any]]) -> Dict[str, Any]
     from solo_poisoncam.detect.pipeline import run_detection
     from solo_poisoncam.engine.cache import StageCache
     from solo_poisoncam.engine.runner import Runner
-    from solo_poisoncam.eval.backdoor import describe_verdict
+    from solo_poisoncam.eval.backdoor import describe_outcome
     from solo_poisoncam.eval.detection import score_detection
     from solo_poisoncam.io import read_json
     from solo_poisoncam.models.threat_model import load_threat_model
@@ -74,7 +75,7 @@ def run_one(folder: Path, variants: Dict[str, Dict[str, Any]]) -> Dict[str, Any]
     data = PoisonedDataset.from_manifest(manifest)
     model = load_threat_model(results["models"]["undefended"])
     base = {**cfg["detect"].get("settings", {}), "method": "poisoncam", "seed": cfg["seed"]}
-    out: Dict[str, Any] = {"run": folder.name, "backdoor": describe_verdict(results["backdoor"]), "variants": {}}
+    out: Dict[str, Any] = {"run": folder.name, "backdoor": describe_outcome(results["backdoor"]), "variants": {}}
     for name, extra in variants.items():
         dcfg = DetectConfig.from_dict({**base, **extra})
         r = score_detection(run_detection(model, data, dcfg, Runner(progress=False), StageCache(folder / "cache")),

@@ -92,7 +92,7 @@ def run_one(setting: str, seed: int, data: str, root: Path, progress: bool) -> D
 
 
 def row(r: Dict[str, Any]) -> List[str]:
-    from solo_poisoncam.eval.backdoor import describe_verdict
+    from solo_poisoncam.eval.backdoor import describe_outcome
 
     bd, c = r["backdoor"], r["config"]
     t, ref = bd["threat"], bd["reference"]
@@ -108,7 +108,7 @@ def row(r: Dict[str, Any]) -> List[str]:
             f"**{pct(t['probe_asr_patched'])}** ({pct(t['probe_asr_control'])}) / "
             f"{pct(ref['probe_asr_patched'])} ({pct(ref['probe_asr_control'])})",
             every_label(t, ref),
-            f"{t['probe_clean_acc1']:.1%} / {ref['probe_clean_acc1']:.1%}", describe_verdict(bd)]
+            f"{t['probe_clean_acc1']:.1%} / {ref['probe_clean_acc1']:.1%}", describe_outcome(bd)]
 
 
 def every_label(t: Dict[str, Any], ref: Dict[str, Any]) -> str:

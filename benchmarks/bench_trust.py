@@ -102,14 +102,14 @@ def summary(rows: List[Dict[str, Any]]) -> str:
 
 
 def tables(rows: List[Dict[str, Any]]) -> Dict[str, str]:
-    from solo_poisoncam.eval.backdoor import describe_verdict
+    from solo_poisoncam.eval.backdoor import describe_outcome
 
     bd, det = [], []
     for r in rows:
         if "backdoor" in r:
             b = r["backdoor"]
             t, ref = b["threat"], b["reference"]
-            bd.append([r["setting"], str(r["seed"]), describe_verdict(b), f"{t['purity']:.1%} ({ref['purity']:.1%})",
+            bd.append([r["setting"], str(r["seed"]), describe_outcome(b), f"{t['purity']:.1%} ({ref['purity']:.1%})",
                        f"{t['patched_to_poison_cluster']:.1%} / {t['control_to_poison_cluster']:.1%}",
                        f"{t['knn_asr_patched']:.1%} / {t['knn_asr_control']:.1%} "
                        f"({ref['knn_asr_patched']:.1%} / {ref['knn_asr_control']:.1%})",
