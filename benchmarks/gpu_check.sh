@@ -45,7 +45,7 @@ x = (IndexedImages(generated(512), size=32).as_tensor().float() / 255).to(dev)
 with torch.no_grad():
     feats = torch.nn.functional.normalize(model(x), dim=1)
 act = cluster_activation(model, CosineClusterHead(feats[::16].clone(), 0.1).state_dict(), 0.1).to(dev)
-masks, fill, runner = build_masks(DetectConfig(), 32).to(dev), model.mean.flatten(), Runner(dev, progress=False)
+masks, fill, runner = build_masks(DetectConfig().poisoncam, 32).to(dev), model.mean.flatten(), Runner(dev, progress=False)
 with torch.no_grad():
     c, base = act.own_cluster(x)
     ref = masked_maps(act, x, c, base, masks, fill, 8192)
