@@ -130,14 +130,19 @@ def model(name: str, spec: Dict[str, Any], root: Path, variants: List[Dict[str, 
     return out
 
 
+HEAD = ["model", "poisons", "backdoor", "margins patched - control (random-init reference)", "detector", "verdict",
+        "removed", "precision", "recall", "AUROC", "trigger det. acc", "s"]
+
+
 def rows(results: List[Dict[str, Any]]) -> List[List[str]]:
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     table = []
     for r in results:
         b = r["backdoor"] or {}
         learned = "clean" if r.get("clean") else ("L" if b.get("learned") else "N") + ("T" if b.get("targeted") else "")
-        margins = b.get("margins", {})
-        strength = ", ".join(f"{k} {v:+.2f}" for k, v in margins.items() if v is not None) if margins else "n/a"
+        margins, ref = b.get("margins", {}), b.get("reference_margins") or {}
+        strength = ", ".join(f"{k} {v:+.2f} ({ref[k]:+.2f})" for k, v in margins.items()
+                             if v is not None and ref.get(k) is not None) if margins else "n/a"
         for label, d in r["detections"].items():
             m = d["metrics"]
             v = m.get("verdict", {})
@@ -151,17 +156,23 @@ def rows(results: List[Dict[str, Any]]) -> List[List[str]]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", choices=sorted(SETS), required=True)
+    p.add_argument("--set", choices=sorted(SETS))
     p.add_argument("--only", nargs="*", default=None, help="models of the set to run (default: all)")
     p.add_argument("--root", default="runs/bench-generator")
     p.add_argument("--variant", action="append", default=None, help='"NAME[:key=value;...]" PoisonCAM settings')
     p.add_argument("--no-patchsearch", action="store_true")
     p.add_argument("--name", required=True)
+    p.add_argument("--from-json", default=None, help="write the tables again from this results JSON (no run)")
     args = p.parse_args(argv)
+    if args.from_json:  # the tables again from a finished run's JSON (no model is run)
+        done = json.loads(Path(args.from_json).read_text())
+        env, settings, results = done["environment"], done["settings"], done["results"]
+        tables = {f"{settings['set']} set: generator-faithful poisons ({settings['size']} px, BYOL cnn_small, "
+                  f"{settings['pretrain'][5]} epochs; {len(results)} of {len(settings['models'])} models)":
+                  markdown_table(HEAD, rows(results))}
+        return print_tables(tables, write_results(args.name, env, settings, tables, results))
     variants = [parse_variant(v) for v in (args.variant or ["default"])]
     chosen = {k: v for k, v in SETS[args.set].items() if args.only is None or k in args.only}
-    head = ["model", "poisons", "backdoor", "margins vs reference", "detector", "verdict", "removed", "precision",
-            "recall", "AUROC", "trigger det. acc", "s"]
     settings = {"set": args.set, "models": chosen, "data": {k: DATA[k] for k in {s["data"] for s in chosen.values()}},
                 "pretrain": PRETRAIN, "size": SIZE, "patchsearch": PATCHSEARCH, "variants": variants}
     env, results, tables, path = environment(), [], {}, None
@@ -170,7 +181,7 @@ def main(argv=None) -> int:
         results.append(model(name, spec, Path(args.root), variants, not args.no_patchsearch))
         print("\n".join(" | ".join(r) for r in rows(results[-1:])), flush=True)
         tables = {f"{args.set} set: generator-faithful poisons ({SIZE} px, BYOL cnn_small, {PRETRAIN[5]} epochs; "
-                  f"{len(results)} of {len(chosen)} models)": markdown_table(head, rows(results))}
+                  f"{len(results)} of {len(chosen)} models)": markdown_table(HEAD, rows(results))}
         path = write_results(args.name, env, settings, tables, results)
     return print_tables(tables, path)
 
