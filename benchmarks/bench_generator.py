@@ -73,11 +73,11 @@ def jpeg_copy(src: Path, out: Path, quality: int = 75) -> None:
     """Every file of image folder ``src`` saved as JPEG at ``quality`` under ``out`` (the writer's own save)."""
     from PIL import Image
 
-    from solo_poisoncam.poison.folder import _save
+    from solo_poisoncam.poison.folder import save_jpeg
 
     tmp = out.with_name(out.name + ".tmp")
     for path in sorted(src.rglob("*.png")):
-        _save(np.asarray(Image.open(path).convert("RGB")), tmp / path.relative_to(src).with_suffix(".JPEG"), quality)
+        save_jpeg(np.asarray(Image.open(path).convert("RGB")), tmp / path.relative_to(src).with_suffix(".JPEG"), quality)
     tmp.rename(out)
 
 

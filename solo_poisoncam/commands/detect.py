@@ -78,10 +78,10 @@ def parse_sets(items) -> Dict[str, Any]:
     for item in items:
         check("=" in item, f"--set takes KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
-        group = key.split(".", 1)[0]
         if "." in key:
+            group, name = key.split(".", 1)
             check(group in SECTIONS, f"--set {key}: no section '{group}'; sections: {', '.join(SECTIONS)}")
-            d.setdefault(group, {})[key.split(".", 1)[1]] = _parse_value(value)
+            d.setdefault(group, {})[name] = _parse_value(value)
         else:
             d[key] = _parse_value(value)
     return d

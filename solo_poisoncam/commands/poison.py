@@ -57,17 +57,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the manifest of a written folder for the folder served at --size (none: as stored)")
 
 
+def trigger(args: argparse.Namespace, attack: str = "patch") -> Dict[str, Any]:
+    """The trigger spec of ``--trigger`` (HTBA from ``--trigger-seed``, on an 8 x 8 grid for blend, or a PNG)."""
+    if args.trigger == "htba":
+        return trigger_spec("htba", seed=args.trigger_seed, **({"grid": 8} if attack == "blend" else {}))
+    return trigger_spec("png", path=args.trigger)
+
+
 def attack_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The attack config (``build_attack`` input) from CLI flags."""
     name = args.attack
     ATTACKS.get(name)
     if name == "frequency":
         return {"name": name, "magnitude": args.magnitude}
-    if args.trigger == "htba":
-        trig = trigger_spec("htba", seed=args.trigger_seed, **({"grid": 8} if name == "blend" else {}))
-    else:
-        trig = trigger_spec("png", path=args.trigger)
-    cfg: Dict[str, Any] = {"name": name, "trigger": trig}
+    cfg: Dict[str, Any] = {"name": name, "trigger": trigger(args, name)}
     if name == "patch":
         cfg["size"] = 50 / 224 if args.patch_size is None else args.patch_size
         if args.region is not None:
@@ -92,8 +95,7 @@ def write_folder(args: argparse.Namespace) -> PoisonManifest:
     width = SSL_BACKDOOR_WIDTH if args.patch_size is None else args.patch_size
     check(width >= 1 and float(width).is_integer(),
           f"--write-folder pastes the trigger at a fixed pixel width; give --patch-size in whole pixels, got {width}")
-    trig = trigger_spec("htba", seed=args.trigger_seed) if args.trigger == "htba" else trigger_spec("png", path=args.trigger)
-    return write_poisoned_folder(args.root, args.out, trig, args.target, args.rate, args.seed, width=int(width),
+    return write_poisoned_folder(args.root, args.out, trigger(args), args.target, args.rate, args.seed, width=int(width),
                                  quality=75 if args.jpeg is None else args.jpeg,
                                  size=SSL_BACKDOOR_SIDE if args.size is None else args.size,
                                  val_size=args.val_size, extension=args.extension)

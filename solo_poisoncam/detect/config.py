@@ -201,14 +201,12 @@ class DetectConfig:
             d.setdefault(owner[key], {})[key] = d.pop(key)
         unknown = set(d) - names
         check(not unknown, f"unknown detection settings {sorted(unknown)}; valid: {sorted(names | set(owner))}")
+        _check_types(cls, d)
         for section, kind in SECTIONS.items():
             if isinstance(d.get(section), dict):
                 valid = {f.name for f in dataclasses.fields(kind)}
                 bad = set(d[section]) - valid
                 check(not bad, f"unknown {section} settings {sorted(bad)}; valid: {sorted(valid)}")
-        _check_types(cls, d)
-        for section, kind in SECTIONS.items():
-            if isinstance(d.get(section), dict):
                 _check_types(kind, d[section], f"{section}.")
         if d.get("window_range") is not None:
             d["window_range"] = tuple(d["window_range"])
@@ -224,7 +222,7 @@ def _matches(value: Any, hint: Any) -> bool:
         return any(_matches(value, a) for a in args)
     if hint is type(None):
         return value is None
-    if origin in (list, tuple, List, Tuple) or hint in (list, tuple):
+    if origin in (list, tuple) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False
         inner = [a for a in args if a is not Ellipsis]

@@ -33,6 +33,7 @@ from solo_poisoncam.checks import check
 from solo_poisoncam.detect.handoff import Removed
 from solo_poisoncam.detect.stages import stage
 from solo_poisoncam.detect.verdict import crop_errors, pattern_errors
+from solo_poisoncam.detect.window import crop_boxes
 
 
 def match_scan(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, chunk: int = 1024):
@@ -193,8 +194,8 @@ def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray
     side = int(src.shape[-1])
     x = src.float() / 255
     patterns, owner = [], []
-    for t, box in enumerate(np.asarray(extents, dtype=np.int64)):
-        crop = x[t:t + 1, :, box[1]:box[3], box[0]:box[2]]
+    for t, box in enumerate(torch.as_tensor(np.asarray(extents, dtype=np.int64))):
+        crop = crop_boxes(x[t:t + 1], box[None])
         h, w = crop.shape[-2:]
         for f in scales:
             hh, ww = round(h * f), round(w * f)
@@ -206,13 +207,13 @@ def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray
     err = torch.full((len(rows), len(patterns)), float("inf"))
     box = torch.full((len(rows), len(patterns), 4), -1, dtype=torch.long)
     sizes = [tuple(p.shape[-2:]) for p in patterns]
-    for size in sorted(set(sizes)):
-        cols = [c for c, sz in enumerate(sizes) if sz == size]
-        group = torch.stack([patterns[c] for c in cols])
-        for i in range(0, len(rows), chunk):
-            e, a = crop_errors(group, images.take(rows[i:i + chunk]), ncc)
+    groups = {size: [c for c, sz in enumerate(sizes) if sz == size] for size in sorted(set(sizes))}
+    for i in range(0, len(rows), chunk):  # each chunk of images read once, whatever the number of sizes
+        pool_x = images.take(rows[i:i + chunk]).float() / 255
+        for (h, w), cols in groups.items():
+            e, a = crop_errors(torch.stack([patterns[c] for c in cols]), pool_x, ncc)
             err[i:i + len(e), cols] = e
-            box[i:i + len(e), cols] = torch.cat([a, a + torch.tensor([size[1], size[0]])], -1)
+            box[i:i + len(e), cols] = torch.cat([a, a + torch.tensor([w, h])], -1)
     return err, box, np.asarray(owner, dtype=np.int64)
 
 

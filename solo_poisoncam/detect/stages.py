@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterable, Mapping, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
 
 from solo_poisoncam import __version__
 
@@ -102,16 +102,25 @@ def stage(name: str) -> Stage:
     return STAGES[name]
 
 
-def _module_file(module: str) -> Path:
+def _module_file(module: str) -> Optional[Path]:
+    """The source file of package module ``module`` (``a.b`` -> ``a/b.py`` or ``a/b/__init__.py``); None: no such module."""
     rel = Path(*module.split(".")[1:])
-    return _ROOT / (f"{rel}.py" if (_ROOT / f"{rel}.py").is_file() else rel / "__init__.py")
+    for path in (_ROOT / f"{rel}.py", _ROOT / rel / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+@lru_cache(maxsize=None)
+def _source(module: str) -> bytes:  # read once per process: the code this process runs
+    return _module_file(module).read_bytes()
 
 
 def _imports(module: str) -> FrozenSet[str]:
     """The package modules ``module`` imports (statically, at any level)."""
     out = set()
     package = module if _module_file(module).name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(_SOURCES_READ(module))):
+    for node in ast.walk(ast.parse(_source(module))):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -120,18 +129,8 @@ def _imports(module: str) -> FrozenSet[str]:
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
             names = [base] + [f"{base}.{a.name}" for a in node.names]
-        out.update(n for n in names if n.startswith("solo_poisoncam.") and _exists(n))
+        out.update(n for n in names if n.startswith("solo_poisoncam.") and _module_file(n) is not None)
     return frozenset(out)
-
-
-def _exists(module: str) -> bool:
-    rel = Path(*module.split(".")[1:])
-    return (_ROOT / f"{rel}.py").is_file() or (_ROOT / rel / "__init__.py").is_file()
-
-
-@lru_cache(maxsize=None)
-def _SOURCES_READ(module: str) -> bytes:  # read once per process: the code this process runs
-    return _module_file(module).read_bytes()
 
 
 def closure(modules: Iterable[str]) -> Tuple[str, ...]:
@@ -151,5 +150,5 @@ def code_version(*names: str) -> str:
     """A hash of the package version and the code of the given stages (all stages if none)."""
     h = hashlib.sha256(__version__.encode())
     for module in closure(m for n in (names or tuple(STAGES)) for m in STAGES[n].modules):
-        h.update(module.encode() + b"\0" + _SOURCES_READ(module))
+        h.update(module.encode() + b"\0" + _source(module))
     return h.hexdigest()[:16]

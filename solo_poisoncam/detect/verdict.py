@@ -49,30 +49,38 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
         pool: uint8 (P, 3, S, S), the images searched.
         where: also return (P, T, 2) long, the top-left (x, y) in pool image p of that best position.
     """
-    src = src_images.float() / 255
+    src, pool_x = src_images.float() / 255, pool.float() / 255
     out = torch.full((len(pool), len(boxes)), float("inf"))
     at = torch.zeros(len(pool), len(boxes), 2, dtype=torch.long)
     sizes = boxes[:, 2:] - boxes[:, :2]
     for size in torch.unique(sizes, dim=0):
         group = torch.nonzero((sizes == size).all(1)).flatten()
+        sums = window_sums(pool_x, int(size[1]), int(size[0]))  # once per size, whatever the chunks
         for start in range(0, len(group), chunk):
             part = group[start:start + chunk]
-            out[:, part], at[:, part] = crop_errors(crop_boxes(src[part], boxes[part]), pool, ncc)
+            out[:, part], at[:, part] = crop_errors(crop_boxes(src[part], boxes[part]), pool_x, ncc, sums)
     return (out, at) if where else out
 
 
-@torch.no_grad()
-def crop_errors(raw: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9):
-    """:func:`pattern_errors` of T patterns of one size (T, 3, h, w) in [0, 1]: ((P, T) RMSE of the best
-    position, inf = none; (P, T, 2) long top-left (x, y) of that position)."""
-    pool_x = pool.float() / 255
-    h, w = raw.shape[-2:]
+def window_sums(pool_x: torch.Tensor, h: int, w: int):
+    """What :func:`crop_errors` needs of the pool for h x w patterns, whatever they are: the sum of squares
+    in each window, the local standard deviation (times sqrt(3hw)) and where it is flat."""
     k = 3 * h * w
     ones = torch.ones(1, 3, h, w)
     s1 = F.conv2d(pool_x, ones)
     s2 = F.conv2d(pool_x ** 2, ones)
     local_sd = (s2 - s1 ** 2 / k).clamp_min(1e-8).sqrt()  # (P, 1, S-h+1, S-w+1), times sqrt(k)
-    flat = local_sd < np.sqrt(k) / 64
+    return s2, local_sd, local_sd < np.sqrt(k) / 64
+
+
+@torch.no_grad()
+def crop_errors(raw: torch.Tensor, pool_x: torch.Tensor, ncc: float = 0.9, sums=None):
+    """:func:`pattern_errors` of T patterns of one size (T, 3, h, w) in a pool ``pool_x`` (P, 3, S, S), both in
+    [0, 1]: ((P, T) RMSE of the best position, inf = none; (P, T, 2) long top-left (x, y) of that position).
+    ``sums``: :func:`window_sums` of the pool at this size, where the caller has them."""
+    h, w = raw.shape[-2:]
+    k = 3 * h * w
+    s2, local_sd, flat = sums if sums is not None else window_sums(pool_x, h, w)
     t = raw - raw.mean((1, 2, 3), keepdim=True)
     norm = t.flatten(1).norm(dim=1)
     corr = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])

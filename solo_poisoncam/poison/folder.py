@@ -103,7 +103,7 @@ def write_poisoned_folder(src: str, out: str, trigger: Dict[str, Any], target: i
         for i, name in enumerate(names["train"]):
             arr = train.get_array(i)
             box = boxes.get(i)
-            _save(paste.apply(arr, tuple(int(v) for v in box)) if box is not None else arr,
+            save_jpeg(paste.apply(arr, tuple(int(v) for v in box)) if box is not None else arr,
                   tmp / "train" / name, quality)
         patched = None
         if val is not None:
@@ -149,7 +149,8 @@ def _out_names(ds: FolderImageDataset, extension: str) -> List[str]:
     return names
 
 
-def _save(arr: np.ndarray, path: Path, quality: int) -> None:
+def save_jpeg(arr: np.ndarray, path: Path, quality: int) -> None:
+    """Save ``arr`` (H, W, 3 uint8) as a JPEG at ``quality``, making its folder: every file a written folder holds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, format="JPEG", quality=int(quality))
 
@@ -168,9 +169,9 @@ def _write_val(val: FolderImageDataset, names: List[str], paste: PatchAttack, tm
     boxes = []
     for i, name in enumerate(names):
         img, _ = val[i]
-        _save(np.asarray(img), tmp / "val" / name, quality)
+        save_jpeg(np.asarray(img), tmp / "val" / name, quality)
         box = paste.sample_box(side, side, rng, EVAL_REGION)
-        _save(paste.apply(np.asarray(val_crop(img, side)), box), tmp / "val_patched" / name, quality)
+        save_jpeg(paste.apply(np.asarray(val_crop(img, side)), box), tmp / "val_patched" / name, quality)
         boxes.append([int(v) for v in box])
     return {"side": int(side), "region": list(EVAL_REGION), "target": int(target),
             "images": [{"file": n, "label": int(c), "box": b} for n, c, b in zip(names, val.targets, boxes)]}
