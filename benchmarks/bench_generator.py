@@ -3,6 +3,7 @@
     python benchmarks/bench_generator.py --set tuning --name generator-tuning
     python benchmarks/bench_generator.py --set test --name generator-test          # once, rules frozen
     python benchmarks/bench_generator.py --set test --only test-fm-r50-s1 --variant "no scales:match.scales=[]"
+    python benchmarks/bench_generator.py --set test-cifar --cifar PATH/cifar10_subset.npz --downstream --name generator-test-cifar
 
 Each model: an image folder of differing sizes (``scripts/make_sized_folder.py``), poisoned the way
 SSL-Backdoor's generator does (``poisoncam poison --write-folder``: the trigger at a fixed pixel width on
@@ -13,7 +14,12 @@ file JPEG too). Everything goes through the CLI, as a user runs it, under ``--ro
 
 The two sets differ in every choice a rule could be fitted to: the trigger (HTBA seed), its pixel width,
 the target class, the rate, the seeds and the image-size range. Every constant and rule is chosen on
-``tuning``; ``test`` is run once after they are frozen (docs/results.md publishes both).
+``tuning``; ``test`` and ``test-cifar`` are run once after they are frozen (docs/results.md publishes both).
+``test-cifar`` is the CIFAR-10 subset's photographs (``--cifar``: the .npz, kept out of the repository)
+upscaled to differing sizes, with the recipe that planted targeted backdoors on pixel-exact CIFAR
+models (20 BYOL epochs, a trigger near half the served side); ``--downstream`` retrains each poisoned
+model's recipe on every detection's kept set and on the set with the poisons removed by the ground
+truth (the clean-data reference), and reads each retrained model's backdoor check (its probe ASR).
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from solo_poisoncam.io import write_lines  # noqa: E402
 
 from common import environment, markdown_table, parse_variant, print_tables, write_results  # noqa: E402
 
@@ -39,6 +47,7 @@ DATA = {
                   "--min-side", "64", "--max-side", "160", "--seed", "0"],
     "fm-80-200": ["--fashion-mnist", "--num-samples", "3000", "--num-val-samples", "600",
                   "--min-side", "80", "--max-side", "200", "--seed", "1"],
+    "cf-72-128": ["--npz", "{cifar}", "--min-side", "72", "--max-side", "128", "--seed", "2"],
 }
 TUNING = {
     "tune-fm-r50-s0": {"data": "fm-64-160", "trigger_seed": 10, "width": 40, "target": 0, "rate": 0.5, "seed": 0,
@@ -50,7 +59,16 @@ TEST = {  # one seed of each kind before the next seed: a stopped run has every 
         (f"test-fm-clean-s{s}", {"data": "fm-80-200", "clean": True, "seed": s}),
         (f"test-fm-r100-s{s}", {"data": "fm-80-200", "trigger_seed": 12, "width": 56, "target": 3, "rate": 1.0, "seed": s}))
 }
-SETS = {"tuning": TUNING, "test": TEST}
+CIFAR = ["--epochs", "20", "--batch-size", "256"]  # benchmarks/bench_detection.py's targeted CIFAR recipe
+TEST_CIFAR = {  # a 48 px trigger on sides 72-128: 12-21 px at 32 px (the targeted recipe's patch is 16 px)
+    name: spec for s in (1, 2, 3) for name, spec in (
+        (f"test-cf-r100-s{s}", {"data": "cf-72-128", "trigger_seed": 14, "width": 48, "target": 5, "rate": 1.0,
+                                "seed": s, "pretrain": CIFAR}),
+        (f"test-cf-clean-s{s}", {"data": "cf-72-128", "clean": True, "seed": s, "pretrain": CIFAR}),
+        (f"test-cf-r50-s{s}", {"data": "cf-72-128", "trigger_seed": 14, "width": 48, "target": 5, "rate": 0.5,
+                               "seed": s, "pretrain": CIFAR}))
+}
+SETS = {"tuning": TUNING, "test": TEST, "test-cifar": TEST_CIFAR}
 PRETRAIN = ["--method", "byol", "--backbone", "cnn_small", "--epochs", "4", "--batch-size", "128"]  # a model's
 # "pretrain" entries follow these and win (argparse keeps the last)
 SIZE = 32
@@ -81,13 +99,17 @@ def jpeg_copy(src: Path, out: Path, quality: int = 75) -> None:
     tmp.rename(out)
 
 
-def model(name: str, spec: Dict[str, Any], root: Path, variants: List[Dict[str, Any]], patchsearch: bool):
+def model(name: str, spec: Dict[str, Any], root: Path, variants: List[Dict[str, Any]], patchsearch: bool,
+          cifar: Optional[str] = None, downstream: bool = False):
     py = [sys.executable, "-m", "solo_poisoncam.cli"]
     src = root / "data" / spec["data"]
     if not src.is_dir():
+        if "{cifar}" in DATA[spec["data"]] and not (cifar and Path(cifar).is_file()):
+            raise SystemExit(f"{name} needs the CIFAR-10 subset: --cifar PATH/cifar10_subset.npz "
+                             f"('{cifar}' is not a file)")
         src.parent.mkdir(parents=True, exist_ok=True)
         sh(root / f"data-{spec['data']}.log", sys.executable, Path(__file__).resolve().parent.parent / "scripts"
-           / "make_sized_folder.py", *DATA[spec["data"]], "--out", src)
+           / "make_sized_folder.py", *[a.replace("{cifar}", str(cifar)) for a in DATA[spec["data"]]], "--out", src)
     run = root / name
     run.mkdir(parents=True, exist_ok=True)
     poisoned, out = run / "poisoned", {"name": name, **spec, "seconds": {}}
@@ -98,7 +120,8 @@ def model(name: str, spec: Dict[str, Any], root: Path, variants: List[Dict[str, 
             jpeg_copy(src, clean)
         data = ["--dataset", "folder", "--root", clean, "--size", str(SIZE)]
         if not (tm / "last.ckpt").is_file():
-            out["seconds"]["pretrain"] = sh(run / "pretrain.log", *py, "pretrain", *data, *PRETRAIN, "--seed",
+            out["seconds"]["pretrain"] = sh(run / "pretrain.log", *py, "pretrain", *data, *PRETRAIN,
+                                            *spec.get("pretrain", []), "--seed",
                                             str(spec["seed"]), "--out", tm, "--quiet", "--no-backdoor-check")
         out["num_poisons"], out["backdoor"] = 0, None
     else:
@@ -127,6 +150,28 @@ def model(name: str, spec: Dict[str, Any], root: Path, variants: List[Dict[str, 
             sh(run / f"detect-{label.replace(' ', '-')}.log", *py, "detect", "--ckpt", tm / "last.ckpt", *data,
                "--out", folder, "--cache", run / "cache", "--quiet", *args)
         out["detections"][label] = json.loads((folder / "metrics.json").read_text())
+    if downstream and not spec.get("clean"):
+        out["downstream"] = retrain(run, spec, poisoned / "manifest.json", out["detections"], py)
+    return out
+
+
+def retrain(run: Path, spec: Dict[str, Any], manifest: Path, detections: Dict[str, Any], py: List[str]):
+    """The model's recipe retrained on each detection's kept set and on the ground-truth clean set; the
+    backdoor check of each (``probe_all_*``: the probe on every label; ``probe_*``: at 10%, mean of draws)."""
+    m = json.loads(manifest.read_text())
+    poisons = set(int(i) for i in m["indexes"])
+    oracle = run / "kept-ground-truth.txt"
+    if not oracle.is_file():
+        write_lines(oracle, [i for i in range(m["num_samples"]) if i not in poisons])
+    keeps = {"no poisons (ground truth)": oracle}
+    keeps.update({label: run / ("detect-" + label.replace(" ", "-")) / "kept.txt" for label in detections})
+    out = {}
+    for label, kept in keeps.items():
+        folder = run / ("retrain-" + label.split(" (")[0].replace(" ", "-"))
+        if not (folder / "backdoor.json").is_file():
+            sh(run / f"{folder.name}.log", *py, "pretrain", "--poison", manifest, "--keep", kept, *PRETRAIN,
+               *spec.get("pretrain", []), "--seed", str(spec["seed"]), "--out", folder, "--quiet")
+        out[label] = json.loads((folder / "backdoor.json").read_text())
     return out
 
 
@@ -154,6 +199,37 @@ def rows(results: List[Dict[str, Any]]) -> List[List[str]]:
     return table
 
 
+DOWN_HEAD = ["model", "retrained on", "removed", "probe ASR patched vs control, every label",
+             "at 10% of the labels (mean of draws)", "clean acc (every label)", "backdoor check"]
+
+
+def downstream_rows(results: List[Dict[str, Any]]) -> List[List[str]]:
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    table = []
+    for r in results:
+        for label, b in (r.get("downstream") or {}).items():
+            d = r["detections"].get(label)
+            removed = f"{d['metrics']['num_removed']}" if d else str(r["num_poisons"])
+            check = ("L" if b.get("learned") else "N") + ("T" if b.get("targeted") else "")
+            table.append([r["name"], label, removed,
+                          f"{pct(b.get('probe_all_asr_patched'))} vs {pct(b.get('probe_all_asr_control'))}",
+                          f"{pct(b.get('probe_asr_patched'))} vs {pct(b.get('probe_asr_control'))}",
+                          pct(b.get("probe_all_clean_acc1")), check])
+    return table
+
+
+def tables_of(settings: Dict[str, Any], results: List[Dict[str, Any]]) -> Dict[str, str]:
+    epochs = sorted({dict(zip(m.get("pretrain", [])[::2], m.get("pretrain", [])[1::2])).get("--epochs", PRETRAIN[5])
+                     for m in settings["models"].values()})
+    title = (f"{settings['set']} set: generator-faithful poisons ({settings['size']} px, BYOL cnn_small, "
+             f"{'/'.join(epochs)} epochs; {len(results)} of {len(settings['models'])} models)")
+    tables = {title: markdown_table(HEAD, rows(results))}
+    if any(r.get("downstream") for r in results):
+        tables["downstream: the recipe retrained on each kept set (probe ASR of patched vs control-patch "
+               "validation images)"] = markdown_table(DOWN_HEAD, downstream_rows(results))
+    return tables
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=sorted(SETS))
@@ -161,27 +237,28 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="runs/bench-generator")
     p.add_argument("--variant", action="append", default=None, help='"NAME[:key=value;...]" PoisonCAM settings')
     p.add_argument("--no-patchsearch", action="store_true")
+    p.add_argument("--cifar", default=None, help="the CIFAR-10 subset .npz (test-cifar's data)")
+    p.add_argument("--downstream", action="store_true", help="retrain on each kept set and the ground-truth clean set")
     p.add_argument("--name", required=True)
     p.add_argument("--from-json", default=None, help="write the tables again from this results JSON (no run)")
     args = p.parse_args(argv)
     if args.from_json:  # the tables again from a finished run's JSON (no model is run)
         done = json.loads(Path(args.from_json).read_text())
         env, settings, results = done["environment"], done["settings"], done["results"]
-        tables = {f"{settings['set']} set: generator-faithful poisons ({settings['size']} px, BYOL cnn_small, "
-                  f"{settings['pretrain'][5]} epochs; {len(results)} of {len(settings['models'])} models)":
-                  markdown_table(HEAD, rows(results))}
+        tables = tables_of(settings, results)
         return print_tables(tables, write_results(args.name, env, settings, tables, results))
     variants = [parse_variant(v) for v in (args.variant or ["default"])]
     chosen = {k: v for k, v in SETS[args.set].items() if args.only is None or k in args.only}
     settings = {"set": args.set, "models": chosen, "data": {k: DATA[k] for k in {s["data"] for s in chosen.values()}},
-                "pretrain": PRETRAIN, "size": SIZE, "patchsearch": PATCHSEARCH, "variants": variants}
+                "pretrain": PRETRAIN, "size": SIZE, "patchsearch": PATCHSEARCH, "variants": variants,
+                "downstream": args.downstream}
     env, results, tables, path = environment(), [], {}, None
     for name, spec in chosen.items():  # the results file grows model by model: a stopped run keeps what it did
         print(f"{name} ...", flush=True)
-        results.append(model(name, spec, Path(args.root), variants, not args.no_patchsearch))
-        print("\n".join(" | ".join(r) for r in rows(results[-1:])), flush=True)
-        tables = {f"{args.set} set: generator-faithful poisons ({SIZE} px, BYOL cnn_small, {PRETRAIN[5]} epochs; "
-                  f"{len(results)} of {len(chosen)} models)": markdown_table(HEAD, rows(results))}
+        results.append(model(name, spec, Path(args.root), variants, not args.no_patchsearch, args.cifar,
+                             args.downstream))
+        print("\n".join(" | ".join(r) for r in rows(results[-1:]) + downstream_rows(results[-1:])), flush=True)
+        tables = tables_of(settings, results)
         path = write_results(args.name, env, settings, tables, results)
     return print_tables(tables, path)
 
