@@ -87,3 +87,22 @@ def detection_worker(rank_unused, cfg_dict, num_samples):
     result = score_detection(run_detection(SaturationNet(), data, DetectConfig.from_dict(cfg_dict), runner), manifest)
     return {"world": runner.world_size, "scores": result.scores, "windows": result.windows,
             "clusters": result.clusters, "metrics": result.metrics}
+
+
+def sized_image_folder(root, per_class=(6, 8, 10), val: int = 3, sizes=((90, 70), (120, 160), (75, 75), (200, 110)),
+                       seed: int = 0):
+    """An ImageFolder of smooth random PNGs of differing sizes and aspect ratios: ``root/train/c<k>/`` with
+    ``per_class[k]`` images, ``root/val/c<k>/`` with ``val`` each; class k is brighter by 30 k."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    root, rng = Path(root), np.random.default_rng(seed)
+    for split, counts in (("train", per_class), ("val", [val] * len(per_class))):
+        for c, n in enumerate(counts):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                w, h = sizes[(i + c) % len(sizes)]
+                small = np.clip(rng.integers(0, 160, (4, 4, 3)) + 30 * c, 0, 255).astype(np.uint8)
+                Image.fromarray(small).resize((w, h), Image.BICUBIC).save(root / split / f"c{c}" / f"{i}.png")
+    return root

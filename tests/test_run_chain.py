@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import needs_fashion_mnist
+from helpers import needs_fashion_mnist, sized_image_folder
 
 from solo_poisoncam import PoisonCamError
 from solo_poisoncam.cli import main
@@ -129,3 +129,81 @@ def test_run_end_to_end_then_resume_after_interruption(tmp_path, capsys, monkeyp
     assert "| poisoncam |" in md and "| undefended |" in md and "Targeted beyond the clean-data model" in md
     # other settings in the same folder are refused
     assert main(["run", "--out", str(out), "--quiet", "pretrain.epochs=2"] + TINY[:1]) == 2
+
+
+FOLDER = ["data.dataset=folder", "data.root=/src", "data.num_samples=null", "poison.write_folder=true"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.dataset=fashion-mnist", "data.root=/src", "data.num_samples=null", "poison.write_folder=true"],
+     "needs data.dataset: folder and data.root: SRC"),
+    (FOLDER[:2] + FOLDER[3:], r"data.num_samples: 10000 \(every image of the folder is written: set it to null\)"),
+    (FOLDER + ["poison.attack=blend"], "poison.attack: blend do"),
+    (FOLDER + ["poison.size=16"], r"poison.size \(the trigger's width is poison.width, in pixels\)"),
+    (FOLDER + ["poison.region=[0.1,0.9]", "poison.jpeg=75"], "poison.jpeg; poison.region do"),
+    (FOLDER + ["poison.rate_of=all", "poison.targeted=false"], "poison.rate_of: all; poison.targeted: False do"),
+    (FOLDER + ["poison.width=0.2"], "poison.width must be a whole number"),
+    (FOLDER + ["poison.quality=100"], r"poison.quality must be in \[1, 95\], got 100"),
+    (["poison.width=50"], "poison.width apply only with poison.write_folder: true"),
+])
+def test_run_write_folder_refuses_what_a_written_folder_does_not_take(overrides, message, tmp_path):
+    with pytest.raises(PoisonCamError, match=message):
+        load_run_config(overrides=overrides)
+    user = tmp_path / "user.yaml"  # a key set in the config file counts as set, like an override
+    user.write_text("data: {dataset: folder, root: /src, num_samples: null}\npoison: {write_folder: true, size: 50}\n")
+    with pytest.raises(PoisonCamError, match="poison.size"):
+        load_run_config(str(user))
+    assert load_run_config(overrides=FOLDER + ["poison.width=30"])["poison"]["width"] == 30  # the demo's size: not given
+
+
+def test_run_writes_the_poisoned_folder_then_trains_detects_and_evaluates_on_it(tmp_path):
+    """poison.write_folder: the chain writes the folder as `poisoncam poison --write-folder` does (every file
+    JPEG, the trigger at poison.width px on each file), reuses it, and every later stage reads its manifest."""
+    from PIL import Image
+
+    from solo_poisoncam.data import build_dataset
+    from solo_poisoncam.pipeline.run import Chain
+
+    src = sized_image_folder(tmp_path / "src", per_class=(10, 12, 14), val=3)  # the backdoor check clusters into 30
+    zoo = str(Path(__file__).resolve().parent.parent / "zoo_configs" / "run" / "folder-generator-cpu.yaml")
+    tiny = [f"data.root={src}", "poison.width=30", "poison.target=1", "poison.rate=0.5", "pretrain.epochs=1",
+            "pretrain.batch_size=16", "detect.methods=[poisoncam]", "detect.settings.num_clusters=6",
+            "detect.settings.flip_images=8", "detect.settings.flip_top=8", "detect.settings.poisoncam.null_windows=50",
+            "eval.label_fractions=[1.0]", "eval.label_draws=1"]
+    cfg = load_run_config(zoo, overrides=tiny)
+    out = tmp_path / "run"
+    chain = Chain(cfg, out, progress=False, log=lambda s: None)
+    m = chain.poison()
+    written = build_dataset("folder", root=str(out / "poison"), size=32)
+    # 0.5 of class 1's 12 images, class 1 only; 36 training files in all
+    assert m.num_poisons == 6 and m.num_samples == 36 == len(written) and set(written.targets[m.indexes]) == {1}
+    assert m.in_files and m.written["trigger_width"] == 30 and m.written["quality"] == cfg["poison"]["quality"]
+    assert m.written["val_size"] == cfg["poison"]["val_size"] and m.attack["size"] == 30 / cfg["poison"]["val_size"]
+    assert m.dataset["size"] == 32 and m.fingerprint == written.fingerprint()
+    # boxes in each file's own pixels: 30 px wide whatever the file's size, and the files differ in size
+    assert (m.boxes[:, 2] - m.boxes[:, 0] == 30).all() and len({tuple(s) for s in m.image_sizes.tolist()}) > 1
+    for split, count in (("train", 36), ("val", 9), ("val_patched", 9)):
+        files = sorted(f for f in (out / "poison" / split).rglob("*") if f.is_file())
+        assert len(files) == count and all(f.suffix == ".JPEG" for f in files)
+        for f in files:
+            with Image.open(f) as img:
+                assert img.format == "JPEG"
+    stamp = (out / "poison" / "manifest.json").stat().st_mtime_ns
+    assert chain.poison().to_dict() == m.to_dict()  # reused, not written again
+    assert (out / "poison" / "manifest.json").stat().st_mtime_ns == stamp
+    other = load_run_config(zoo, overrides=tiny + ["poison.width=20"])
+    with pytest.raises(PoisonCamError, match="holds a poisoning with other settings"):
+        Chain(other, out, progress=False, log=lambda s: None).poison()
+
+    results = Chain(cfg, out, progress=False, log=lambda s: None).run()
+    assert results["manifest"]["num_poisons"] == 6 and results["manifest"]["written"]["trigger_width"] == 30
+    threat = json.loads((out / "threat" / "args.json").read_text())
+    assert threat["data"]["spec"]["root"] == str((out / "poison").resolve())  # trained on the written files
+    assert threat["poison"]["num_poisons"] == 6
+    clean = json.loads((out / "clean" / "args.json").read_text())
+    assert clean["data"]["spec"]["root"] == str(src) and clean["poison"] is None  # the originals, unpoisoned
+    detected = results["detections"]["poisoncam"]["metrics"]
+    assert detected["num_samples"] == 36 and detected["num_poisons"] == 6 and detected["localisation_all"]["count"] == 6
+    assert set(results["models"]) == {"undefended", "poisoncam", "clean-data"}
+    assert set(results["evaluations"]["undefended"]["budgets"]["1"]["linear"]) >= {"clean_acc1", "asr", "asr_control"}
+    assert isinstance(results["backdoor"]["learned"], bool) and (out / "report.html").is_file()

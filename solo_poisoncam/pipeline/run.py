@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from solo_poisoncam.checks import check
+from solo_poisoncam.checks import PoisonCamError, check
 from solo_poisoncam.eval.backdoor import describe_outcome
 from solo_poisoncam.eval.downstream import targeted_beyond_clean
 from solo_poisoncam.io import hash_file, hash_obj, read_json, write_json
@@ -95,6 +95,8 @@ class Chain:
 
         folder = self.out / "poison"
         p = self.cfg["poison"]
+        if p.get("write_folder"):
+            return self.write_folder(folder)
         attack = {"name": p["attack"]}
         if p["attack"] != "frequency":
             attack["trigger"] = p.get("trigger", {"kind": "htba", "seed": 10})
@@ -114,6 +116,37 @@ class Chain:
                                                 p.get("rate_of", "target"), p.get("targeted", True), self.cfg["seed"])
         write_poison_outputs(folder, dataset, attack_obj, m)
         return m
+
+    def write_folder(self, folder: Path):
+        """``poison.write_folder``: the poisoned copy of ``data.root`` written into ``folder`` the way
+        ``poisoncam poison --write-folder`` writes it (atomic: complete or absent), or the one there when it
+        was written with these settings. Every later stage reads it through ``folder/manifest.json``."""
+        from solo_poisoncam.data.registry import split_folder
+        from solo_poisoncam.poison import PoisonManifest
+        from solo_poisoncam.poison.folder import SSL_BACKDOOR_WIDTH, write_poisoned_folder
+        from solo_poisoncam.poison.triggers import trigger_spec
+
+        p, data = self.cfg["poison"], self.cfg["data"]
+        t = dict(p.get("trigger", {"kind": "htba", "seed": 10}))
+        trigger = trigger_spec(t.pop("kind"), **t)
+        width, quality = p.get("width", SSL_BACKDOOR_WIDTH), p.get("quality", 75)
+        val_size = p.get("val_size") or data.get("size")
+        src = Path(data["root"]).resolve()
+        if (folder / "manifest.json").is_file():
+            m = PoisonManifest.load(folder)
+            w = m.written or {}
+            same = (w.get("source") == str(src) and w.get("trigger_width") == width and w.get("quality") == quality
+                    and (val_size is None or w.get("val_size") == val_size) and m.attack.get("trigger") == trigger
+                    and m.target == p["target"] and m.rate == p["rate"] and m.seed == self.cfg["seed"]
+                    and m.dataset.get("size") == data.get("size"))
+            check(same, f"'{folder}' holds a poisoning with other settings; use another --out")
+            return m
+        try:  # the backdoor check and the evaluation read the held-out split: refused now, not after training
+            split_folder(src, "test")
+        except PoisonCamError as e:
+            raise PoisonCamError(f"{e} (the run's backdoor check and evaluation read it)") from None
+        return write_poisoned_folder(str(src), str(folder), trigger, p["target"], p["rate"], self.cfg["seed"],
+                                     width=width, quality=quality, size=data.get("size"), val_size=val_size)
 
     def threat(self):
         from solo_poisoncam.ssl import pretrain
