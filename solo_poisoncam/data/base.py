@@ -184,7 +184,7 @@ class FolderImageDataset(ImageDataset):
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = hash_obj("folder", self.split, self.size, file_stats(self.samples, self.root))
+            self._fingerprint = folder_fingerprint(self.split, self.size, self.samples, self.root)
         return self._fingerprint
 
 
@@ -195,6 +195,12 @@ def header_size(path) -> Tuple[int, int]:
             return img.size
     except Exception as e:  # PIL raises many types for bad files
         raise PoisonCamError(f"cannot read image '{path}': {e}") from e
+
+
+def folder_fingerprint(split: str, size: Optional[int], samples, root) -> str:
+    """The fingerprint of an image folder's ``(path, class)`` samples under ``root`` served at ``size``: what
+    :meth:`FolderImageDataset.fingerprint` gives, for any list of the same files (solo-learn's ImageFolder)."""
+    return hash_obj("folder", split, size, file_stats(samples, root))
 
 
 def file_stats(samples, root) -> List[List[Any]]:

@@ -65,6 +65,8 @@ def add_and_assert_poison_cfg(cfg: DictConfig) -> DictConfig:
 
     from solo_poisoncam.poison.attacks import build_attack
 
+    if cfg.poison.manifest:
+        _from_manifest(cfg)
     build_attack(attack_config(cfg))  # unknown attack or bad kwargs: PoisonCamError naming them
     check_rate(cfg.poison.rate, "poison.rate")
     check(cfg.poison.rate_of in ("target", "all"),
@@ -92,6 +94,30 @@ def add_and_assert_poison_cfg(cfg: DictConfig) -> DictConfig:
             "solo-poisoncam refuses a resume whose recorded poisons differ, but the safe settings are "
             "auto_resume.enabled=False or a `name` that encodes the poison settings.", UserWarning, stacklevel=2)
     return cfg
+
+
+def _from_manifest(cfg: DictConfig):
+    """``poison.manifest`` fixes the poisons: ``poison.*`` take its values (so ``args.json`` records what the
+    data hold). A written folder's manifest (``poisoncam poison --write-folder``) pastes nothing, its files
+    hold the poisons; the dataset wrapper checks that ``data.train_path`` is that folder's ``train/``."""
+    from solo_poisoncam.poison.manifest import PoisonManifest
+
+    m = PoisonManifest.load(cfg.poison.manifest)
+    cfg.poison.attack = OmegaConf.create(m.attack)
+    for key in ("target", "rate", "rate_of", "targeted", "seed"):
+        cfg.poison[key] = getattr(m, key)
+    if not m.in_files:
+        return
+    check(cfg.data.format == "image_folder" and cfg.data.dataset in ("custom", "imagenet", "imagenet100")
+          and not cfg.data.no_labels,
+          f"poison.manifest='{cfg.poison.manifest}' is a written folder's (poisoncam poison --write-folder): "
+          "solo-learn must read that folder as a labelled ImageFolder (data.format=image_folder, data.dataset="
+          f"custom, imagenet or imagenet100, data.no_labels=False; got data.format={cfg.data.format}, "
+          f"data.dataset={cfg.data.dataset}, data.no_labels={cfg.data.no_labels})")
+    fraction = _select(cfg, "data.fraction", -1)
+    check(not (fraction and 0 < float(fraction) < 1),
+          f"poison.manifest='{cfg.poison.manifest}' is a written folder's: it covers every training file, "
+          f"and data.fraction={fraction} trains on a subset; leave data.fraction at -1")
 
 
 def add_and_assert_detect_cfg(cfg: DictConfig) -> DictConfig:

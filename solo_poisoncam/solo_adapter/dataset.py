@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from solo_poisoncam.checks import PoisonCamError, check
-from solo_poisoncam.data.base import ImageDataset, file_stats, header_size
+from solo_poisoncam.data.base import ImageDataset, file_stats, folder_fingerprint, header_size
 from solo_poisoncam.io import hash_obj
 from solo_poisoncam.models.threat_model import run_mean_std
 from solo_poisoncam.poison.attacks import Attack, build_attack
@@ -131,10 +131,9 @@ def _targets(ds, kind: str) -> np.ndarray:
 def _fingerprint(view: SoloImageView) -> str:
     ds, kind = view.dataset, view.kind
     if kind == "folder":
-        stats = file_stats(ds.samples, ds.root)
         if view.spec.get("name") == "folder":  # FolderImageDataset's formula: `poisoncam detect` can rebuild it
-            return hash_obj("folder", view.split, None, stats)
-        return hash_obj("solo-learn", view.spec, stats)
+            return folder_fingerprint(view.split, None, ds.samples, ds.root)
+        return hash_obj("solo-learn", view.spec, file_stats(ds.samples, ds.root))
     if kind in ("cifar", "stl10"):
         images = ds.data if kind == "cifar" else np.transpose(ds.data, (0, 2, 3, 1))
         return hash_obj(view.name, view.split, np.ascontiguousarray(images), view.targets)
@@ -219,8 +218,32 @@ class PoisonedSoloDataset(torch.utils.data.Dataset):
         return PoisonedDataset(self.view, self.manifest, attack=self.attack, verify=False)
 
 
+def written_manifest_for(manifest: PoisonManifest, view: SoloImageView, path: str = "") -> PoisonManifest:
+    """The manifest of a written folder (``poisoncam poison --write-folder``) for solo-learn's ``data.train_path``:
+    refused unless solo's training set is exactly the folder's training files (count, then the fingerprint at the
+    manifest's side: names, classes, sizes, modification times); then re-served as solo reads the files, at their
+    own resolution (boxes in the files' pixels, ``size`` None) and rooted at ``data.train_path``."""
+    ours = view.spec.get("name") == "folder" and view.kind == "folder"
+    check(ours, f"poison.manifest '{path}' is a written folder's: train on it as an ImageFolder "
+                f"(data.format=image_folder, data.dataset=custom / imagenet / imagenet100), got {view.spec}")
+    source = Path(str(manifest.dataset.get("root"))) / "train"
+    fp = folder_fingerprint(view.split, manifest.dataset.get("size"), view.dataset.samples, view.dataset.root)
+    same_count = len(view) == manifest.num_samples
+    check(same_count and fp == manifest.fingerprint,
+          f"poison.manifest '{path}' does not match data.train_path: it describes the {manifest.num_samples} training "
+          f"files written to '{source}', and data.train_path='{view.spec.get('root')}' gives solo-learn {len(view)} "
+          "images" + (" whose names, classes, sizes or modification times differ (another folder, or files changed "
+                      "since they were written)" if same_count else "")
+          + "; train on the written folder's train/, whole (data.fraction -1)")
+    d = manifest.to_dict()
+    d.update(dataset=dict(view.spec), fingerprint=view.fingerprint())
+    d.pop("created")
+    return PoisonManifest.from_dict(d)
+
+
 def poison_solo_dataset(dataset, cfg: DictConfig) -> PoisonedSoloDataset:
-    """Draw (or replay, with ``poison.manifest``) the poisons over ``dataset`` and wrap it.
+    """Draw (or replay, with ``poison.manifest``) the poisons over ``dataset`` and wrap it. A written folder's
+    manifest pastes nothing (its files hold the poisons): it gives the ground truth (:func:`written_manifest_for`).
 
     Call it on what ``prepare_datasets`` returned, i.e. after solo's ``data.fraction`` subsetting,
     so the manifest's indexes are the indexes solo's batches carry.
@@ -231,6 +254,8 @@ def poison_solo_dataset(dataset, cfg: DictConfig) -> PoisonedSoloDataset:
     p = cfg.poison
     if p.manifest:
         manifest = PoisonManifest.load(p.manifest)
+        if manifest.in_files:
+            manifest = written_manifest_for(manifest, view, str(p.manifest))
         manifest.check_matches(view)
         attack = build_attack(manifest.attack)
     else:
@@ -240,4 +265,5 @@ def poison_solo_dataset(dataset, cfg: DictConfig) -> PoisonedSoloDataset:
     return PoisonedSoloDataset(dataset, manifest, view, attack)
 
 
-__all__ = ["SoloImageView", "PoisonedSoloDataset", "poison_solo_dataset", "solo_view_spec", "view_from_cfg"]
+__all__ = ["SoloImageView", "PoisonedSoloDataset", "poison_solo_dataset", "solo_view_spec", "view_from_cfg",
+           "written_manifest_for"]

@@ -9,6 +9,8 @@ import solo.args.pretrain as solo_args  # noqa: E402
 import solo.data.pretrain_dataloader as solo_data  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from helpers import sized_image_folder  # noqa: E402
+from PIL import Image  # noqa: E402
 from solo_testing import image_folder, raw_cfg, solo_transform  # noqa: E402
 
 from solo_poisoncam.checks import PoisonCamError  # noqa: E402
@@ -172,3 +174,65 @@ def test_resume_with_other_poisons_is_refused(folder, tmp_path):
     unknown = ManifestCallback()  # a checkpoint made without solo-poisoncam: no record, a warning
     with pytest.warns(UserWarning, match="holds no poison record"):
         unknown.on_train_start(trainer(ds, "last.ckpt"), None)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """A folder of mixed image sizes, poisoned the generator's way (`poisoncam poison --write-folder`)."""
+    from solo_poisoncam.poison.folder import write_poisoned_folder
+
+    tmp = tmp_path_factory.mktemp("written")
+    src = sized_image_folder(tmp / "src", per_class=(6, 8, 10), val=2)
+    m = write_poisoned_folder(str(src), str(tmp / "out"), {"kind": "htba", "seed": 10}, target=1, rate=0.5, seed=3,
+                              width=20, size=48)
+    return src, tmp / "out", m
+
+
+def test_a_written_folders_manifest_gives_the_ground_truth_and_pastes_nothing(written):
+    """poison.manifest=OUT/manifest.json with data.train_path=OUT/train: solo trains on the files as written
+    (nothing pasted again), and the manifest is served as solo reads them: file pixels, data.train_path."""
+    src, out, m = written
+    ds, cfg = solo_train_set(out / "train", manifest=str(out / "manifest.json"), target=0, rate=0.9)
+    r = ds.manifest
+    assert isinstance(ds, PoisonedSoloDataset) and r.in_files and r.num_poisons == 4 == cfg.poison.num_poisons
+    # poison.* record the manifest's poisons, not the defaults or what was given beside it
+    assert (cfg.poison.target, cfg.poison.rate, cfg.poison.seed) == (1, 0.5, 3) and cfg.poison.attack.jpeg == 75
+    assert np.array_equal(r.indexes, m.indexes) and np.array_equal(r.boxes, m.boxes)  # file pixels, unmapped
+    assert r.dataset == {"name": "folder", "split": "train", "root": str((out / "train").resolve()), "size": None}
+    assert r.fingerprint == ds.view.fingerprint() != m.fingerprint  # re-served: the files as stored
+    i = int(r.indexes[0])
+    path = ds.base.samples[i][0]
+    with Image.open(path) as img:
+        on_disk = np.asarray(img.convert("RGB"))
+    assert on_disk.shape[:2] == tuple(r.image_sizes[0][::-1])  # the trigger box is in this file's pixels
+    assert np.array_equal(ds.eval_view().get_array(i), on_disk)  # the detector sees the file, no second paste
+    raw = ds.transform
+    ds.transform = None
+    assert np.array_equal(np.asarray(ds[i][1]), on_disk)  # solo's augmentation gets the file as written
+    ds.transform = raw
+    served, _ = r.served_boxes(r.dataset["size"])
+    assert np.array_equal(served, r.boxes)
+
+
+def test_a_written_folders_manifest_is_refused_for_other_training_data(written, tmp_path):
+    src, out, m = written
+    manifest = str(out / "manifest.json")
+    with pytest.raises(PoisonCamError, match="does not match data.train_path: it describes the 24 training files .* "
+                                             "gives solo-learn 36 images; train on the written folder's train/"):
+        solo_train_set(out, manifest=manifest)  # OUT itself: 24 + 6 + 6 files, train/, val/ and val_patched/ taken as classes
+    with pytest.raises(PoisonCamError, match="gives solo-learn 24 images whose names, classes, sizes or modification "
+                                             "times differ"):
+        solo_train_set(src / "train", manifest=manifest)  # the source: the same images, not the written files
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(out / "train", copy)  # copied without its times: files changed since they were written
+    for f in copy.rglob("*.JPEG"):
+        st = f.stat()
+        os.utime(f, (st.st_atime, st.st_mtime + 10))
+    with pytest.raises(PoisonCamError, match="another folder, or files changed since they were written"):
+        solo_train_set(copy, manifest=manifest)
+    with pytest.raises(PoisonCamError, match="covers every training file, and data.fraction=0.5 trains on a subset"):
+        solo_train_set(out / "train", fraction=0.5, manifest=manifest)
+    with pytest.raises(PoisonCamError, match="must read that folder as a labelled ImageFolder"):
+        solo_train_set(out / "train", no_labels=True, manifest=manifest, targeted=False, rate_of="all")

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("solo.methods", reason="solo-learn is not importable: see docs/solo-learn.md")
 
 import torch  # noqa: E402
-from helpers import needs_fashion_mnist  # noqa: E402
+from helpers import needs_fashion_mnist, sized_image_folder  # noqa: E402
 from solo_testing import SOLO_LEARN_ROOT, needs_solo_root  # noqa: E402
 
 from solo_poisoncam.solo_adapter.scripts import absolute_config_path  # noqa: E402
@@ -131,6 +131,40 @@ def test_main_pretrain_poison_detect_then_cluster_head_and_linear(tmp_path):
     assert only(only(models / "linear", "*"), "*.ckpt").name.startswith("byol-fashion-mnist-linear")
     print(f"main_pretrain byol+detect {seconds:.0f}s, wrapper cluster_head {seconds_a:.0f}s, "
           f"wrapper linear {seconds_l:.0f}s")
+
+
+@needs_solo_root
+def test_main_pretrain_on_a_written_folder_scores_against_its_manifest(tmp_path):
+    """SSL-Backdoor's way: the poisoned copy written once (`poisoncam poison --write-folder`), solo-learn's own
+    main_pretrain.py trained on it through data.train_path, and the detection hook scoring against its manifest."""
+    src = sized_image_folder(tmp_path / "src", per_class=(10, 12, 14), val=3)  # mixed sizes, 70-200 px
+    out = tmp_path / "poisoned"
+    run([sys.executable, "-m", "solo_poisoncam.cli", "poison", "--write-folder", "--dataset", "folder", "--root", src,
+         "--target", "1", "--rate", "0.5", "--patch-size", "24", "--size", "32", "--val-size", "96", "--out", out],
+        cwd=tmp_path)
+    written = json.loads((out / "manifest.json").read_text())
+    assert written["num_poisons"] == 6  # 0.5 of class 1's 12 images
+    models = tmp_path / "trained_models"
+    proc, _ = run([sys.executable, Path(SOLO_LEARN_ROOT) / "main_pretrain.py", "--config-path", ZOO, "--config-name",
+                   "byol.yaml", *CPU, f"data.train_path={out / 'train'}", f"checkpoint.dir={models}",
+                   "method_kwargs.proj_hidden_dim=64", "method_kwargs.pred_hidden_dim=64",
+                   f"+poison.manifest={out / 'manifest.json'}", "+detect=poisoncam", "detect.num_clusters=6",
+                   "detect.poisoncam.flip_images=8", "detect.poisoncam.flip_top=8", "detect.progress=False"], cwd=tmp_path)
+    assert "[solo-poisoncam] poisoned 6/36 images" in proc.stdout
+    run_dir = only(models / "byol", "*")
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["poison"]["num_poisons"] == 6 and args["poison"]["target"] == 1  # the manifest's, not the default 0
+    beside = json.loads((run_dir / "manifest.json").read_text())  # as solo read the files: their own pixels
+    assert beside["poisons"] == written["poisons"] and beside["written"] == written["written"]
+    assert beside["dataset"]["root"] == str((out / "train").resolve()) and beside["dataset"]["size"] is None
+    metrics = json.loads((run_dir / "detect-poisoncam" / "metrics.json").read_text())
+    m = metrics["metrics"]
+    assert m["num_poisons"] == 6 and m["num_samples"] == 36 and m["localisation_all"]["count"] == 6
+    assert {"precision", "recall", "auroc"} <= set(m) and metrics["manifest"] == str(run_dir / "manifest.json")
+    assert metrics["backdoor"]["settings"]["val_split"] == "val"  # the written val/ beside train/
+    assert len(np.load(run_dir / "detect-poisoncam" / "scores.npy")) == 36
+    record = torch.load(only(run_dir, "*.ckpt"), map_location="cpu", weights_only=True)["callbacks"]["ManifestCallback"]
+    assert record["poisoned"] and record["num_poisons"] == 6
 
 
 def test_relative_config_path_resolves_from_the_working_directory(tmp_path, monkeypatch):
