@@ -226,8 +226,10 @@ def test_a_written_folders_manifest_is_refused_for_other_training_data(written, 
     copy = tmp_path / "copy"
     import shutil
 
-    shutil.copytree(out / "train", copy)  # copied without its times: files changed since they were written
-    for f in copy.rglob("*.JPEG"):
+    shutil.copytree(out / "train", copy)  # a copy that keeps names, sizes and times is the same training set
+    moved, _ = solo_train_set(copy, manifest=manifest)
+    assert moved.manifest.dataset["root"] == str(copy.resolve()) and np.array_equal(moved.manifest.indexes, m.indexes)
+    for f in copy.rglob("*.JPEG"):  # files changed since they were written
         st = f.stat()
         os.utime(f, (st.st_atime, st.st_mtime + 10))
     with pytest.raises(PoisonCamError, match="another folder, or files changed since they were written"):
