@@ -93,6 +93,11 @@ def resolve_data(args: argparse.Namespace):
     from solo_poisoncam.poison import PoisonedDataset, PoisonManifest
 
     manifest = PoisonManifest.load(args.manifest) if args.manifest else None
+    if manifest is not None and manifest.in_files and args.size not in (None, manifest.dataset.get("size")):
+        from solo_poisoncam.poison.folder import reserve_manifest
+
+        # a written folder's boxes are in its files' pixels: its manifest serves any side
+        manifest = reserve_manifest(manifest, args.size)
     if args.dataset is not None:
         base = build_dataset(args.dataset, split=args.split, **dataset_kwargs(args))
     else:

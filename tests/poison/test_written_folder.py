@@ -260,3 +260,19 @@ def test_in_memory_jpeg_compresses_every_image_and_off_changes_nothing():
     t = stored.as_tensor().permute(0, 2, 3, 1).numpy()
     assert all(np.array_equal(t[j], stored.get_array(j)) for j in range(12))
     assert np.array_equal(plain.as_tensor().permute(0, 2, 3, 1).numpy()[clean], images[clean])
+
+
+def test_detect_serves_a_written_folder_at_any_size(written):
+    import argparse
+
+    from solo_poisoncam.commands.detect import resolve_data
+
+    src, out, m = written
+    args = argparse.Namespace(manifest=str(out / "manifest.json"), dataset=None, split="train", root=None, size=32,
+                              num_samples=None, download=False)
+    data, r = resolve_data(args)
+    assert r.dataset["size"] == 32 and m.dataset["size"] == 48 and np.array_equal(r.boxes, m.boxes)
+    assert data.get_array(int(m.indexes[0])).shape[:2] == (32, 32)
+    assert np.allclose([data.box(int(i)) for i in m.indexes], r.served_boxes(32)[0])
+    args.size = None  # the manifest's own side
+    assert resolve_data(args)[1].dataset["size"] == 48
