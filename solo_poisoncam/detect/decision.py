@@ -5,12 +5,10 @@ cached statistics survive a change of the rule."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
-
 import numpy as np
 import torch
 
-from solo_poisoncam.detect.handoff import Templates, Verdict
+from solo_poisoncam.detect.handoff import Decision, Templates, Verdict, VerdictStatistics
 from solo_poisoncam.detect.stages import stage
 from solo_poisoncam.detect.verdict import core_boxes, verdict_statistics
 
@@ -46,43 +44,38 @@ def _group_beyond_null(has: np.ndarray, null_has: np.ndarray, quantile: float) -
     return binomial_tail(int(has.sum()), len(has), rate) < 1 - quantile
 
 
-def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, quantile: float = 0.99,
-           shift: float = 0.25) -> Dict[str, Any]:
+def decide(stats: VerdictStatistics, min_count: int, margin: float = 0.0, quantile: float = 0.99,
+           shift: float = 0.25) -> Decision:
     """The verdict from :func:`verdict_statistics`, by the rule of docs/design.md, Verdict (written there
     once: repeats by window, core, part or copies at other places -> learned -> confirmed -> found).
 
     Returns the numbers metrics.json reports and three (C,) bool arrays over the candidates: ``confirmed``
     (the triggers removal uses: exact by their own window where at least ``min_count`` are),
-    ``template_core`` (to match by their core) and ``template_part`` (by their best part). Statistics of
-    earlier versions without a route's arrays get the rule without that route.
+    ``template_core`` (to match by their core) and ``template_part`` (by their best part).
     """
-    rep, null_rep = np.asarray(stats["rep"]), np.asarray(stats["null_rep"])
-    coh, null_coh = np.asarray(stats["coh"], dtype=np.float64), np.asarray(stats["null_coh"], dtype=np.float64)
+    rep, null_rep = np.asarray(stats.rep), np.asarray(stats.null_rep)
+    coh, null_coh = np.asarray(stats.coh, dtype=np.float64), np.asarray(stats.null_coh, dtype=np.float64)
     null_q = float(np.quantile(null_rep, quantile)) if len(null_rep) else -np.inf
-    exact = np.asarray(stats["exact"]) >= 1
-    core_count = np.asarray(stats.get("core_exact", np.zeros(len(rep))))
+    exact = np.asarray(stats.exact) >= 1
+    core_count = np.asarray(stats.core_exact)
+    pairs = np.asarray(stats.exact_pairs, dtype=bool)
     repeats = (rep >= min_count - 1) & (rep > null_q) & (exact | (core_count >= 1))
-    by_core = np.zeros(len(rep), dtype=bool)
-    if stats.get("null_core_exact") is not None:  # statistics of before hold no null for it: the rule of before
-        null_core = np.asarray(stats["null_core_exact"])
-        core_q = float(np.quantile(null_core, quantile)) if len(null_core) else 0.0
-        by_core = (core_count >= min_count - 1) & (core_count > core_q) & ~repeats
-        repeats = repeats | by_core
+    null_core = np.asarray(stats.null_core_exact)
+    core_q = float(np.quantile(null_core, quantile)) if len(null_core) else 0.0
+    by_core = (core_count >= min_count - 1) & (core_count > core_q) & ~repeats
+    repeats = repeats | by_core
     by_part = np.zeros(len(rep), dtype=bool)
-    if stats.get("part_exact") is not None and stats.get("null_part_exact") is not None:
-        has = np.asarray(stats["part_exact"]) >= min_count - 1
-        if stats.get("exact_pairs") is not None:  # and enough of the images holding it have such a part too
-            has = _held_in_group(has, stats["exact_pairs"], min_count)
-        null_has = np.asarray(stats["null_part_exact"]) >= min_count - 1
-        if _group_beyond_null(has, null_has, quantile):
-            by_part = has & ~repeats
-            repeats = repeats | by_part
+    # a part with enough exact copies, and enough of the images holding it have such a part too
+    has = _held_in_group(np.asarray(stats.part_exact) >= min_count - 1, pairs, min_count)
+    if _group_beyond_null(has, np.asarray(stats.null_part_exact) >= min_count - 1, quantile):
+        by_part = has & ~repeats
+        repeats = repeats | by_part
     by_shift = np.zeros(len(rep), dtype=bool)
-    if repeats.sum() < min_count and stats.get("shift") is not None and stats.get("null_shift") is not None:
+    if repeats.sum() < min_count:
         # lossy copies at other places; where exact copies are enough, they are the evidence and the templates
         with np.errstate(invalid="ignore"):  # NaN (no copy) compares False
-            moved = np.asarray(stats["shift"], dtype=np.float64) > shift
-            null_moved = np.asarray(stats["null_shift"], dtype=np.float64) > shift
+            moved = np.asarray(stats.shift, dtype=np.float64) > shift
+            null_moved = np.asarray(stats.null_shift, dtype=np.float64) > shift
         has = _held_in_group(moved.sum(0) >= min_count - 1, moved, min_count)
         if _group_beyond_null(has, null_moved.sum(0) >= min_count - 1, quantile):
             by_shift = has & ~repeats
@@ -94,22 +87,19 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     learned_by = []
     if repeats.any() and coh_median > coh_threshold:
         learned_by.append("coherence")
-    flip_median = flip_threshold = None
-    if stats.get("flip") is not None and stats.get("null_flip") is not None:
-        flip, null_flip = np.asarray(stats["flip"], dtype=np.float64), np.asarray(stats["null_flip"], dtype=np.float64)
-        flip_threshold = max(float(np.quantile(null_flip, quantile)) if len(null_flip) else 0.0, 0.0)
-        flip_median = float(np.median(flip[repeats])) if repeats.any() else 0.0
-        if repeats.any() and flip_median > flip_threshold:
-            learned_by.append("in-place flip")
-            coheres = coheres | (flip > flip_threshold)
+    flip, null_flip = np.asarray(stats.flip, dtype=np.float64), np.asarray(stats.null_flip, dtype=np.float64)
+    flip_threshold = max(float(np.quantile(null_flip, quantile)) if len(null_flip) else 0.0, 0.0)
+    flip_median = float(np.median(flip[repeats])) if repeats.any() else 0.0
+    if repeats.any() and flip_median > flip_threshold:
+        learned_by.append("in-place flip")
+        coheres = coheres | (flip > flip_threshold)
     learned = bool(learned_by)
     # the triggers removal uses: repeating candidates that each pass the test beyond the null themselves
     # (a clean texture that happens to repeat, e.g. among near-identical garments, does not)
     confirmed = repeats & coheres & learned
     # and the exact copies of those: the same pasted pixels are the same trigger, whichever copy's window
     # moved fewer flip images (a copy's own flip rate varies with its window's strip of background)
-    if stats.get("exact_pairs") is not None and confirmed.any():
-        pairs = np.asarray(stats["exact_pairs"], dtype=bool)
+    if confirmed.any():
         linked = (pairs | pairs.T)[:, confirmed].any(1)
         confirmed = confirmed | (repeats & linked)
     count, confirmed_count = int(repeats.sum()), int(confirmed.sum())
@@ -123,53 +113,47 @@ def decide(stats: Dict[str, np.ndarray], min_count: int, margin: float = 0.0, qu
     # (Fashion-MNIST, 0.5% of the set, seed 0: IoU >= 0.5 on 3 of 25 poisons by the window, 25 by the core)
     template_part = confirmed & by_part & ~exact
     template_core = confirmed & ~exact & ~template_part & ~by_shift  # a lossy copy's window is matched whole
-    out = {"found": learned and confirmed_count >= min_count, "repeated": count,
-           "repeated_by_core": int(by_core.sum()), "repeated_by_part": int(by_part.sum()),
-           "repeated_by_shift": int(by_shift.sum()), "shift_threshold": shift,
-           "confirmed_count": confirmed_count, "templates": int(confirmed.sum()), "learned": learned,
-           "learned_by": learned_by,
-           "min_count": int(min_count), "rep_threshold": round(rep_threshold, 3),
-           "coherence": round(coh_median, 6), "coherence_threshold": round(coh_threshold, 6),
-           "quantile": quantile, "null_windows": int(len(null_coh)), "candidates": int(len(coh)),
-           "confirmed": confirmed, "template_core": template_core, "template_part": template_part}
-    if flip_median is not None:
-        out.update({"flip": round(flip_median, 6), "flip_threshold": round(flip_threshold, 6)})
-    return out
+    return Decision(
+        found=learned and confirmed_count >= min_count, repeated=count, repeated_by_core=int(by_core.sum()),
+        repeated_by_part=int(by_part.sum()), repeated_by_shift=int(by_shift.sum()), shift_threshold=shift,
+        confirmed_count=confirmed_count, templates=int(confirmed.sum()), learned=learned, learned_by=learned_by,
+        min_count=int(min_count), rep_threshold=round(rep_threshold, 3), coherence=round(coh_median, 6),
+        coherence_threshold=round(coh_threshold, 6), quantile=quantile, null_windows=int(len(null_coh)),
+        candidates=int(len(coh)), flip=round(flip_median, 6), flip_threshold=round(flip_threshold, 6),
+        confirmed=confirmed, template_core=template_core, template_part=template_part)
 
 
-def describe(verdict: Dict[str, Any]) -> str:
+def describe(v: Decision) -> str:
     """``backdoor found (...)`` or ``no backdoor found (...)``: both statistics and their thresholds, in words."""
-    v = verdict
-    head = "backdoor found" if v["found"] else "no backdoor found"
-    flip = (f", in-place flip rate {v['flip']:.3f} vs {v['flip_threshold']:.3f}" if v.get("flip") is not None else "")
-    how = [f"{v[k]} by {w} exact copies" for k, w in (("repeated_by_core", "their core's"), ("repeated_by_part", "a part's"))
-           if v.get(k)]
-    if v.get("repeated_by_shift"):
-        how.append(f"{v['repeated_by_shift']} by copies more than {v['shift_threshold']:g} of their side away")
+    head = "backdoor found" if v.found else "no backdoor found"
+    how = [f"{n} by {w} exact copies"
+           for n, w in ((v.repeated_by_core, "their core's"), (v.repeated_by_part, "a part's")) if n]
+    if v.repeated_by_shift:
+        how.append(f"{v.repeated_by_shift} by copies more than {v.shift_threshold:g} of their side away")
     core = f" ({', '.join(how)})" if how else ""
-    why = (f"{v['repeated']} of {v['candidates']} candidate windows repeat in >= {v['rep_threshold']:g} other "
-           f"candidates{core}; their median coherence {v['coherence']:.3f} vs {v['coherence_threshold']:.3f}{flip}, the "
-           f"{v['quantile']:.0%} quantile{'s' if flip else ''} of {v['null_windows']} random windows; {v['confirmed_count']} confirmed, "
-           f"needs {v['min_count']}")
-    if not v["found"] and v["repeated"] >= v["min_count"] and not v["learned"]:
+    why = (f"{v.repeated} of {v.candidates} candidate windows repeat in >= {v.rep_threshold:g} other "
+           f"candidates{core}; their median coherence {v.coherence:.3f} vs {v.coherence_threshold:.3f}, in-place "
+           f"flip rate {v.flip:.3f} vs {v.flip_threshold:.3f}, the {v.quantile:.0%} quantiles of {v.null_windows} "
+           f"random windows; {v.confirmed_count} confirmed, needs {v.min_count}")
+    if not v.found and v.repeated >= v.min_count and not v.learned:
         why += ": a repeated pattern the model did not learn"
     return f"{head} ({why})"
 
 
-def templates(decision: Dict[str, Any], stats: Dict[str, Any], candidates: np.ndarray, windows: np.ndarray,
+def templates(decision: Decision, stats: VerdictStatistics, candidates: np.ndarray, windows: np.ndarray,
               scores: np.ndarray, cap: int, forced_top: int, ncc: float) -> Templates:
     """The trigger windows removal looks for: the confirmed candidates' windows, by their core or their best
     part where :func:`decide` says so (a part's extent may grow over the window that held it); where none is
     confirmed (``force_remove``), the ``forced_top`` highest-scored windows. At most ``cap`` of them, spread
     over the ranking."""
-    chosen = decision["confirmed"]
+    chosen = decision.confirmed
     positions = candidates[chosen]
     boxes = windows[positions]
-    by_core = decision["template_core"][chosen]
+    by_core = decision.template_core[chosen]
     boxes[by_core] = core_boxes(torch.as_tensor(boxes[by_core])).numpy()
-    by_part = decision["template_part"][chosen]
+    by_part = decision.template_part[chosen]
     reach = np.full_like(boxes, -1)
-    part = np.asarray(stats["part_box"])[chosen][by_part]
+    part = np.asarray(stats.part_box)[chosen][by_part]
     grow = np.tile(part[:, 2:] - part[:, :2], 2) * np.array([-1, -1, 1, 1])
     reach[by_part], boxes[by_part] = boxes[by_part] + grow, part
     if len(positions) == 0:
@@ -190,14 +174,13 @@ def verdict(ctx, loc) -> Verdict:
     def statistics():
         if not runner.is_main:
             return None
-        return verdict_statistics(ctx.embed, ctx.images, loc.drop, cand, loc.windows[cand], loc.flip_set,
-                                  pc.null_windows, runner.device, pc.verdict_ncc, cfg.seed, cfg.forward_batch,
-                                  pc.verdict_exact, ctx.clustering.activation, loc.clusters, pc.verdict_part_exact)
+        return verdict_statistics(ctx.embed, ctx.clustering.activation, ctx.images, loc.clusters, loc.drop, cand,
+                                  loc.windows[cand], loc.flip_set, pc.null_windows, runner.device, pc.verdict_ncc,
+                                  cfg.seed, cfg.forward_batch, pc.verdict_exact, pc.verdict_part_exact)
 
     with ctx.clock("verdict", (len(cand) + pc.null_windows) * len(loc.flip_set)):
         stats = runner.broadcast_object(ctx.cache.get_or_compute("verdict", key, statistics))
     decision = decide(stats, pc.verdict_min, pc.verdict_margin, pc.verdict_quantile, pc.verdict_shift)
     chosen = templates(decision, stats, cand, loc.windows, loc.scores, pc.templates, pc.forced_top, pc.verdict_ncc)
-    summary = {k: v for k, v in decision.items() if k not in ("confirmed", "template_core", "template_part")}
-    return Verdict(bool(decision["found"]), summary, describe(decision), stats, chosen,
+    return Verdict(bool(decision.found), decision.summary(), describe(decision), stats, chosen,
                    stage("templates").key(cfg, key))

@@ -120,5 +120,5 @@ def remove(ctx, loc, verdict) -> Removed:
     with ctx.clock("probe", len(ctx.images)):
         res = ctx.cache.get_or_compute("probe", key, lambda: feature_probe(
             ctx.embed, ctx.images, ctx.features, loc.scores, ctx.images.take(t.positions), torch.as_tensor(t.boxes),
-            ctx.images.take(stats["null_src"]), torch.as_tensor(stats["null_boxes"]), ctx.cfg.probe, ctx.cfg.seed))
+            ctx.images.take(stats.null_src), torch.as_tensor(stats.null_boxes), ctx.cfg.probe, ctx.cfg.seed))
     return Removed(res["removed"], probability=res["probability"])

@@ -8,7 +8,7 @@ applies it). No ground truth and no trigger: only the model, the images and the 
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from solo_poisoncam.checks import check
 from solo_poisoncam.detect.flip import flip_scores, pasted_on_flips
+from solo_poisoncam.detect.handoff import VerdictStatistics
 from solo_poisoncam.detect.window import crop_boxes
 
 
@@ -188,16 +189,17 @@ def _best_part(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor
     return res
 
 
-def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, cand_windows: np.ndarray,
-                       flip_pos: np.ndarray, count: int, device, ncc: float = 0.9, seed: int = 0,
-                       forward_batch: int = 4096, exact: float = 0.02, act=None,
-                       clusters: Optional[np.ndarray] = None, part_exact: float = 0.001) -> Dict[str, np.ndarray]:
-    """Repetition, coherence and (with ``act`` and the images' ``clusters``) in-place flip rates of the
-    candidates and of :func:`null_windows` (with the null windows themselves, ``null_src`` and
-    ``null_boxes``); repetition is searched in the candidates' own images (where the poisons
-    concentrate, if there are any). ``exact`` / ``core_exact`` (and the null's ``null_exact`` /
-    ``null_core_exact``): how many of those copies match within RMSE ``exact``, by the window and by
-    its core (pasted pixels at the same resampling phase; natural content, however alike, does not);
+def verdict_statistics(embed, act, images, clusters: np.ndarray, drop: np.ndarray, cand_pos: np.ndarray,
+                       cand_windows: np.ndarray, flip_pos: np.ndarray, count: int, device, ncc: float = 0.9,
+                       seed: int = 0, forward_batch: int = 4096, exact: float = 0.02,
+                       part_exact: float = 0.001) -> VerdictStatistics:
+    """Repetition, coherence (features by ``embed``) and in-place flip rates (``flip`` / ``null_flip``: the
+    cluster head's activation ``act``, the images' ``clusters``) of the candidates and of :func:`null_windows`
+    (with the null windows themselves, ``null_src`` and ``null_boxes``); repetition is searched in the
+    candidates' own images (where the poisons concentrate, if there are any). ``exact`` / ``core_exact``
+    (and the null's ``null_exact`` / ``null_core_exact``): how many of those copies match within RMSE
+    ``exact``, by the window and by its core (pasted pixels at the same resampling phase; natural content,
+    however alike, does not);
     ``part_exact`` / ``null_part_exact`` the same for the best of each window's parts (:func:`part_boxes`)
     within RMSE ``part_exact`` (identical pixels: a few pixels of natural content, clipped at 0 or 255 and
     centred alike, copy within 0.02 too), ``part_box`` (C, 4) that part; ``exact_pairs`` (C, C) bool: candidate image p holds an exact copy of
@@ -213,18 +215,17 @@ def verdict_statistics(embed, images, drop: np.ndarray, cand_pos: np.ndarray, ca
     core_exact, core_pairs = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,), within=exact)
     null_rep, null_shift = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact), shifts=True)
     part = _best_part(cand_x, cw, cand_x, ncc, own, part_exact, pairs=True)
-    out = {"rep": rep[0], "exact": rep[1], "core_exact": core_exact, "exact_pairs": pairs | core_pairs | part["pairs"],
-           "part_exact": part["count"], "part_box": part["box"],
-           "null_part_exact": _best_part(null_x, nb, cand_x, ncc, null_own, part_exact)["count"],
-           "null_rep": null_rep[0], "null_exact": null_rep[1], "shift": shift, "null_shift": null_shift,
-           "null_core_exact": repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,)),
-           "coh": coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
-           "null_coh": coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
-           "null_src": src, "null_boxes": boxes}
-    if act is not None and clusters is not None:
-        c = torch.as_tensor(np.asarray(clusters))
-        out["flip"] = flip_scores(act, cand_x, cw, c[torch.as_tensor(cand_pos)], flips, device,
-                                  forward_batch=forward_batch, in_place=True).numpy()
-        out["null_flip"] = flip_scores(act, null_x, nb, c[torch.as_tensor(src)], flips, device,
-                                       forward_batch=forward_batch, in_place=True).numpy()
-    return out
+    c = torch.as_tensor(np.asarray(clusters))
+    return VerdictStatistics(
+        rep=rep[0], exact=rep[1], core_exact=core_exact, exact_pairs=pairs | core_pairs | part["pairs"],
+        part_exact=part["count"], part_box=part["box"],
+        null_part_exact=_best_part(null_x, nb, cand_x, ncc, null_own, part_exact)["count"],
+        null_rep=null_rep[0], null_exact=null_rep[1], shift=shift, null_shift=null_shift,
+        null_core_exact=repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,)),
+        coh=coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
+        null_coh=coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
+        null_src=src, null_boxes=boxes,
+        flip=flip_scores(act, cand_x, cw, c[torch.as_tensor(cand_pos)], flips, device,
+                         forward_batch=forward_batch, in_place=True).numpy(),
+        null_flip=flip_scores(act, null_x, nb, c[torch.as_tensor(src)], flips, device,
+                              forward_batch=forward_batch, in_place=True).numpy())

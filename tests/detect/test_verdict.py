@@ -1,5 +1,7 @@
 """The label-free verdict and the removal modes: hand-computed cases, and both directions on generated data."""
 
+from dataclasses import fields, replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,11 @@ from solo_poisoncam.detect.pipeline import run_detection
 from solo_poisoncam.detect.removal import paste_at_random
 from solo_poisoncam.detect.decision import binomial_tail, decide, describe
 from solo_poisoncam.detect.flip import flip_scores
+from solo_poisoncam.detect.handoff import VerdictStatistics
 from solo_poisoncam.data.indexed import IndexedImages
 from solo_poisoncam.detect.verdict import (core_boxes, null_windows, part_boxes, pattern_errors, repetition,
                                           verdict_statistics)
+from solo_poisoncam.engine.cache import StageCache
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
 from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
@@ -21,69 +25,87 @@ from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
 FAST = {"num_clusters": 10, "flip_images": 40, "flip_top": 60, "null_windows": 60}
 
 
+def statistics(**given) -> VerdictStatistics:
+    """Hand-built :class:`VerdictStatistics`: the ``given`` arrays; every other route holds nothing (no exact
+    copy by window, core or part, no copy at another place, no image holding another's copy, flip rates 0),
+    sized by ``rep`` (C candidates) and ``null_rep`` (R null windows)."""
+    c, r = len(given["rep"]), len(given["null_rep"])
+    none = {"exact": np.zeros(c, dtype=int), "core_exact": np.zeros(c, dtype=int),
+            "exact_pairs": np.zeros((c, c), dtype=bool), "part_exact": np.zeros(c, dtype=int),
+            "part_box": np.tile([[0, 0, 4, 4]], (c, 1)), "shift": np.full((c, c), np.nan), "flip": np.zeros(c),
+            "null_exact": np.zeros(r, dtype=int), "null_core_exact": np.zeros(r, dtype=int),
+            "null_part_exact": np.zeros(r, dtype=int), "null_shift": np.full((c, r), np.nan),
+            "null_flip": np.zeros(r), "null_src": np.arange(r), "null_boxes": np.tile([[0, 0, 4, 4]], (r, 1))}
+    return VerdictStatistics(**{**none, **given})
+
+
+class _OneCluster(torch.nn.Module):
+    """A cluster head's activation with one cluster: nothing ever moves (in-place flip rates 0)."""
+
+    def logits(self, x):
+        return torch.zeros(len(x), 1)
+
+
 def test_decide_by_hand():
-    stats = {"rep": np.array([9, 8, 8, 7, 1, 0]), "exact": np.array([2, 1, 1, 3, 0, 0]),
-             "null_rep": np.array([0, 0, 1, 0]),
-             "coh": np.array([0.5, 0.4, 0.3, 0.2, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15])}
+    stats = statistics(rep=np.array([9, 8, 8, 7, 1, 0]), exact=np.array([2, 1, 1, 3, 0, 0]),
+                       null_rep=np.array([0, 0, 1, 0]),
+                       coh=np.array([0.5, 0.4, 0.3, 0.2, 0.9, 0.1]), null_coh=np.array([0.1, 0.2, 0.25, 0.15]))
     v = decide(stats, min_count=3, quantile=1.0)
     # repeats: >= min_count - 1 = 2 others and above the null's maximum 1: rows 0-3; their median coherence
     # 0.35 beats the null's maximum 0.25; confirmed: those that cohere beyond 0.25 themselves (rows 0-2)
-    assert v["repeated"] == 4 and v["rep_threshold"] == 2 and v["learned"] and v["found"]
-    assert v["coherence"] == pytest.approx(0.35) and v["coherence_threshold"] == pytest.approx(0.25)
-    assert v["confirmed"].tolist() == [True, True, True, False, False, False] and v["confirmed_count"] == 3
-    assert not decide(stats, min_count=4, quantile=1.0)["found"]  # 4 repeat, only 3 confirmed
+    assert v.repeated == 4 and v.rep_threshold == 2 and v.learned and v.found
+    assert v.coherence == pytest.approx(0.35) and v.coherence_threshold == pytest.approx(0.25)
+    assert v.confirmed.tolist() == [True, True, True, False, False, False] and v.confirmed_count == 3
+    assert not decide(stats, min_count=4, quantile=1.0).found  # 4 repeat, only 3 confirmed
     # a margin of 0.2 puts the bar at 0.45: repeated but not learned, and said so
     v = decide(stats, min_count=3, margin=0.2, quantile=1.0)
-    assert v["repeated"] == 4 and not v["learned"] and not v["found"] and not v["confirmed"].any()
+    assert v.repeated == 4 and not v.learned and not v.found and not v.confirmed.any()
     assert describe(v).startswith("no backdoor found (4 of 6 candidate windows repeat")
     assert describe(v).endswith("a repeated pattern the model did not learn)")
     # the 50% quantile of the null coherence, linear interpolation: (0.15 + 0.2) / 2 = 0.175
-    assert decide(stats, min_count=3, quantile=0.5)["coherence_threshold"] == pytest.approx(0.175)
+    assert decide(stats, min_count=3, quantile=0.5).coherence_threshold == pytest.approx(0.175)
     # alike but never exact (aligned natural content): row 0 loses its exact copies and no longer repeats
-    v = decide({**stats, "exact": np.array([0, 1, 1, 3, 0, 0])}, min_count=3, quantile=1.0)
-    assert v["repeated"] == 3 and v["confirmed"].tolist() == [False, True, True, False, False, False]
-    assert not v["found"]  # 2 confirmed < 3
+    v = decide(replace(stats, exact=np.array([0, 1, 1, 3, 0, 0])), min_count=3, quantile=1.0)
+    assert v.repeated == 3 and v.confirmed.tolist() == [False, True, True, False, False, False]
+    assert not v.found  # 2 confirmed < 3
 
 
 def test_decide_by_hand_with_in_place_flip_rates():
     """Coherence below the null (a trigger learned at one place only), in-place flip rates above it."""
-    stats = {"rep": np.array([9, 8, 8, 7, 1, 0]), "exact": np.array([2, 1, 1, 3, 0, 0]),
-             "null_rep": np.array([0, 0, 1, 0]),
-             "coh": np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15]),
-             "flip": np.array([0.3, 0.2, 0.05, 0.15, 0.9, 0.0]), "null_flip": np.array([0.0, 0.02, 0.1, -0.01])}
+    stats = statistics(rep=np.array([9, 8, 8, 7, 1, 0]), exact=np.array([2, 1, 1, 3, 0, 0]),
+                       null_rep=np.array([0, 0, 1, 0]),
+                       coh=np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.1]), null_coh=np.array([0.1, 0.2, 0.25, 0.15]),
+                       flip=np.array([0.3, 0.2, 0.05, 0.15, 0.9, 0.0]), null_flip=np.array([0.0, 0.02, 0.1, -0.01]))
     v = decide(stats, min_count=3, quantile=1.0)
     # repeating rows 0-3: median coherence 0.1 < 0.25, median flip (0.2 + 0.15) / 2 = 0.175 > the null's 0.1;
     # confirmed: those whose own flip rate beats 0.1 (rows 0, 1, 3); row 4 flips but does not repeat
-    assert v["learned"] and v["learned_by"] == ["in-place flip"] and v["found"]
-    assert v["flip"] == pytest.approx(0.175) and v["flip_threshold"] == pytest.approx(0.1)
-    assert v["confirmed"].tolist() == [True, True, False, True, False, False] and v["confirmed_count"] == 3
+    assert v.learned and v.learned_by == ["in-place flip"] and v.found
+    assert v.flip == pytest.approx(0.175) and v.flip_threshold == pytest.approx(0.1)
+    assert v.confirmed.tolist() == [True, True, False, True, False, False] and v.confirmed_count == 3
     assert "in-place flip rate 0.175 vs 0.100, the 100% quantiles" in describe(v)
     # nothing moved is nothing learned, whatever the null: a threshold never below 0
-    v = decide({**stats, "flip": np.zeros(6), "null_flip": np.full(4, -0.2)}, min_count=3, quantile=1.0)
-    assert v["flip_threshold"] == 0.0 and not v["learned"] and not v["found"] and v["learned_by"] == []
-    # without flip statistics (the statistics of before), the rule is coherence alone
-    v = decide({k: x for k, x in stats.items() if "flip" not in k}, min_count=3, quantile=1.0)
-    assert not v["learned"] and "flip" not in v and "in-place" not in describe(v)
+    v = decide(replace(stats, flip=np.zeros(6), null_flip=np.full(4, -0.2)), min_count=3, quantile=1.0)
+    assert v.flip_threshold == 0.0 and not v.learned and not v.found and v.learned_by == []
 
 
 def test_decide_by_hand_with_core_exact_copies_and_templates():
     """Rows 0-2 are exact by their own window, rows 3-5 only by their core: all six repeat and are
     confirmed; removal's templates are the three exact by their window (at least min_count of them)."""
-    stats = {"rep": np.array([9, 8, 8, 7, 6, 6, 0]), "exact": np.array([2, 1, 1, 0, 0, 0, 0]),
-             "core_exact": np.array([2, 1, 1, 4, 3, 2, 0]), "null_rep": np.array([0, 0, 1, 0]),
-             "coh": np.array([0.5, 0.4, 0.3, 0.6, 0.5, 0.4, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15])}
+    stats = statistics(rep=np.array([9, 8, 8, 7, 6, 6, 0]), exact=np.array([2, 1, 1, 0, 0, 0, 0]),
+                       core_exact=np.array([2, 1, 1, 4, 3, 2, 0]), null_rep=np.array([0, 0, 1, 0]),
+                       coh=np.array([0.5, 0.4, 0.3, 0.6, 0.5, 0.4, 0.1]), null_coh=np.array([0.1, 0.2, 0.25, 0.15]))
     v = decide(stats, min_count=3, quantile=1.0)
-    assert v["found"] and v["repeated"] == 6 and v["confirmed_count"] == 6 and v["templates"] == 3
-    assert v["confirmed"].tolist() == [True, True, True, False, False, False, False]
-    assert not v["template_core"].any()
+    assert v.found and v.repeated == 6 and v.confirmed_count == 6 and v.templates == 3
+    assert v.confirmed.tolist() == [True, True, True, False, False, False, False]
+    assert not v.template_core.any()
     # with fewer than min_count exact by their window, every confirmed window is a template, and those
     # exact only by their core (rows 3-5) are matched by their core
     v = decide(stats, min_count=4, quantile=1.0)
-    assert v["found"] and v["templates"] == 6 and v["confirmed"].sum() == 6
-    assert v["template_core"].tolist() == [False, False, False, True, True, True, False]
-    # without core copies (the statistics of before), rows 3-5 do not repeat
-    v = decide({k: x for k, x in stats.items() if k != "core_exact"}, min_count=3, quantile=1.0)
-    assert v["repeated"] == 3 and v["confirmed_count"] == 3
+    assert v.found and v.templates == 6 and v.confirmed.sum() == 6
+    assert v.template_core.tolist() == [False, False, False, True, True, True, False]
+    # without core copies, rows 3-5 do not repeat
+    v = decide(replace(stats, core_exact=np.zeros(7, dtype=int)), min_count=3, quantile=1.0)
+    assert v.repeated == 3 and v.confirmed_count == 3
 
 
 def test_core_boxes_centre_half_the_side():
@@ -248,23 +270,21 @@ def test_decide_by_hand_repeats_by_the_core_exact_copies_alone():
     """Rows 0-3: windows 2-3 px off a trigger, whose own matches are few (rep 1-2 < min_count - 1 = 3) but
     whose cores have 3-5 exact copies; the null's cores have at most 1 (its 100% quantile). They repeat by
     their core, and with in-place flip rates above the null the backdoor is found; a null whose cores
-    copy as often (4) takes the route away, and statistics without a core null keep the rule of before."""
-    stats = {"rep": np.array([1, 2, 1, 2, 0, 0]), "exact": np.zeros(6, dtype=int),
-             "core_exact": np.array([5, 4, 3, 5, 1, 0]), "null_rep": np.array([0, 1, 2, 0]),
-             "null_core_exact": np.array([0, 1, 0, 0]),
-             "coh": np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.1]), "null_coh": np.array([0.1, 0.2, 0.25, 0.15]),
-             "flip": np.array([0.3, 0.4, 0.2, 0.05, 0.9, 0.0]), "null_flip": np.array([0.0, 0.02, 0.1, -0.01])}
+    copy as often (4) takes the route away."""
+    stats = statistics(rep=np.array([1, 2, 1, 2, 0, 0]), exact=np.zeros(6, dtype=int),
+                       core_exact=np.array([5, 4, 3, 5, 1, 0]), null_rep=np.array([0, 1, 2, 0]),
+                       null_core_exact=np.array([0, 1, 0, 0]),
+                       coh=np.array([0.1, 0.1, 0.1, 0.1, 0.9, 0.1]), null_coh=np.array([0.1, 0.2, 0.25, 0.15]),
+                       flip=np.array([0.3, 0.4, 0.2, 0.05, 0.9, 0.0]), null_flip=np.array([0.0, 0.02, 0.1, -0.01]))
     v = decide(stats, min_count=4, quantile=1.0)
     # repeating by core: core_exact >= 3 and > 1: rows 0-3; median flip (0.2 + 0.3) / 2 = 0.25 > 0.1; confirmed:
     # own flip > 0.1 (rows 0-2): 3 < min_count 4, not found; with min_count 3 the core bar is 2 others: found
-    assert v["repeated"] == 4 and v["repeated_by_core"] == 4 and v["flip"] == pytest.approx(0.25)
-    assert v["confirmed_count"] == 3 and not v["found"]
+    assert v.repeated == 4 and v.repeated_by_core == 4 and v.flip == pytest.approx(0.25)
+    assert v.confirmed_count == 3 and not v.found
     v = decide(stats, min_count=3, quantile=1.0)
-    assert v["found"] and v["repeated"] == 4 and v["confirmed"].tolist() == [True, True, True, False, False, False]
+    assert v.found and v.repeated == 4 and v.confirmed.tolist() == [True, True, True, False, False, False]
     assert "(4 by their core's exact copies)" in describe(v)
-    assert not decide({**stats, "null_core_exact": np.array([0, 4, 0, 0])}, min_count=3, quantile=1.0)["found"]
-    v = decide({k: x for k, x in stats.items() if k != "null_core_exact"}, min_count=3, quantile=1.0)
-    assert v["repeated"] == 0 and v["repeated_by_core"] == 0 and not v["found"] and "core's" not in describe(v)
+    assert not decide(replace(stats, null_core_exact=np.array([0, 4, 0, 0])), min_count=3, quantile=1.0).found
 
 
 def test_decide_by_hand_confirms_the_exact_copies_of_a_confirmed_window():
@@ -276,23 +296,24 @@ def test_decide_by_hand_confirms_the_exact_copies_of_a_confirmed_window():
     pairs[[1, 2, 3], 0] = True  # images 1-3 hold window 0's pattern
     pairs[0, 4] = True  # image 0 holds window 4's: linked either way
     pairs[6, 5] = True
-    stats = {"rep": np.array([4, 4, 4, 4, 4, 4, 0]), "exact": np.array([4, 4, 4, 4, 4, 1, 0]),
-             "null_rep": np.array([0, 1, 0, 0]),
-             "coh": np.full(7, 0.1), "null_coh": np.array([0.1, 0.2, 0.25, 0.15]),
-             "flip": np.array([0.3, 0.4, 0.2, 0.05, 0.02, 0.0, 0.0]), "null_flip": np.array([0.0, 0.02, 0.1, -0.01])}
-    # without the pairs (the statistics of before): median flip of rows 0-5 (0.05 + 0.2) / 2 = 0.125 > 0.1,
+    stats = statistics(rep=np.array([4, 4, 4, 4, 4, 4, 0]), exact=np.array([4, 4, 4, 4, 4, 1, 0]),
+                       null_rep=np.array([0, 1, 0, 0]),
+                       coh=np.full(7, 0.1), null_coh=np.array([0.1, 0.2, 0.25, 0.15]),
+                       flip=np.array([0.3, 0.4, 0.2, 0.05, 0.02, 0.0, 0.0]),
+                       null_flip=np.array([0.0, 0.02, 0.1, -0.01]))
+    # without the pairs (no image holds another's copy): median flip of rows 0-5 (0.05 + 0.2) / 2 = 0.125 > 0.1,
     # learned; 3 confirmed < min_count 5: not found
     before = decide(stats, min_count=5, quantile=1.0)
-    assert before["learned"] and before["confirmed_count"] == 3 and not before["found"]
-    v = decide({**stats, "exact_pairs": pairs}, min_count=5, quantile=1.0)
-    assert v["found"] and v["confirmed_count"] == 5
-    assert v["confirmed"].tolist() == [True, True, True, True, True, False, False]
+    assert before.learned and before.confirmed_count == 3 and not before.found
+    v = decide(replace(stats, exact_pairs=pairs), min_count=5, quantile=1.0)
+    assert v.found and v.confirmed_count == 5
+    assert v.confirmed.tolist() == [True, True, True, True, True, False, False]
     # one step, not a chain: rows 3-5 pass themselves (median flip of rows 0-5 0.125 > 0.1); row 0 is linked to
     # rows 3 and 4, so it is confirmed; rows 1-2 are linked only to row 0, which did not pass itself
-    v = decide({**stats, "exact_pairs": pairs, "flip": np.array([0.05, 0.05, 0.05, 0.2, 0.2, 0.9, 0.0])},
+    v = decide(replace(stats, exact_pairs=pairs, flip=np.array([0.05, 0.05, 0.05, 0.2, 0.2, 0.9, 0.0])),
                min_count=5, quantile=1.0)
-    assert v["flip"] == pytest.approx(0.125) and v["learned"]
-    assert v["confirmed"].tolist() == [True, False, False, True, True, True, False] and not v["found"]
+    assert v.flip == pytest.approx(0.125) and v.learned
+    assert v.confirmed.tolist() == [True, False, False, True, True, True, False] and not v.found
 
 
 def test_verdict_statistics_link_the_exact_copies_of_a_planted_trigger(planted):
@@ -303,9 +324,9 @@ def test_verdict_statistics_link_the_exact_copies_of_a_planted_trigger(planted):
     poisons, clean = manifest.indexes[:10], np.flatnonzero(~manifest.is_poison())[:10]
     cand = np.concatenate([poisons, clean])
     boxes = np.concatenate([manifest.boxes[:10], np.tile([[4, 4, 12, 12]], (10, 1))])
-    stats = verdict_statistics(lambda x: x.flatten(1)[:, :8], images, np.zeros(len(data)), cand, boxes,
-                               clean[:4], count=8, device=torch.device("cpu"))
-    pairs = stats["exact_pairs"]
+    stats = verdict_statistics(lambda x: x.flatten(1)[:, :8], _OneCluster(), images, np.zeros(len(data), dtype=int),
+                               np.zeros(len(data)), cand, boxes, clean[:4], count=8, device=torch.device("cpu"))
+    pairs = stats.exact_pairs
     assert pairs.shape == (20, 20) and not pairs[np.arange(20), np.arange(20)].any()
     assert pairs[:10, :10].sum() == 90  # each poison holds every other poison's trigger exactly
     assert not pairs[10:, :10].any() and not pairs[:10, 10:].any()
@@ -338,22 +359,25 @@ def test_decide_by_hand_repeats_by_a_part_alone():
     pairs[:5, :5] = True
     pairs[np.arange(7), np.arange(7)] = False
     pairs[6, 5] = pairs[5, 5] = True  # the images holding row 5's part: row 6 (no repeating part) and itself
-    stats = {"rep": np.zeros(7, dtype=int), "exact": np.zeros(7, dtype=int), "core_exact": np.zeros(7, dtype=int),
-             "null_rep": np.zeros(10, dtype=int), "null_core_exact": np.zeros(10, dtype=int),
-             "part_exact": np.array([5, 4, 4, 4, 4, 4, 0]), "null_part_exact": np.array([0, 0, 9, 0, 0, 1, 0, 0, 2, 0]),
-             "part_box": np.tile([[1, 1, 5, 5]], (7, 1)), "exact_pairs": pairs,
-             "coh": np.full(7, 0.1), "null_coh": np.full(10, 0.2),
-             "flip": np.array([0.3, 0.4, 0.2, 0.3, 0.2, 0.9, 0.0]), "null_flip": np.full(10, 0.1)}
+    stats = statistics(rep=np.zeros(7, dtype=int), exact=np.zeros(7, dtype=int), core_exact=np.zeros(7, dtype=int),
+                       null_rep=np.zeros(10, dtype=int), null_core_exact=np.zeros(10, dtype=int),
+                       part_exact=np.array([5, 4, 4, 4, 4, 4, 0]),
+                       null_part_exact=np.array([0, 0, 9, 0, 0, 1, 0, 0, 2, 0]),
+                       part_box=np.tile([[1, 1, 5, 5]], (7, 1)), exact_pairs=pairs,
+                       coh=np.full(7, 0.1), null_coh=np.full(10, 0.2),
+                       flip=np.array([0.3, 0.4, 0.2, 0.3, 0.2, 0.9, 0.0]), null_flip=np.full(10, 0.1))
     v = decide(stats, min_count=5, quantile=0.99)
-    assert v["repeated"] == 5 and v["repeated_by_part"] == 5 and v["repeated_by_core"] == 0
-    assert v["found"] and v["confirmed"].tolist() == [True] * 5 + [False] * 2
-    assert v["template_part"].tolist() == [True] * 5 + [False] * 2 and not v["template_core"].any()
+    assert v.repeated == 5 and v.repeated_by_part == 5 and v.repeated_by_core == 0
+    assert v.found and v.confirmed.tolist() == [True] * 5 + [False] * 2
+    assert v.template_part.tolist() == [True] * 5 + [False] * 2 and not v.template_core.any()
     assert "(5 by a part's exact copies)" in describe(v)
-    crowded = decide({**stats, "null_part_exact": np.array([9, 0, 9, 0, 9, 1, 0, 9, 2, 0])}, min_count=5, quantile=0.99)
-    assert crowded["repeated"] == 0 and not crowded["found"]
-    # statistics of before (no part counts): the rules of before, nothing repeats
-    v = decide({k: x for k, x in stats.items() if "part" not in k}, min_count=5, quantile=0.99)
-    assert v["repeated"] == 0 and not v["found"] and "part's" not in describe(v)
+    crowded = decide(replace(stats, null_part_exact=np.array([9, 0, 9, 0, 9, 1, 0, 9, 2, 0])), min_count=5,
+                     quantile=0.99)
+    assert crowded.repeated == 0 and not crowded.found
+    # no part with an exact copy (and none in the null): nothing repeats
+    v = decide(replace(stats, part_exact=np.zeros(7, dtype=int), null_part_exact=np.zeros(10, dtype=int)),
+               min_count=5, quantile=0.99)
+    assert v.repeated == 0 and not v.found and "part's" not in describe(v)
 
 
 def test_a_small_trigger_off_the_window_centre_is_exact_by_a_part(planted):
@@ -367,15 +391,15 @@ def test_a_small_trigger_off_the_window_centre_is_exact_by_a_part(planted):
     trig = manifest.boxes[:10]
     x0 = np.clip(trig[:, :2] - 8, 0, 16)  # the trigger at the window's far edge where the image allows
     boxes = np.concatenate([np.concatenate([x0, x0 + 16], 1), np.tile([[4, 4, 20, 20]], (10, 1))])
-    stats = verdict_statistics(lambda x: x.flatten(1)[:, :8], images, np.zeros(len(data)), cand, boxes,
-                               clean[:4], count=8, device=torch.device("cpu"))
+    stats = verdict_statistics(lambda x: x.flatten(1)[:, :8], _OneCluster(), images, np.zeros(len(data), dtype=int),
+                               np.zeros(len(data)), cand, boxes, clean[:4], count=8, device=torch.device("cpu"))
     off = (trig[:, :2] - x0 == 8).all(1)
     assert off.sum() >= 3  # the case this test is about is there
-    assert (stats["core_exact"][:10][off] == 0).all()
-    assert (stats["part_exact"][:10] == 9).all() and (stats["part_exact"][10:] == 0).all()
-    pb = stats["part_box"][:10]
+    assert (stats.core_exact[:10][off] == 0).all()
+    assert (stats.part_exact[:10] == 9).all() and (stats.part_exact[10:] == 0).all()
+    pb = stats.part_box[:10]
     assert ((pb[:, :2] >= trig[:, :2]) & (pb[:, 2:] <= trig[:, 2:])).all()  # inside the trigger
-    assert not stats["exact_pairs"][10:, :10].any() and not stats["exact_pairs"][:10, 10:].any()
+    assert not stats.exact_pairs[10:, :10].any() and not stats.exact_pairs[:10, 10:].any()
 
 
 def test_repetition_shifts_by_hand():
@@ -402,13 +426,14 @@ def _lossy_stats(moved: float):
     shift[:5, 5] = 0.1
     null_shift = np.full((7, 10), np.nan)
     null_shift[:4, 2] = 0.7
-    return {"rep": np.array([4, 4, 4, 4, 4, 5, 0]), "exact": np.zeros(7, dtype=int), "core_exact": np.zeros(7, dtype=int),
-            "null_rep": np.zeros(10, dtype=int), "null_core_exact": np.zeros(10, dtype=int),
-            "part_exact": np.zeros(7, dtype=int), "null_part_exact": np.zeros(10, dtype=int),
-            "part_box": np.tile([[1, 1, 5, 5]], (7, 1)), "exact_pairs": np.zeros((7, 7), dtype=bool),
-            "shift": shift, "null_shift": null_shift,
-            "coh": np.full(7, 0.1), "null_coh": np.full(10, 0.2),
-            "flip": np.array([0.3, 0.4, 0.2, 0.3, 0.2, 0.9, 0.0]), "null_flip": np.full(10, 0.1)}
+    return statistics(rep=np.array([4, 4, 4, 4, 4, 5, 0]), exact=np.zeros(7, dtype=int),
+                      core_exact=np.zeros(7, dtype=int),
+                      null_rep=np.zeros(10, dtype=int), null_core_exact=np.zeros(10, dtype=int),
+                      part_exact=np.zeros(7, dtype=int), null_part_exact=np.zeros(10, dtype=int),
+                      part_box=np.tile([[1, 1, 5, 5]], (7, 1)), exact_pairs=np.zeros((7, 7), dtype=bool),
+                      shift=shift, null_shift=null_shift,
+                      coh=np.full(7, 0.1), null_coh=np.full(10, 0.2),
+                      flip=np.array([0.3, 0.4, 0.2, 0.3, 0.2, 0.9, 0.0]), null_flip=np.full(10, 0.1))
 
 
 def test_decide_by_hand_repeats_by_lossy_copies_at_other_places():
@@ -417,32 +442,32 @@ def test_decide_by_hand_repeats_by_lossy_copies_at_other_places():
     in-place flip rate 0.3 beats the null's 0.1 and each beats it itself: found, the 5 windows are matched
     whole (no core, no part). Window 5's copies sit where it sits (0.1 of the side): not counted."""
     v = decide(_lossy_stats(0.5), min_count=5, quantile=0.99)
-    assert v["repeated"] == 5 and v["repeated_by_shift"] == 5 and v["found"]
-    assert v["confirmed"].tolist() == [True] * 5 + [False] * 2
-    assert not v["template_core"].any() and not v["template_part"].any()
+    assert v.repeated == 5 and v.repeated_by_shift == 5 and v.found
+    assert v.confirmed.tolist() == [True] * 5 + [False] * 2
+    assert not v.template_core.any() and not v.template_part.any()
     assert "5 by copies more than 0.25 of their side away" in describe(v)
     # aligned: the same copies within a quarter of the side (the gap between centred trousers' legs)
     aligned = decide(_lossy_stats(0.2), min_count=5, quantile=0.99)
-    assert aligned["repeated"] == 0 and not aligned["found"]
-    assert not decide(_lossy_stats(0.5), min_count=5, quantile=0.99, shift=0.5)["found"]  # strictly more than
+    assert aligned.repeated == 0 and not aligned.found
+    assert not decide(_lossy_stats(0.5), min_count=5, quantile=0.99, shift=0.5).found  # strictly more than
     crowded = _lossy_stats(0.5)
-    crowded["null_shift"][:4, [0, 4, 7, 9]] = 0.6  # 5 of 10 null windows: rate 6 / 12, not beaten
-    assert not decide(crowded, min_count=5, quantile=0.99)["found"]
-    # statistics of before (no shifts): the rules of before
-    v = decide({k: x for k, x in _lossy_stats(0.5).items() if "shift" not in k}, min_count=5, quantile=0.99)
-    assert v["repeated"] == 0 and not v["found"]
+    crowded.null_shift[:4, [0, 4, 7, 9]] = 0.6  # 5 of 10 null windows: rate 6 / 12, not beaten
+    assert not decide(crowded, min_count=5, quantile=0.99).found
+    # no copy at another place (and none in the null): nothing repeats
+    v = decide(replace(_lossy_stats(0.5), shift=np.full((7, 7), np.nan), null_shift=np.full((7, 10), np.nan)),
+               min_count=5, quantile=0.99)
+    assert v.repeated == 0 and not v.found
 
 
 def test_lossy_copies_count_only_without_enough_exact_ones():
     """Where min_count windows repeat exactly, they are the evidence and the templates: lossy copies add nothing."""
     stats = _lossy_stats(0.5)
-    stats["exact"] = np.array([0, 0, 0, 0, 0, 1, 0])
-    stats["rep"] = np.array([4, 4, 4, 4, 4, 5, 0])
+    stats = replace(stats, exact=np.array([0, 0, 0, 0, 0, 1, 0]), rep=np.array([4, 4, 4, 4, 4, 5, 0]))
     v = decide(stats, min_count=2, quantile=0.99)  # window 5 alone repeats exactly: 1 < 2, the lossy route counts
-    assert v["repeated_by_shift"] == 5
-    stats["exact"] = np.array([1, 1, 1, 1, 1, 0, 0])
+    assert v.repeated_by_shift == 5
+    stats = replace(stats, exact=np.array([1, 1, 1, 1, 1, 0, 0]))
     v = decide(stats, min_count=5, quantile=0.99)
-    assert v["repeated"] == 5 and v["repeated_by_shift"] == 0 and v["found"]
+    assert v.repeated == 5 and v.repeated_by_shift == 0 and v.found
 
 
 def _noisy_copies(places: str, n: int = 400, side: int = 32, size: int = 8, seed: int = 1):
@@ -475,3 +500,37 @@ def test_alike_copies_count_at_other_places_only(places, shift, found):
     v = r.metrics["verdict"]
     assert v["found"] == found, v["text"]
     assert (v["repeated_by_shift"] >= 20) == found and v["repeated_by_part"] == 0
+
+
+def test_verdict_statistics_require_every_route():
+    """Every route's arrays are required: statistics of earlier versions, which lacked some of them, are never
+    read (the verdict stage's cache key hashes its code), so leaving one out is an error, not a rule without
+    that route (which ``decide`` had for them)."""
+    full = {f.name: getattr(_lossy_stats(0.5), f.name) for f in fields(VerdictStatistics)}
+    for name in ("core_exact", "null_core_exact", "part_exact", "null_part_exact", "part_box", "exact_pairs",
+                 "shift", "null_shift", "flip", "null_flip"):
+        with pytest.raises(TypeError, match=f"'{name}'"):
+            VerdictStatistics(**{k: x for k, x in full.items() if k != name})
+
+
+def test_verdict_statistics_round_trip_through_the_stage_cache(tmp_path):
+    """The verdict stage caches a VerdictStatistics (torch.save, pickled): it loads as one, every array equal
+    (NaN shifts included), and decides alike."""
+    stats = _lossy_stats(0.5)
+    key = {"verdict": {"v": "test"}}
+    assert StageCache(tmp_path).get_or_compute("verdict", key, lambda: stats) is stats
+    cache = StageCache(tmp_path)
+    loaded = cache.get_or_compute("verdict", key, lambda: pytest.fail("not read from the cache"))
+    assert cache.hits["verdict"] and type(loaded) is VerdictStatistics and loaded is not stats
+    for f in fields(VerdictStatistics):
+        np.testing.assert_array_equal(getattr(loaded, f.name), getattr(stats, f.name))
+    assert decide(loaded, min_count=5, quantile=0.99).summary() == decide(stats, min_count=5, quantile=0.99).summary()
+
+
+def test_decision_summary_holds_the_reported_numbers_in_metrics_order():
+    v = decide(_lossy_stats(0.5), min_count=5, quantile=0.99)
+    assert list(v.summary()) == ["found", "repeated", "repeated_by_core", "repeated_by_part", "repeated_by_shift",
+                                 "shift_threshold", "confirmed_count", "templates", "learned", "learned_by",
+                                 "min_count", "rep_threshold", "coherence", "coherence_threshold", "quantile",
+                                 "null_windows", "candidates", "flip", "flip_threshold"]
+    assert v.summary()["repeated_by_shift"] == 5 and v.summary()["learned_by"] == ["in-place flip"]
