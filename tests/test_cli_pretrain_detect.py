@@ -96,9 +96,16 @@ def test_detect_writes_every_output(trained, capsys, tmp_path):
     assert m["num_poisons"] == 15 and m["num_samples"] == 300
     assert {"precision", "recall", "f1", "auroc", "auprc", "precision_at_20", "trigger_detection_accuracy",
             "localisation_all", "localisation_top20"} <= set(m)
-    # coarse to fine: all 300 under 16 + 9 coarse occluders (sides 1/4 and 1/2), the top 20% = 60
-    # (> flip_top 30) under the 49 + 25 of the full stride
-    assert doc["timings"]["masked_forwards"] == 300 * (16 + 9) + 60 * (49 + 25) and doc["timings"]["device"] == "cpu"
+    # the cluster screen, then coarse to fine: 4 images of each cluster and the images of the top clusters, at
+    # least 2 x flip_top = 60, under 16 + 9 coarse occluders (sides 1/4 and 1/2); the top 20% of those (at
+    # least flip_top 30) under the 49 + 25 of the full stride
+    t = doc["timings"]
+    masked = t["masked_images"]
+    assert 60 <= masked < 300 and t["device"] == "cpu"
+    from solo_poisoncam.detect.config import PoisonCamConfig
+    from solo_poisoncam.detect.poisoncam import fine_count  # by hand in tests/detect/test_pipeline.py
+
+    assert t["masked_forwards"] == masked * (16 + 9) + fine_count(PoisonCamConfig(flip_top=30), masked) * (49 + 25)
     assert "backdoor" in doc and "definitions" in doc
     removed = [int(v) for v in (out / "removed.txt").read_text().split()]
     kept = [int(v) for v in (out / "kept.txt").read_text().split()]

@@ -39,6 +39,12 @@ class PoisonCamConfig:
     # highest (at least flip_top images) under the full set; None: one pass, every image under the full set
     coarse_stride: Optional[float] = 0.25
     coarse_top: float = 0.2
+    # cluster screen (with the coarse pass): ``screen`` images of each cluster under the coarse occluders
+    # rank the clusters by their highest window drop; only the highest-ranked clusters' images, at least
+    # ``screen_cover`` of all (and twice flip_top), go on to the coarse pass. 0: every image coarse-masked
+    # (chosen on the tuning set: docs/design.md, Evaluation protocol)
+    screen: int = 4
+    screen_cover: float = 0.05
     num_masks: int = 64                         # RISE masks per image
     rise_grid: int = 8
     rise_p: float = 0.5
@@ -75,6 +81,9 @@ class PoisonCamConfig:
               f"coarse_stride must be a share of the side in (0, 1), or null for one pass; got {self.coarse_stride!r}")
         check(isinstance(self.coarse_top, (int, float)) and 0 < self.coarse_top <= 1,
               f"coarse_top must be in (0, 1], got {self.coarse_top!r}")
+        check(self.screen >= 0, f"screen must be >= 0 (0: no cluster screen), got {self.screen!r}")
+        check(isinstance(self.screen_cover, (int, float)) and 0 < self.screen_cover <= 1,
+              f"screen_cover must be in (0, 1], got {self.screen_cover!r}")
         sides = self.occluder if isinstance(self.occluder, (list, tuple)) else [self.occluder]
         check(len(sides) > 0 and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in sides),
               f"occluder must be a share of the side in (0, 1] or a list of them, got {self.occluder!r}")

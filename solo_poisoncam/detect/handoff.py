@@ -52,7 +52,7 @@ class Localisation:
     scored: np.ndarray                          # (N,) bool: scored by the detector (PatchSearch scores some)
     flip_set: np.ndarray                        # positions of the flip-test images
     key: Dict[str, Any]                         # the last stage's cache key
-    drop: Optional[np.ndarray] = None           # (N,) PoisonCAM's window drops
+    drop: Optional[np.ndarray] = None           # (N,) PoisonCAM's window drops (NaN: left unmasked by the cluster screen)
     candidates: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # verdict's candidates
 
 

@@ -112,7 +112,7 @@ def gallery(result: DetectionResult, images: IndexedImages, model=None):
     for i, j in enumerate(order):
         pictures += [plain[i], heat[i]]
         tb = [(np.round(true[int(j)]).astype(int), TRUE_COLOUR)] if int(j) in true else []
-        boxes += [tb, [(result.windows[j], PRED_COLOUR)]]
+        boxes += [tb, [(result.windows[j], PRED_COLOUR)] if result.windows[j][0] >= 0 else []]  # -1: no window
         tag = "poison" if int(j) in true else ("clean" if result.is_poison is not None else "")
         captions += [f"#{int(result.indexes[j])} {tag}",
                      f"score {result.scores[j]:.2f}" + (" removed" if result.removed[j] else "")]

@@ -48,6 +48,73 @@ def fine_count(cfg: PoisonCamConfig, n: int) -> int:
     return min(n, max(int(np.ceil(cfg.coarse_top * n)), cfg.flip_top))
 
 
+def _top(drop: np.ndarray, masked: np.ndarray, count: int, keep_order: bool = False) -> np.ndarray:
+    """Positions of the ``count`` masked images of highest ``drop`` (sorted; by rank with ``keep_order``)."""
+    rank = np.argsort(-np.where(masked, drop, -np.inf), kind="stable")[: min(count, int(masked.sum()))]
+    return rank if keep_order else np.sort(rank)
+
+
+def screen_cover(cfg: PoisonCamConfig, n: int) -> int:
+    """How many of ``n`` images the cluster screen hands on to the coarse pass (at least): ``screen_cover``
+    of them and twice the flip test's candidates; ``n`` without a screen (every image)."""
+    if not cfg.screen:
+        return n
+    return min(n, max(int(np.ceil(cfg.screen_cover * n)), 2 * cfg.flip_top))
+
+
+def screen_sample(clusters: np.ndarray, per_cluster: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``per_cluster`` images drawn from each cluster (all of a smaller one), seeded."""
+    rng = np.random.default_rng(seed + 104729)  # its own stream
+    picks = [rng.permutation(np.flatnonzero(clusters == c))[:per_cluster] for c in np.unique(clusters)]
+    return np.sort(np.concatenate(picks))
+
+
+def covered(clusters: np.ndarray, sample: np.ndarray, sample_drop: np.ndarray, cover: int) -> np.ndarray:
+    """(N,) bool: the images of the clusters ranked highest by their sampled images' largest window drop,
+    the fewest clusters that hold at least ``cover`` images (ties: the lower cluster id first)."""
+    ids = np.unique(clusters)
+    best = np.full(int(ids.max()) + 1, -np.inf)
+    np.maximum.at(best, clusters[sample], sample_drop)
+    order = ids[np.lexsort((ids, -best[ids]))]
+    sizes = np.bincount(clusters, minlength=len(best))[order]
+    chosen = order[: int(np.searchsorted(np.cumsum(sizes), cover)) + 1]
+    return np.isin(clusters, chosen)
+
+
+def screened(ctx: Context, masking, coarse_key):
+    """The cluster screen (``poisoncam.screen``): the coarse pass on a sample of each cluster, then on the
+    images of the clusters it ranks highest. Returns the coarse CamResult fields for every image (an image
+    left out keeps its cluster's largest sampled drop and no window, -1) and which images were masked."""
+    cfg, pc, images, cache = ctx.cfg, ctx.cfg.poisoncam, ctx.images, ctx.cache
+    n = len(images)
+    head = ctx.clustering.activation.head
+    with torch.no_grad():  # each image's cluster and activation, from the features: no forward pass
+        logits = head(ctx.features.to(next(head.parameters()).device).float()).cpu()
+    clusters = logits.argmax(1)
+    base = torch.softmax(logits, 1).gather(1, clusters[:, None])[:, 0]
+    labels = clusters.numpy()
+    sample = screen_sample(labels, pc.screen, cfg.seed)
+    key = stage("screen").key(cfg, ctx.clustering.key)
+    def subset(pos):
+        return IndexedImages(images.dataset, images.indexes[pos], size=ctx.side)
+
+    first = cache.get_or_compute("screen", key, lambda: masking(subset(sample)))
+    masked = covered(labels, sample, first["window_drop"].numpy(), screen_cover(pc, n))
+    masked[sample] = True
+    rest = np.flatnonzero(masked & ~np.isin(np.arange(n), sample))
+    second = cache.get_or_compute("cam-coarse", coarse_key, lambda: masking(subset(rest)))
+    best = np.full(int(labels.max()) + 1, -np.inf)
+    np.maximum.at(best, labels[sample], first["window_drop"].numpy())
+    cam = {"clusters": clusters, "activation": base, "windows": torch.full((n, 4), -1, dtype=torch.long),
+           "window_drop": torch.as_tensor(best[labels], dtype=first["window_drop"].dtype),
+           "map_peak": torch.zeros(n, dtype=first["map_peak"].dtype)}
+    for pos, part in ((sample, first), (rest, second)):
+        rows = torch.as_tensor(pos)
+        for name, value in part.items():
+            cam[name][rows] = value.to(cam[name].dtype)
+    return cam, masked
+
+
 def localise(ctx: Context) -> Localisation:
     """Windows and scores of every image by cluster activation masking; ``drop`` the window drops and
     ``candidates`` the ``flip_top`` highest by drop (the verdict's)."""
@@ -64,17 +131,22 @@ def localise(ctx: Context) -> Localisation:
         return cluster_activation_masking(act, subset, mask_set, fill, runner, cfg.window, cfg.window_range,
                                           cfg.batch_size, cfg.forward_batch, clock=clock).__dict__
 
+    masked = np.ones(n, dtype=bool)  # images masked (the others keep their cluster's screened drop)
     with clock("masking", n), runner.autocast(cfg.amp):
         if fine == n:
             cam = cache.get_or_compute("cam", key, lambda: masking(images, masks))
         else:
-            # coarse to fine: masking cost follows the suspicious images, not N. Every image under the
-            # coarse occluders; the ones they rank highest again under the full set, whose maps,
-            # windows and drops replace theirs (the same window-drop measurement, a finer window)
+            # coarse to fine: masking cost follows the suspicious images, not N. Every image (or, with the
+            # cluster screen, the images of the clusters it ranks highest) under the coarse occluders; the
+            # ones they rank highest again under the full set, whose maps, windows and drops replace theirs
+            # (the same window-drop measurement, a finer window)
             coarse_masks = build_masks(pc, side, cfg.seed, stride=pc.coarse_stride)
-            cam = dict(cache.get_or_compute("cam-coarse", stage("cam-coarse").key(cfg, ctx.clustering.key),
-                                            lambda: masking(images, coarse_masks)))
-            top = np.sort(np.argsort(-cam["window_drop"].numpy(), kind="stable")[:fine])
+            coarse_key = stage("cam-coarse").key(cfg, ctx.clustering.key)
+            if screen_cover(pc, n) < n:
+                cam, masked = screened(ctx, lambda subset: masking(subset, coarse_masks), coarse_key)
+            else:
+                cam = dict(cache.get_or_compute("cam-coarse", coarse_key, lambda: masking(images, coarse_masks)))
+            top = _top(cam["window_drop"].numpy(), masked, fine_count(pc, int(masked.sum())))
             sub = IndexedImages(images.dataset, images.indexes[top], size=side)
             finer = cache.get_or_compute("cam", key, lambda: masking(sub, masks))
             rows = torch.as_tensor(top)
@@ -83,9 +155,13 @@ def localise(ctx: Context) -> Localisation:
                 cam[name][rows] = value
     cam = CamResult(**cam)
     clock.counts["masked_forwards"] = clock.counts.get("forward", 0)
+    clock.counts["masked_images"] = int(masked.sum())
     key = stage("refine").key(cfg, key)
     if pc.refine > 0:
-        top = np.sort(np.argsort(-cam.window_drop.numpy(), kind="stable")[: int(np.ceil(pc.refine * n))])
+        count = int(np.ceil(pc.refine * n))
+        if not masked.all():  # a share of the masked images, and every candidate of the flip test
+            count = max(int(np.ceil(pc.refine * masked.sum())), pc.flip_top)
+        top = _top(cam.window_drop.numpy(), masked, count)
         rows = torch.as_tensor(top)
         sub = IndexedImages(images.dataset, images.indexes[top], size=side)
         lo, hi = (max(1, round(f * side)) for f in cfg.window_range)
@@ -97,9 +173,9 @@ def localise(ctx: Context) -> Localisation:
         cam.window_drop[rows] = drops
     drop = cam.window_drop.numpy().astype(np.float64)
     scores = drop.copy() if pc.score != "flip" else np.zeros(n)
-    scored = np.ones(n, dtype=bool)
+    scored = masked.copy()
     flip_pos = flip_images_of(km, pc.flip_images, cfg.seed)
-    top = np.argsort(-drop, kind="stable")[: min(pc.flip_top, n)]
+    top = _top(drop, masked, min(pc.flip_top, n), keep_order=True)
     key = stage("flip").key(cfg, key)
     if pc.score in ("flip", "drop+flip") and pc.flip_top > 0:
         def compute():
@@ -118,4 +194,4 @@ def localise(ctx: Context) -> Localisation:
         else:
             scores[top] = drop[top] + np.maximum(flip, 0.0)
     return Localisation(scores=scores, windows=cam.windows.numpy(), clusters=cam.clusters.numpy(), scored=scored,
-                        flip_set=flip_pos, key=key, drop=drop, candidates=top)
+                        flip_set=flip_pos, key=key, drop=np.where(masked, drop, np.nan), candidates=top)

@@ -21,11 +21,15 @@ from solo_poisoncam.detect.window import crop_boxes
 
 
 def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: int, seed: int = 0):
-    """Positions (R,) of source images (random, from the lower half by ``drop``) and boxes (R, 4) of
-    random place, with sides drawn from the candidates' window sides."""
+    """Positions (R,) of source images and boxes (R, 4) of random place, with sides drawn from the
+    candidates' window sides. The sources: random from the lower half by ``drop``; where the cluster
+    screen left at least half the images unmasked (NaN ``drop``), from those (the clusters it ranked
+    lowest: their drops were never measured, and a cluster's sampled drop is no image's own)."""
     check(len(cand_windows) > 0, "the null needs at least one candidate window")
     rng = np.random.default_rng(seed + 7919)  # not the flip test's own stream
-    low = np.argsort(drop, kind="stable")[: max(1, len(drop) // 2)]
+    unmasked = np.flatnonzero(np.isnan(drop))
+    low = unmasked if len(unmasked) and len(unmasked) >= len(drop) // 2 else \
+        np.argsort(drop, kind="stable")[: max(1, len(drop) // 2)]  # NaN sorts last
     src = rng.choice(low, size=count, replace=len(low) < count)
     sides = (cand_windows[:, 2:] - cand_windows[:, :2])[rng.integers(0, len(cand_windows), count)]
     x0 = rng.integers(0, side - sides[:, 0] + 1)

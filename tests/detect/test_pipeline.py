@@ -115,7 +115,7 @@ def test_fine_count_follows_the_coarse_share_and_the_flip_candidates():
 @needs_fashion_mnist
 def test_coarse_to_fine_masks_the_top_coarse_images_exactly_as_one_pass(poisoned, tmp_path):
     data, _ = poisoned
-    base = {**FAST, "score": "drop", "refine": 0, "flip_top": 0, "remove": "none"}
+    base = {**FAST, "score": "drop", "refine": 0, "flip_top": 0, "remove": "none", "screen": 0}  # every image
 
     def detect(**kw):
         return run_detection(SaturationNet(), data, DetectConfig.from_dict({**base, **kw}), Runner(progress=False),
@@ -195,3 +195,40 @@ def test_unlabelled_data_needs_an_explicit_number_of_clusters():
                                                                        "score": "drop", "refine": 0}),
                       Runner(progress=False))
     assert len(np.unique(r.clusters)) <= 4 and r.scores.shape == (20,)
+
+
+@needs_fashion_mnist
+def test_cluster_screen_masks_the_sampled_and_the_top_clusters_images_only(poisoned, tmp_path):
+    from solo_poisoncam.detect.poisoncam import covered, screen_sample
+
+    data, manifest = poisoned
+    base = {**FAST, "score": "drop", "refine": 0, "flip_top": 0, "remove": "none", "coarse_stride": 0.125,
+            "coarse_top": 0.25, "screen": 0}
+
+    def detect(**kw):
+        return run_detection(SaturationNet(), data, DetectConfig.from_dict({**base, **kw}), Runner(progress=False),
+                             StageCache(tmp_path / "cache"))
+
+    coarse = detect(occluder_stride=0.125, coarse_stride=None)        # every image under the 49 coarse masks
+    two = detect()                                                     # and the top 150 under 169
+    screened = detect(screen=3, screen_cover=0.1)                      # 3 per cluster, then >= 60 images
+    sample = screen_sample(screened.clusters, 3, 0)
+    masked = covered(screened.clusters, sample, coarse.scores[sample], 60)
+    masked[sample] = True
+    assert 60 <= masked.sum() < 600 and screened.scored.tolist() == masked.tolist()
+    m = int(masked.sum())
+    fine = int(np.ceil(0.25 * m))
+    assert screened.timings["masked_forwards"] == m * 49 + fine * 169 < two.timings["masked_forwards"]
+    # the poisons' cluster ranks first: every poison masked, and their windows and drops those of the full
+    # two-pass run wherever both masked them finely
+    poisons = manifest.is_poison()[screened.indexes]
+    assert masked[poisons].all()
+    top = np.argsort(-np.where(masked, coarse.scores, -np.inf), kind="stable")[:fine]
+    both = np.intersect1d(top, np.argsort(-coarse.scores, kind="stable")[:150])
+    assert len(both) == fine
+    assert np.array_equal(screened.windows[both], two.windows[both]) and np.allclose(screened.scores[both], two.scores[both])
+    # the others: no window, and the largest coarse drop sampled in their cluster
+    rest = np.flatnonzero(~masked)
+    assert (screened.windows[rest] == -1).all()
+    best = {c: coarse.scores[sample][screened.clusters[sample] == c].max() for c in np.unique(screened.clusters)}
+    assert np.allclose(screened.scores[rest], [best[c] for c in screened.clusters[rest]], atol=1e-6)

@@ -191,6 +191,16 @@ def test_null_windows_come_from_the_least_affected_images_with_the_candidates_si
     assert boxes[:, :2].min() >= 0 and boxes[:, 2:].max() <= 16
     again = null_windows(drop, cand, 500, side=16, seed=3)
     assert np.array_equal(again[1], boxes)  # seeded
+    # the cluster screen left 60 images unmasked (NaN): the null comes from those, whatever the others' drops
+    screened = drop.copy()
+    screened[40:] = np.nan
+    src, _ = null_windows(screened, cand, 500, side=16, seed=3)
+    assert src.min() >= 40 and len(set(src.tolist())) > 50
+    # fewer than half unmasked: the lower half by the measured drops (NaN sorts last)
+    screened = drop.copy()
+    screened[:10] = np.nan
+    src, _ = null_windows(screened, cand, 500, side=16, seed=3)
+    assert src.min() >= 10 and src.max() < 60  # the 50 lowest measured
 
 
 def test_paste_at_random_pastes_each_patch_at_its_own_size():
