@@ -158,20 +158,26 @@ def model(name: str, spec: Dict[str, Any], root: Path, variants: List[Dict[str, 
 def retrain(run: Path, spec: Dict[str, Any], manifest: Path, detections: Dict[str, Any], py: List[str]):
     """The model's recipe retrained on each detection's kept set and on the ground-truth clean set; the
     backdoor check of each (``probe_all_*``: the probe on every label; ``probe_*``: at 10%, mean of draws)."""
-    m = json.loads(manifest.read_text())
-    poisons = set(int(i) for i in m["indexes"])
+    from solo_poisoncam.poison import PoisonManifest
+
+    m = PoisonManifest.load(manifest)
+    poisons = set(int(i) for i in m.indexes)
     oracle = run / "kept-ground-truth.txt"
     if not oracle.is_file():
-        write_lines(oracle, [i for i in range(m["num_samples"]) if i not in poisons])
+        write_lines(oracle, [i for i in range(m.num_samples) if i not in poisons])
     keeps = {"no poisons (ground truth)": oracle}
     keeps.update({label: run / ("detect-" + label.replace(" ", "-")) / "kept.txt" for label in detections})
-    out = {}
+    out, trained = {}, {}
     for label, kept in keeps.items():
+        indexes = frozenset(kept.read_text().split())
+        if indexes in trained:  # the same kept set (e.g. exactly the poisons removed): the same retraining
+            out[label] = {**out[trained[indexes]], "same_kept_set_as": trained[indexes]}
+            continue
         folder = run / ("retrain-" + label.split(" (")[0].replace(" ", "-"))
         if not (folder / "backdoor.json").is_file():
             sh(run / f"{folder.name}.log", *py, "pretrain", "--poison", manifest, "--keep", kept, *PRETRAIN,
                *spec.get("pretrain", []), "--seed", str(spec["seed"]), "--out", folder, "--quiet")
-        out[label] = json.loads((folder / "backdoor.json").read_text())
+        out[label], trained[indexes] = json.loads((folder / "backdoor.json").read_text()), label
     return out
 
 
@@ -211,6 +217,8 @@ def downstream_rows(results: List[Dict[str, Any]]) -> List[List[str]]:
             d = r["detections"].get(label)
             removed = f"{d['metrics']['num_removed']}" if d else str(r["num_poisons"])
             check = ("L" if b.get("learned") else "N") + ("T" if b.get("targeted") else "")
+            if b.get("same_kept_set_as"):
+                check += f" (the kept set of '{b['same_kept_set_as']}')"
             table.append([r["name"], label, removed,
                           f"{pct(b.get('probe_all_asr_patched'))} vs {pct(b.get('probe_all_asr_control'))}",
                           f"{pct(b.get('probe_asr_patched'))} vs {pct(b.get('probe_asr_control'))}",
