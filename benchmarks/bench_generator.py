@@ -182,7 +182,7 @@ def retrain(run: Path, spec: Dict[str, Any], manifest: Path, detections: Dict[st
 
 
 HEAD = ["model", "poisons", "backdoor", "margins patched - control (random-init reference)", "detector", "verdict",
-        "removed", "precision", "recall", "AUROC", "trigger det. acc", "s"]
+        "removed", "precision", "recall", "AUROC", "trigger det. acc", "masked forwards", "s"]
 
 
 def rows(results: List[Dict[str, Any]]) -> List[List[str]]:
@@ -201,28 +201,36 @@ def rows(results: List[Dict[str, Any]]) -> List[List[str]]:
                           ("found" if v.get("found") else "none") if v else "-",
                           f"{m['num_removed']}/{m['num_samples']}", fmt(m.get("precision")), fmt(m.get("recall")),
                           fmt(m.get("auroc")), fmt(m.get("trigger_detection_accuracy")),
+                          f"{d['timings']['masked_forwards']:,}" if d["timings"].get("masked_forwards") else "-",
                           str(round(d["timings"].get("total_s", 0)))])
     return table
 
 
-DOWN_HEAD = ["model", "retrained on", "removed", "probe ASR patched vs control, every label",
-             "at 10% of the labels (mean of draws)", "clean acc (every label)", "backdoor check"]
+DOWN_HEAD = ["model", "retrained on", "removed", "patched -> poison cluster vs control", "kNN ASR patched vs control",
+             "probe ASR patched vs control (every label / 10%)", "probe clean acc (every label)", "backdoor check"]
 
 
 def downstream_rows(results: List[Dict[str, Any]]) -> List[List[str]]:
+    """One row per retrained model: its backdoor check's views (``threat``), patched vs control-patch images."""
     pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
     table = []
     for r in results:
-        for label, b in (r.get("downstream") or {}).items():
-            d = r["detections"].get(label)
-            removed = f"{d['metrics']['num_removed']}" if d else str(r["num_poisons"])
+        if not r.get("downstream"):
+            continue
+        for label, b in [("nothing removed (the threat model)", r["backdoor"] or {}), *r["downstream"].items()]:
+            d, t = r["detections"].get(label), b.get("threat", {})
+            removed = f"{d['metrics']['num_removed']}" if d else ("0" if label.startswith("nothing") else
+                                                                  str(r["num_poisons"]))
             check = ("L" if b.get("learned") else "N") + ("T" if b.get("targeted") else "")
+            check += f" ({', '.join(k for k, v in (b.get('criteria') or {}).items() if v) or 'no view'})"
             if b.get("same_kept_set_as"):
-                check += f" (the kept set of '{b['same_kept_set_as']}')"
+                check += f", the kept set of '{b['same_kept_set_as']}'"
             table.append([r["name"], label, removed,
-                          f"{pct(b.get('probe_all_asr_patched'))} vs {pct(b.get('probe_all_asr_control'))}",
-                          f"{pct(b.get('probe_asr_patched'))} vs {pct(b.get('probe_asr_control'))}",
-                          pct(b.get("probe_all_clean_acc1")), check])
+                          f"{pct(t.get('patched_to_poison_cluster'))} vs {pct(t.get('control_to_poison_cluster'))}",
+                          f"{pct(t.get('knn_asr_patched'))} vs {pct(t.get('knn_asr_control'))}",
+                          f"{pct(t.get('probe_all_asr_patched'))} vs {pct(t.get('probe_all_asr_control'))} / "
+                          f"{pct(t.get('probe_asr_patched'))} vs {pct(t.get('probe_asr_control'))}",
+                          pct(t.get("probe_all_clean_acc1")), check])
     return table
 
 
