@@ -1,6 +1,6 @@
 """Masked forwards per image of PoisonCAM's localisation, with and without the cluster screen, from the
-detector's own count rules (``detect/poisoncam.py``: ``screen_cover``, ``fine_count``; 84 forwards per
-refined window, ``detect/cam.py: refine_windows``) at the defaults: a projection, not a timing.
+detector's own count rules (``detect/poisoncam.py``: ``screen_cover``, ``fine_count``;
+``detect/cam.py: REFINE_FORWARDS`` per refined window) at the defaults: a projection, not a timing.
 
     python benchmarks/forward_counts.py --name forward-counts
 
@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from solo_poisoncam.detect.cam import REFINE_FORWARDS as REFINE  # noqa: E402
+
 from common import environment, markdown_table, print_tables, write_results  # noqa: E402
 
-REFINE = 84  # forwards per refined window (49 + 9 + 25 + 1)
 SIZES = [(3000, 100), (5000, 100), (20000, 100), (60000, 100), (126689, 1000)]  # (N, K): K = 10 x classes
 
 

@@ -20,18 +20,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from solo_poisoncam.detect.cam import REFINE_FORWARDS  # noqa: E402
+
 from common import environment, markdown_table, print_tables, stage_seconds, write_results  # noqa: E402
 
 HEAD = ["folder", "screen", "verdict", "removed", "same removed set as", "precision", "recall", "trigger det. acc",
         "AUROC", "masked forwards", "refined windows", "forwards / image (x 84 per refined)", "stage s"]
 
 
-def row(folder: Path, removed_sets):
-    d = json.loads((folder / "metrics.json").read_text())
+def row(folder: Path, d, removed_sets):
     m, t, cfg = d["metrics"], d["timings"], d["config"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    removed = frozenset((folder / "removed.txt").read_text().split())
-    same = [str(f) for f, r in removed_sets if r == removed and f != folder]
+    removed = removed_sets[folder]
+    same = [str(f) for f, r in removed_sets.items() if r == removed and f != folder]
     pc = cfg.get("poisoncam", {})
     n = t["images"]
     masked = t.get("masked_forwards") or 0
@@ -45,7 +46,7 @@ def row(folder: Path, removed_sets):
     return [str(folder), str(pc.get("screen", 0)), ("found" if v.get("found") else "none") if v else "-",
             f"{m['num_removed']}/{m['num_samples']}", ", ".join(same) or "-", fmt(m.get("precision")),
             fmt(m.get("recall")), fmt(m.get("trigger_detection_accuracy")), fmt(m.get("auroc")), f"{masked:,}",
-            str(refined), f"{(masked + 84 * refined) / n:.1f}", f"{stage_seconds(t):.0f}"]
+            str(refined), f"{(masked + REFINE_FORWARDS * refined) / n:.1f}", f"{stage_seconds(t):.0f}"]
 
 
 def main(argv=None) -> int:
@@ -55,10 +56,10 @@ def main(argv=None) -> int:
     p.add_argument("--note", default="")
     args = p.parse_args(argv)
     dirs = [Path(x) for x in args.dirs]
-    removed_sets = [(f, frozenset((f / "removed.txt").read_text().split())) for f in dirs]
-    tables = {"detections side by side": markdown_table(HEAD, [row(f, removed_sets) for f in dirs])}
-    settings = {"dirs": args.dirs, "note": args.note}
+    removed_sets = {f: frozenset((f / "removed.txt").read_text().split()) for f in dirs}
     raw = [json.loads((f / "metrics.json").read_text()) for f in dirs]
+    tables = {"detections side by side": markdown_table(HEAD, [row(f, d, removed_sets) for f, d in zip(dirs, raw)])}
+    settings = {"dirs": args.dirs, "note": args.note}
     return print_tables(tables, write_results(args.name, environment(), settings, tables, raw))
 
 

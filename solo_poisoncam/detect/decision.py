@@ -5,6 +5,7 @@ cached statistics survive a change of the rule."""
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 

@@ -159,7 +159,7 @@ def _timings(clock: StageClock, runner: Runner, cache: StageCache, n: int, side:
         t["masking_overhead"] = round(clock.seconds.get("mask", 0.0) / clock.seconds["forward"], 4)
     if "masked_images" in clock.counts:  # images under the coarse occluders (all but those the screen left out)
         t["masked_images"] = clock.counts["masked_images"]
-    if "refine" in clock.counts:  # windows refined, 84 masked forwards each (detect/cam.py: refine_windows)
+    if "refine" in clock.counts:  # windows refined, cam.REFINE_FORWARDS masked forwards each
         t["refined_windows"] = clock.counts["refine"]
     t["solo_poisoncam_version"] = __version__
     return t

@@ -69,12 +69,17 @@ def screen_sample(clusters: np.ndarray, per_cluster: int, seed: int) -> np.ndarr
     return np.sort(np.concatenate(picks))
 
 
-def covered(clusters: np.ndarray, sample: np.ndarray, sample_drop: np.ndarray, cover: int) -> np.ndarray:
-    """(N,) bool: the images of the clusters ranked highest by their sampled images' largest window drop,
-    the fewest clusters that hold at least ``cover`` images (ties: the lower cluster id first)."""
-    ids = np.unique(clusters)
-    best = np.full(int(ids.max()) + 1, -np.inf)
+def cluster_maxima(clusters: np.ndarray, sample: np.ndarray, sample_drop: np.ndarray) -> np.ndarray:
+    """(max cluster id + 1,) the largest window drop among each cluster's sampled images (-inf: none sampled)."""
+    best = np.full(int(clusters.max()) + 1, -np.inf)
     np.maximum.at(best, clusters[sample], sample_drop)
+    return best
+
+
+def covered(clusters: np.ndarray, best: np.ndarray, cover: int) -> np.ndarray:
+    """(N,) bool: the images of the clusters ranked highest by ``best`` (:func:`cluster_maxima`), the fewest
+    clusters that hold at least ``cover`` images (ties: the lower cluster id first)."""
+    ids = np.unique(clusters)
     order = ids[np.lexsort((ids, -best[ids]))]
     sizes = np.bincount(clusters, minlength=len(best))[order]
     chosen = order[: int(np.searchsorted(np.cumsum(sizes), cover)) + 1]
@@ -95,16 +100,17 @@ def screened(ctx: Context, masking, coarse_key):
     labels = clusters.numpy()
     sample = screen_sample(labels, pc.screen, cfg.seed)
     key = stage("screen").key(cfg, ctx.clustering.key)
+
     def subset(pos):
         return IndexedImages(images.dataset, images.indexes[pos], size=ctx.side)
 
     first = cache.get_or_compute("screen", key, lambda: masking(subset(sample)))
-    masked = covered(labels, sample, first["window_drop"].numpy(), screen_cover(pc, n))
-    masked[sample] = True
-    rest = np.flatnonzero(masked & ~np.isin(np.arange(n), sample))
+    best = cluster_maxima(labels, sample, first["window_drop"].numpy())
+    in_sample = np.zeros(n, dtype=bool)
+    in_sample[sample] = True
+    masked = covered(labels, best, screen_cover(pc, n)) | in_sample
+    rest = np.flatnonzero(masked & ~in_sample)
     second = cache.get_or_compute("cam-coarse", coarse_key, lambda: masking(subset(rest)))
-    best = np.full(int(labels.max()) + 1, -np.inf)
-    np.maximum.at(best, labels[sample], first["window_drop"].numpy())
     cam = {"clusters": clusters, "activation": base, "windows": torch.full((n, 4), -1, dtype=torch.long),
            "window_drop": torch.as_tensor(best[labels], dtype=first["window_drop"].dtype),
            "map_peak": torch.zeros(n, dtype=first["map_peak"].dtype)}

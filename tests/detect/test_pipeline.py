@@ -199,7 +199,7 @@ def test_unlabelled_data_needs_an_explicit_number_of_clusters():
 
 @needs_fashion_mnist
 def test_cluster_screen_masks_the_sampled_and_the_top_clusters_images_only(poisoned, tmp_path):
-    from solo_poisoncam.detect.poisoncam import covered, screen_sample
+    from solo_poisoncam.detect.poisoncam import cluster_maxima, covered, screen_sample
 
     data, manifest = poisoned
     base = {**FAST, "score": "drop", "refine": 0, "flip_top": 0, "remove": "none", "coarse_stride": 0.125,
@@ -213,7 +213,7 @@ def test_cluster_screen_masks_the_sampled_and_the_top_clusters_images_only(poiso
     two = detect()                                                     # and the top 150 under 169
     screened = detect(screen=3, screen_cover=0.1)                      # 3 per cluster, then >= 60 images
     sample = screen_sample(screened.clusters, 3, 0)
-    masked = covered(screened.clusters, sample, coarse.scores[sample], 60)
+    masked = covered(screened.clusters, cluster_maxima(screened.clusters, sample, coarse.scores[sample]), 60)
     masked[sample] = True
     assert 60 <= masked.sum() < 600 and screened.scored.tolist() == masked.tolist()
     m = int(masked.sum())

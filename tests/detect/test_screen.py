@@ -5,7 +5,7 @@ import pytest
 
 from solo_poisoncam.checks import PoisonCamError
 from solo_poisoncam.detect.config import PoisonCamConfig
-from solo_poisoncam.detect.poisoncam import _top, covered, screen_sample
+from solo_poisoncam.detect.poisoncam import _top, cluster_maxima, covered, screen_sample
 
 
 def test_screen_sample_takes_per_cluster_images_of_each_cluster_and_all_of_a_small_one():
@@ -22,10 +22,12 @@ def test_covered_takes_the_fewest_highest_ranked_clusters_that_hold_cover_images
     clusters = np.array([0] * 4 + [1] * 3 + [2] * 2 + [3] * 5)
     sample = np.array([0, 1, 4, 7, 9, 10])
     drop = np.array([0.1, -0.2, 0.9, 0.5, 0.3, 0.0])
-    assert np.flatnonzero(covered(clusters, sample, drop, 3)).tolist() == [4, 5, 6]         # cluster 1 holds 3
-    assert np.flatnonzero(covered(clusters, sample, drop, 4)).tolist() == [4, 5, 6, 7, 8]   # and cluster 2
-    assert covered(clusters, sample, drop, 6).sum() == 3 + 2 + 5                            # and cluster 3
-    assert covered(clusters, sample, drop, 100).all()
+    best = cluster_maxima(clusters, sample, drop)
+    assert best.tolist() == [0.1, 0.9, 0.5, 0.3]
+    assert np.flatnonzero(covered(clusters, best, 3)).tolist() == [4, 5, 6]         # cluster 1 holds 3
+    assert np.flatnonzero(covered(clusters, best, 4)).tolist() == [4, 5, 6, 7, 8]   # and cluster 2
+    assert covered(clusters, best, 6).sum() == 3 + 2 + 5                            # and cluster 3
+    assert covered(clusters, best, 100).all()
 
 
 def test_top_ranks_only_masked_images():
