@@ -181,8 +181,4 @@ def reserve_manifest(manifest: PoisonManifest, size: Optional[int]) -> PoisonMan
     """The manifest of the same written folder served at another ``size`` (the files are unchanged)."""
     check(manifest.in_files, "only a written folder's manifest (poisoncam poison --write-folder) can be re-served")
     spec = dict(manifest.dataset, size=size)
-    ds = build_dataset(**spec)
-    d = manifest.to_dict()
-    d.update(dataset=spec, fingerprint=ds.fingerprint())
-    d.pop("created")
-    return PoisonManifest.from_dict(d)
+    return manifest.served_as(spec, build_dataset(**spec).fingerprint())

@@ -94,6 +94,15 @@ class PoisonManifest:
         boxes = np.array([served_box(b, wh, size) for b, wh in zip(self.boxes, self.image_sizes)]).reshape(-1, 4)
         return boxes, np.full((len(boxes), 2), int(size), dtype=np.int64)
 
+    def served_as(self, dataset: Dict[str, Any], fingerprint: str) -> "PoisonManifest":
+        """This written folder's manifest for the same files served as ``dataset`` (its spec) with
+        ``fingerprint``: the boxes stay in the files' pixels, so only the data it names change."""
+        check(self.in_files, "only a written folder's manifest (poisoncam poison --write-folder) can be re-served")
+        d = self.to_dict()
+        d.update(dataset=dict(dataset), fingerprint=fingerprint)
+        d.pop("created")
+        return PoisonManifest.from_dict(d)
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "version": self.version,

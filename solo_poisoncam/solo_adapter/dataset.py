@@ -235,10 +235,7 @@ def written_manifest_for(manifest: PoisonManifest, view: SoloImageView, path: st
           "images" + (" whose names, classes, sizes or modification times differ (another folder, or files changed "
                       "since they were written)" if same_count else "")
           + "; train on the written folder's train/, whole (data.fraction -1)")
-    d = manifest.to_dict()
-    d.update(dataset=dict(view.spec), fingerprint=view.fingerprint())
-    d.pop("created")
-    return PoisonManifest.from_dict(d)
+    return manifest.served_as(view.spec, view.fingerprint())
 
 
 def poison_solo_dataset(dataset, cfg: DictConfig) -> PoisonedSoloDataset:
