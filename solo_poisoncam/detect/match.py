@@ -32,17 +32,19 @@ import torch.nn.functional as F
 from solo_poisoncam.checks import check
 from solo_poisoncam.detect.handoff import Removed
 from solo_poisoncam.detect.stages import stage
-from solo_poisoncam.detect.verdict import crop_errors, pattern_errors
+from solo_poisoncam.detect.verdict import Pool, crop_errors, pattern_errors
 from solo_poisoncam.detect.window import crop_boxes
 
 
-def match_scan(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, chunk: int = 1024):
-    """Every image against every window: ((N, T) RMSE of the best position, inf = no match; (N, T, 2)
-    long top-left (x, y) of that position). ``images``: ``take(positions)`` -> uint8 (B, 3, S, S)."""
+def match_scan(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, rmse: float = 0.1,
+               chunk: int = 1024):
+    """Every image against every window: ((N, T) RMSE of the best position, inf = none below ``rmse``;
+    (N, T, 2) long top-left (x, y) of that position). ``images``: ``take(positions)`` -> uint8 (B, 3, S, S)."""
     n = len(images)
     errs, ats = [], []
     for i in range(0, n, chunk):
-        e, a = pattern_errors(src_images, boxes, images.take(np.arange(i, min(n, i + chunk))), ncc, where=True)
+        e, a = pattern_errors(src_images, boxes, images.take(np.arange(i, min(n, i + chunk))), ncc, where=True,
+                              below=rmse)
         errs.append(e)
         ats.append(a)
     return torch.cat(errs), torch.cat(ats)
@@ -135,7 +137,7 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     check(len(src_pos) == len(boxes) and len(boxes) > 0, "match_removal needs one source position per window")
     src = images.take(src_pos)  # the windows' own images, read once
-    err, at = match_scan(src, torch.as_tensor(boxes), images, ncc)
+    err, at = match_scan(src, torch.as_tensor(boxes), images, ncc, rmse)
     hit = err < rmse
     extents = np.empty_like(boxes)
     for t in range(len(boxes)):
@@ -157,7 +159,7 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
                                                         >= boxes[:, 2:] - boxes[:, :2]).all(1))
     owner, patterns = np.concatenate([np.arange(len(boxes)), again]), np.concatenate([boxes, extents[again]])
     if len(again):
-        err2, at2 = match_scan(src[torch.as_tensor(again)], torch.as_tensor(extents[again]), images, ncc)
+        err2, at2 = match_scan(src[torch.as_tensor(again)], torch.as_tensor(extents[again]), images, ncc, rmse)
         err, at = torch.cat([err, err2], 1), torch.cat([at, at2], 1)
         hit = err < rmse
     offset = extents[owner] - np.tile(patterns[:, :2], 2)  # the trigger's box from the top-left of a match
@@ -174,7 +176,7 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     scaled = np.zeros(n, dtype=bool)
     if len(scales):  # what no copy at the extents' own size matched: the extents resized
         rest = np.flatnonzero(~removed)
-        s_err, s_box, s_owner = scaled_scan(src, extents, images, rest, scales, ncc)
+        s_err, s_box, s_owner = scaled_scan(src, extents, images, rest, scales, ncc, rmse)
         hit_s = (s_err < rmse).any(1).numpy()
         rows = rest[hit_s]
         got = torch.as_tensor(np.flatnonzero(hit_s))
@@ -187,9 +189,10 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
 
 
 def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray, scales: Sequence[float],
-                ncc: float = 0.9, chunk: int = 1024):
+                ncc: float = 0.9, rmse: float = 0.1, chunk: int = 1024):
     """The images at positions ``rows`` against every extent resized by each of ``scales`` (bilinear,
-    antialiased; sides of 4 px up to the image's): ((R, C) RMSE of the best position, inf = none; (R, C, 4)
+    antialiased; sides of 4 px up to the image's): ((R, C) RMSE of the best position, inf = none below
+    ``rmse``; (R, C, 4)
     the box of that position; (C,) the extent each column came from). ``src``: the extents' own images."""
     side = int(src.shape[-1])
     x = src.float() / 255
@@ -209,9 +212,9 @@ def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray
     sizes = [tuple(p.shape[-2:]) for p in patterns]
     groups = {size: [c for c, sz in enumerate(sizes) if sz == size] for size in sorted(set(sizes))}
     for i in range(0, len(rows), chunk):  # each chunk of images read once, whatever the number of sizes
-        pool_x = images.take(rows[i:i + chunk]).float() / 255
+        pool = Pool(images.take(rows[i:i + chunk]).float() / 255)
         for (h, w), cols in groups.items():
-            e, a = crop_errors(torch.stack([patterns[c] for c in cols]), pool_x, ncc)
+            e, a = crop_errors(torch.stack([patterns[c] for c in cols]), pool, ncc, below=rmse)
             err[i:i + len(e), cols] = e
             box[i:i + len(e), cols] = torch.cat([a, a + torch.tensor([w, h])], -1)
     return err, box, np.asarray(owner, dtype=np.int64)

@@ -40,7 +40,7 @@ def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: i
 
 @torch.no_grad()
 def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-                   chunk: int = 64, where: bool = False):
+                   chunk: int = 64, where: bool = False, below: Optional[float] = None):
     """(P, T) float: the smallest root-mean-square pixel difference (in [0, 1] units) between window t
     and pool image p over the positions where their normalised cross-correlation exceeds ``ncc``
     (inf where there is none). Flat image regions and windows with a flat quadrant (pixel std < 1/64)
@@ -53,18 +53,54 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
         src_images: uint8 (T, 3, S, S) the windows are cut from; boxes (T, 4) long.
         pool: uint8 (P, 3, S, S), the images searched.
         where: also return (P, T, 2) long, the top-left (x, y) in pool image p of that best position.
+        below: only errors below this are wanted: the others may be reported as inf (and their position
+            as 0), and the pool images whose :func:`block_bound` reaches it are never searched.
     """
-    src, pool_x = src_images.float() / 255, pool.float() / 255
+    src, searched = src_images.float() / 255, Pool(pool.float() / 255)
     out = torch.full((len(pool), len(boxes)), float("inf"))
     at = torch.zeros(len(pool), len(boxes), 2, dtype=torch.long)
     sizes = boxes[:, 2:] - boxes[:, :2]
     for size in torch.unique(sizes, dim=0):
         group = torch.nonzero((sizes == size).all(1)).flatten()
-        sums = window_sums(pool_x, int(size[1]), int(size[0]))  # once per size, whatever the chunks
         for start in range(0, len(group), chunk):
             part = group[start:start + chunk]
-            out[:, part], at[:, part] = crop_errors(crop_boxes(src[part], boxes[part]), pool_x, ncc, sums)
+            out[:, part], at[:, part] = crop_errors(crop_boxes(src[part], boxes[part]), searched, ncc, below)
     return (out, at) if where else out
+
+
+class Pool:
+    """Images searched for patterns (P, 3, S, S) in [0, 1], with what the search needs of them whatever the
+    patterns (:func:`window_sums` per pattern size, block means per block side) computed once."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self._memo = {}
+
+    def __len__(self):
+        return len(self.x)
+
+    def _get(self, key, compute):
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def sums(self, h: int, w: int):
+        return self._get(("sums", h, w), lambda: window_sums(self.x, h, w))
+
+    def means(self, block: int) -> torch.Tensor:
+        """The mean of the ``block`` x ``block`` block at every top-left (P, 3, S - block + 1, ...)."""
+        return self._get(("means", block), lambda: F.avg_pool2d(self.x, block, stride=1))
+
+    def mean_squares(self, block: int, nh: int, nw: int) -> torch.Tensor:
+        """(P, 1, ...): the sum of the squared block means over an nh x nw grid of blocks at every top-left."""
+        return self._get(("squares", block, nh, nw), lambda: F.conv2d(
+            self.means(block) ** 2, torch.ones(1, 3, nh, nw), dilation=block))
+
+    def subset(self, rows: torch.Tensor) -> "Pool":
+        """The images ``rows``, with what is already computed of them."""
+        out = Pool(self.x[rows])
+        out._memo = {k: v[rows] if torch.is_tensor(v) else tuple(t[rows] for t in v) for k, v in self._memo.items()}
+        return out
 
 
 def window_sums(pool_x: torch.Tensor, h: int, w: int):
@@ -78,14 +114,57 @@ def window_sums(pool_x: torch.Tensor, h: int, w: int):
     return s2, local_sd, local_sd < np.sqrt(k) / 64
 
 
-@torch.no_grad()
-def crop_errors(raw: torch.Tensor, pool_x: torch.Tensor, ncc: float = 0.9, sums=None):
-    """:func:`pattern_errors` of T patterns of one size (T, 3, h, w) in a pool ``pool_x`` (P, 3, S, S), both in
-    [0, 1]: ((P, T) RMSE of the best position, inf = none; (P, T, 2) long top-left (x, y) of that position).
-    ``sums``: :func:`window_sums` of the pool at this size, where the caller has them."""
+def bound_block(h: int, w: int) -> int:
+    """The block side :func:`block_bound` uses for h x w patterns: the largest power of two with at least
+    3 blocks along the shorter side, and 2 from 4 px (a power of two: sizes near each other share the pool's
+    block means); 1 (no bound) below 4 px.
+
+    >>> [bound_block(s, s) for s in (3, 4, 5, 6, 11, 12, 24, 32)]
+    [1, 2, 2, 2, 2, 4, 8, 8]
+    """
+    side = min(h, w)
+    return 1 if side < 4 else max(2, 1 << max(0, (side // 3).bit_length() - 1))
+
+
+def block_bound(raw: torch.Tensor, pool: "Pool", block: int) -> torch.Tensor:
+    """(P, T): a lower bound on the squared RMSE of each pattern (T, 3, h, w) in [0, 1] at every position in
+    each pool image, from ``block`` x ``block`` means: over the pattern's whole blocks, the sum of squared
+    differences of a block is at least ``block**2`` times its mean difference squared (Cauchy-Schwarz), and
+    the pixels outside whole blocks add nothing negative. It costs about 1 / ``block**2`` of the search.
+
+    >>> x = torch.rand(2, 3, 12, 12); bool(block_bound(x[:1, :, 2:8, 2:8], Pool(x), 3)[0, 0] < 1e-6)
+    True
+    """
     h, w = raw.shape[-2:]
+    nh, nw = h // block, w // block
+    side_y, side_x = pool.x.shape[-2] - h + 1, pool.x.shape[-1] - w + 1  # the search's positions
+    tb = F.avg_pool2d(raw, block, stride=block)[..., :nh, :nw]
+    cross = F.conv2d(pool.means(block), tb, dilation=block)[..., :side_y, :side_x]
+    own = pool.mean_squares(block, nh, nw)[..., :side_y, :side_x]
+    sq = (own - 2 * cross + tb.pow(2).sum((1, 2, 3))[None, :, None, None]) * (block * block / (3 * h * w))
+    return sq.flatten(2).min(2).values
+
+
+@torch.no_grad()
+def crop_errors(raw: torch.Tensor, pool: "Pool", ncc: float = 0.9, below: Optional[float] = None):
+    """:func:`pattern_errors` of T patterns of one size (T, 3, h, w) in [0, 1] in a :class:`Pool`: ((P, T) RMSE
+    of the best position, inf = none; (P, T, 2) long top-left (x, y) of that position). ``below``: only
+    errors below it are wanted (:func:`pattern_errors`): the pool images whose :func:`block_bound` reaches
+    it for every pattern are not searched (inf)."""
+    h, w = raw.shape[-2:]
+    block = bound_block(h, w)
+    if below is not None and block >= 2:
+        # the margin keeps float rounding in the bound's sums from ruling out an error just below ``below``
+        keep = torch.nonzero((block_bound(raw, pool, block) < below ** 2 + 1e-5).any(1)).flatten()
+        if len(keep) < len(pool):
+            err = torch.full((len(pool), len(raw)), float("inf"))
+            at = torch.zeros(len(pool), len(raw), 2, dtype=torch.long)
+            if len(keep):
+                err[keep], at[keep] = crop_errors(raw, pool.subset(keep), ncc)
+            return err, at
     k = 3 * h * w
-    s2, local_sd, flat = sums if sums is not None else window_sums(pool_x, h, w)
+    pool_x = pool.x
+    s2, local_sd, flat = pool.sums(h, w)
     t = raw - raw.mean((1, 2, 3), keepdim=True)
     norm = t.flatten(1).norm(dim=1)
     corr = F.conv2d(pool_x, t) / (local_sd * norm.clamp_min(1e-6)[None, :, None, None])
@@ -113,7 +192,8 @@ def repetition(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor
     level gives (T,). With ``within``, also (P, T) bool: pool image p holds window t's pattern within it.
     With ``shifts``, also (P, T) float32: how far that copy (within the first ``rmse``) sits from the
     window's own place, as a share of its side (the larger of the x and y offsets; NaN where p holds none)."""
-    err, at = pattern_errors(src_images, boxes, pool, ncc, where=True)
+    wanted = max(list(rmse) + ([within] if within is not None else []))  # no count looks at a larger error
+    err, at = pattern_errors(src_images, boxes, pool, ncc, where=True, below=wanted)
     if exclude is not None:
         own = torch.as_tensor(exclude)
         cols = torch.nonzero(own >= 0).flatten()

@@ -15,8 +15,8 @@ from solo_poisoncam.detect.decision import binomial_tail, decide, describe
 from solo_poisoncam.detect.flip import flip_scores
 from solo_poisoncam.detect.handoff import VerdictStatistics
 from solo_poisoncam.data.indexed import IndexedImages
-from solo_poisoncam.detect.verdict import (core_boxes, null_windows, part_boxes, pattern_errors, repetition,
-                                          verdict_statistics)
+from solo_poisoncam.detect.verdict import (Pool, block_bound, core_boxes, null_windows, part_boxes, pattern_errors,
+                                          repetition, verdict_statistics)
 from solo_poisoncam.engine.cache import StageCache
 from solo_poisoncam.engine.runner import Runner
 from solo_poisoncam.eval.detection import score_detection
@@ -162,6 +162,41 @@ def test_pattern_errors_separate_exact_copies_from_alike_ones():
     assert err[0] < 1e-3 and err[1] < 1e-3 and 0.04 < err[2] < 0.06  # float sums: 0 up to rounding
     counts = repetition(pool[:1], torch.tensor([[1, 1, 6, 6]]), pool, 0.9, np.array([0]), (0.1, 0.02))
     assert counts[:, 0].tolist() == [2, 1]
+
+
+def test_block_bound_never_exceeds_the_exact_error_and_is_exact_on_a_constant_block():
+    """The bound against the brute-force smallest squared RMSE over every position; a 4 x 4 pattern of one
+    colour (one block of 4): 0 in an image holding it, and on a plain image 0.4 away the exact 0.4^2."""
+    g = torch.Generator().manual_seed(1)
+    pool = torch.rand(8, 3, 16, 16, generator=g)
+    pool[4:] = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4, generator=g), size=16, mode="bilinear")
+    raw = torch.cat([pool[:3, :, 2:11, 5:15], torch.rand(2, 3, 9, 10, generator=g)])
+    exact = ((pool.unfold(2, 9, 1).unfold(3, 10, 1)[:, None] - raw[None, :, :, None, None]) ** 2).mean((2, 5, 6))
+    exact = exact.flatten(2).min(2).values
+    for block in (2, 3, 4):
+        assert (block_bound(raw, Pool(pool), block) <= exact + 1e-6).all()
+    flat = torch.full((1, 3, 16, 16), 0.2)
+    flat[0, :, 4:8, 8:12] = 0.6
+    colour = torch.full((1, 3, 4, 4), 0.6)
+    assert block_bound(colour, Pool(flat), 4)[0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    assert block_bound(colour, Pool(flat[..., :8] * 0 + 0.2), 4)[0, 0].item() == pytest.approx(0.16, abs=1e-6)
+
+
+def test_searching_below_a_bound_keeps_every_error_under_it_and_nothing_else():
+    """``below``: the same errors and places for every pair under it, inf or >= it for the rest."""
+    rng = np.random.default_rng(3)
+    pool = torch.as_tensor(rng.integers(60, 200, size=(40, 3, 24, 24)), dtype=torch.uint8)
+    pattern = torch.as_tensor(rng.integers(0, 256, size=(3, 8, 8)), dtype=torch.uint8)
+    for i in range(0, 40, 4):  # 10 copies, every other one slightly noisy
+        noise = torch.as_tensor(rng.integers(-10, 11, size=(3, 8, 8))) * (i % 8 == 4)
+        pool[i, :, i % 16:i % 16 + 8, 3:11] = (pattern.long() + noise).clamp(0, 255).to(torch.uint8)
+    boxes = torch.tensor([[3, 0, 11, 8], [2, 2, 10, 10], [1, 5, 13, 17]])
+    full, at = pattern_errors(pool[:3], boxes, pool, where=True)
+    cut, at_cut = pattern_errors(pool[:3], boxes, pool, where=True, below=0.1)
+    under = full < 0.1
+    assert under[:, 0].sum().item() == 10  # the pattern's copies, exact and noisy
+    assert torch.equal(cut[under], full[under]) and torch.equal(at_cut[under], at[under])
+    assert (cut[~under] >= 0.1).all() and torch.isinf(cut[~under]).float().mean() > 0.9  # nearly all never searched
 
 
 def test_pattern_matches_find_a_pasted_pattern_anywhere_and_nothing_in_noise():
