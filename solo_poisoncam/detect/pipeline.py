@@ -161,6 +161,10 @@ def _timings(clock: StageClock, runner: Runner, cache: StageCache, n: int, side:
         t["masked_images"] = clock.counts["masked_images"]
     if "refine" in clock.counts:  # windows refined, cam.REFINE_FORWARDS masked forwards each
         t["refined_windows"] = clock.counts["refine"]
+    # per stage computed in this run (a cached stage's is the loading's): host resident memory, and GPU memory
+    t["peak_rss_mb"] = dict(clock.peak_rss_mb)
+    if clock.peak_cuda_mb:
+        t["peak_cuda_mb"] = dict(clock.peak_cuda_mb)
     t["solo_poisoncam_version"] = __version__
     return t
 

@@ -1,3 +1,6 @@
+import re
+import sys
+
 import numpy as np
 import pytest
 from helpers import SaturationNet, needs_fashion_mnist, poisoned_fashion_mnist, tiny_dataset
@@ -27,10 +30,13 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
     cache = StageCache(tmp_path / "cache")
     r = score_detection(run_detection(SaturationNet(), data, DetectConfig.from_dict(FAST), Runner(progress=False),
                                       cache), manifest)
-    # no bars (progress off), still one plain line per stage and per classifier model, on stderr
+    # no bars (progress off), still plain lines on stderr: one as each stage starts, one as it ends (its
+    # seconds and peak memory), one per classifier model
     err = capsys.readouterr().err.splitlines()
-    stages = [line.split(":")[0].split()[-1] for line in err if line.endswith(" s") or "images)" in line]
+    started = [line.split(" ...")[0].split()[-1] for line in err if " ..." in line]
+    stages = [line.split(":")[0].split()[-1] for line in err if re.search(r": [0-9.]+ s\b", line)]
     assert stages[:3] == ["features", "kmeans", "masking"] and "classifier" in stages
+    assert started == [s for s in stages if s in started] and started[:3] == stages[:3]
     assert any("poison classifier: model 1/1 trained in" in line for line in err) and "\r" not in "".join(err)
     m = r.metrics
     assert m["num_poisons"] == 30 and m["num_samples"] == 600
@@ -40,6 +46,9 @@ def test_poisoncam_end_to_end_on_a_backdoored_model(poisoned, tmp_path, capsys):
     assert set(r.timings) >= {"features_s", "kmeans_s", "masking_s", "classifier_s", "masked_forwards_per_s",
                               "masking_overhead", "device"}
     assert r.timings["masked_forwards"] == 600 * 169
+    if sys.platform.startswith("linux"):  # each outermost stage's peak host memory (a Python process: > 50 MiB)
+        assert set(r.timings["peak_rss_mb"]) == {"features", "kmeans", "masking", "refine", "flip", "verdict", "classifier"}
+        assert min(r.timings["peak_rss_mb"].values()) > 50
     # a second run is served from the cache, stage by stage, with identical outputs
     again = run_detection(SaturationNet(), data, DetectConfig.from_dict(FAST), Runner(progress=False),
                           StageCache(tmp_path / "cache"))
