@@ -39,15 +39,15 @@ from solo_poisoncam.detect.window import crop_boxes
 
 
 def match_scan(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, rmse: float = 0.1,
-               chunk: int = 1024, progress: bool = False):
+               chunk: int = 1024, progress: bool = False, device=None):
     """Every image against every window: ((N, T) RMSE of the best position, inf = none below ``rmse``;
     (N, T, 2) long top-left (x, y) of that position). ``images``: ``take(positions)`` -> uint8 (B, 3, S, S).
-    ``progress``: a bar on a terminal."""
+    ``progress``: a bar on a terminal; ``device``: where the search runs."""
     n = len(images)
     errs, ats = [], []
     for i in _bar(range(0, n, chunk), progress, f"match: {len(boxes)} patterns"):
         e, a = pattern_errors(src_images, boxes, images.take(np.arange(i, min(n, i + chunk))), ncc, where=True,
-                              below=rmse)
+                              below=rmse, device=device)
         errs.append(e)
         ats.append(a)
     return torch.cat(errs), torch.cat(ats)
@@ -125,7 +125,7 @@ def trigger_extent(template: torch.Tensor, box, copies: torch.Tensor, at: torch.
 def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0.9, rmse: float = 0.1,
                   copies: int = 64, tol: float = 0.1, agree: float = 0.5,
                   reach: Optional[np.ndarray] = None, scales: Sequence[float] = (),
-                  progress: bool = False) -> Dict[str, np.ndarray]:
+                  progress: bool = False, device=None) -> Dict[str, np.ndarray]:
     """Remove every image that holds one of the confirmed windows' patterns, and place the trigger in it.
 
     Args:
@@ -137,7 +137,7 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
             none: the window grown by its own size on each side.
         scales: each extent is also looked for resized by these factors (:func:`scaled_scan`): a trigger
             pasted at each file's own resolution reaches the model at another size in each image.
-        progress: a bar per scan on a terminal.
+        progress: a bar per scan on a terminal; ``device``: where the scans run (the detector's).
 
     Returns ``removed`` (N,) bool, ``windows`` (N, 4) the trigger box in each removed image (-1 rows
     elsewhere), ``template`` (N,) the window whose pattern (its own or its extent's) matched best (-1:
@@ -147,7 +147,7 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     check(len(src_pos) == len(boxes) and len(boxes) > 0, "match_removal needs one source position per window")
     src = images.take(src_pos)  # the windows' own images, read once
-    err, at = match_scan(src, torch.as_tensor(boxes), images, ncc, rmse, progress=progress)
+    err, at = match_scan(src, torch.as_tensor(boxes), images, ncc, rmse, progress=progress, device=device)
     hit = err < rmse
     extents = np.empty_like(boxes)
     for t in range(len(boxes)):
@@ -170,7 +170,7 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     owner, patterns = np.concatenate([np.arange(len(boxes)), again]), np.concatenate([boxes, extents[again]])
     if len(again):
         err2, at2 = match_scan(src[torch.as_tensor(again)], torch.as_tensor(extents[again]), images, ncc, rmse,
-                                progress=progress)
+                                progress=progress, device=device)
         err, at = torch.cat([err, err2], 1), torch.cat([at, at2], 1)
         hit = err < rmse
     offset = extents[owner] - np.tile(patterns[:, :2], 2)  # the trigger's box from the top-left of a match
@@ -187,7 +187,8 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     scaled = np.zeros(n, dtype=bool)
     if len(scales):  # what no copy at the extents' own size matched: the extents resized
         rest = np.flatnonzero(~removed)
-        s_err, s_box, s_owner = scaled_scan(src, extents, images, rest, scales, ncc, rmse, progress=progress)
+        s_err, s_box, s_owner = scaled_scan(src, extents, images, rest, scales, ncc, rmse, progress=progress,
+                                            device=device)
         hit_s = (s_err < rmse).any(1).numpy()
         rows = rest[hit_s]
         got = torch.as_tensor(np.flatnonzero(hit_s))
@@ -200,11 +201,11 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
 
 
 def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray, scales: Sequence[float],
-                ncc: float = 0.9, rmse: float = 0.1, chunk: int = 1024, progress: bool = False):
+                ncc: float = 0.9, rmse: float = 0.1, chunk: int = 1024, progress: bool = False, device=None):
     """The images at positions ``rows`` against every extent resized by each of ``scales`` (bilinear,
     antialiased; sides of 4 px up to the image's): ((R, C) RMSE of the best position, inf = none below
-    ``rmse``; (R, C, 4)
-    the box of that position; (C,) the extent each column came from). ``src``: the extents' own images."""
+    ``rmse``; (R, C, 4) the box of that position; (C,) the extent each column came from). ``src``: the
+    extents' own images; ``device``: where the search runs."""
     side = int(src.shape[-1])
     x = src.float() / 255
     patterns, owner = [], []
@@ -222,13 +223,14 @@ def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray
     box = torch.full((len(rows), len(patterns), 4), -1, dtype=torch.long)
     sizes = [tuple(p.shape[-2:]) for p in patterns]
     groups = {size: [c for c, sz in enumerate(sizes) if sz == size] for size in sorted(set(sizes))}
+    stacks = {size: torch.stack([patterns[c] for c in cols]).to(device) for size, cols in groups.items()}
     # each chunk of images read once, whatever the number of sizes
     for i in _bar(range(0, len(rows), chunk), progress, f"match: {len(patterns)} rescaled patterns"):
-        pool = Pool(images.take(rows[i:i + chunk]).float() / 255)
+        pool = Pool(images.take(rows[i:i + chunk]).to(device).float() / 255)
         for (h, w), cols in groups.items():
-            e, a = crop_errors(torch.stack([patterns[c] for c in cols]), pool, ncc, below=rmse)
-            err[i:i + len(e), cols] = e
-            box[i:i + len(e), cols] = torch.cat([a, a + torch.tensor([w, h])], -1)
+            e, a = crop_errors(stacks[(h, w)], pool, ncc, below=rmse)
+            err[i:i + len(e), cols] = e.cpu()
+            box[i:i + len(e), cols] = torch.cat([a, a + torch.tensor([w, h], device=a.device)], -1).cpu()
     return err, box, np.asarray(owner, dtype=np.int64)
 
 
@@ -239,5 +241,5 @@ def remove(ctx, loc, verdict) -> Removed:
     with ctx.clock("match", len(ctx.images)):
         res = ctx.cache.get_or_compute("match", key, lambda: match_removal(
             ctx.images, t.positions, t.boxes, t.ncc, m.rmse, m.copies, m.tol, m.agree, reach=t.reach, scales=m.scales,
-            progress=ctx.runner.progress))
+            progress=ctx.runner.progress, device=ctx.runner.device))
     return Removed(res["removed"], windows=res["windows"])

@@ -40,7 +40,7 @@ def null_windows(drop: np.ndarray, cand_windows: np.ndarray, count: int, side: i
 
 @torch.no_grad()
 def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
-                   chunk: int = 64, where: bool = False, below: Optional[float] = None):
+                   chunk: int = 64, where: bool = False, below: Optional[float] = None, device=None):
     """(P, T) float: the smallest root-mean-square pixel difference (in [0, 1] units) between window t
     and pool image p over the positions where their normalised cross-correlation exceeds ``ncc``
     (inf where there is none). Flat image regions and windows with a flat quadrant (pixel std < 1/64)
@@ -55,8 +55,9 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
         where: also return (P, T, 2) long, the top-left (x, y) in pool image p of that best position.
         below: only errors below this are wanted: the others may be reported as inf (and their position
             as 0), and the pool images whose :func:`block_bound` reaches it are never searched.
+        device: where the search runs (the outputs are on the CPU); None: the inputs' own.
     """
-    src, searched = src_images.float() / 255, Pool(pool.float() / 255)
+    src, searched = src_images.to(device).float() / 255, Pool(pool.to(device).float() / 255)
     out = torch.full((len(pool), len(boxes)), float("inf"))
     at = torch.zeros(len(pool), len(boxes), 2, dtype=torch.long)
     sizes = boxes[:, 2:] - boxes[:, :2]
@@ -64,7 +65,8 @@ def pattern_errors(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Te
         group = torch.nonzero((sizes == size).all(1)).flatten()
         for start in range(0, len(group), chunk):
             part = group[start:start + chunk]
-            out[:, part], at[:, part] = crop_errors(crop_boxes(src[part], boxes[part]), searched, ncc, below)
+            e, a = crop_errors(crop_boxes(src[part], boxes[part]), searched, ncc, below)
+            out[:, part], at[:, part] = e.cpu(), a.cpu()
     return (out, at) if where else out
 
 
@@ -94,7 +96,7 @@ class Pool:
     def mean_squares(self, block: int, nh: int, nw: int) -> torch.Tensor:
         """(P, 1, ...): the sum of the squared block means over an nh x nw grid of blocks at every top-left."""
         return self._get(("squares", block, nh, nw), lambda: F.conv2d(
-            self.means(block) ** 2, torch.ones(1, 3, nh, nw), dilation=block))
+            self.means(block) ** 2, torch.ones(1, 3, nh, nw, device=self.x.device), dilation=block))
 
     def subset(self, rows: torch.Tensor) -> "Pool":
         """The images ``rows``, with what is already computed of them."""
@@ -107,7 +109,7 @@ def window_sums(pool_x: torch.Tensor, h: int, w: int):
     """What :func:`crop_errors` needs of the pool for h x w patterns, whatever they are: the sum of squares
     in each window, the local standard deviation (times sqrt(3hw)) and where it is flat."""
     k = 3 * h * w
-    ones = torch.ones(1, 3, h, w)
+    ones = torch.ones(1, 3, h, w, device=pool_x.device)
     s1 = F.conv2d(pool_x, ones)
     s2 = F.conv2d(pool_x ** 2, ones)
     local_sd = (s2 - s1 ** 2 / k).clamp_min(1e-8).sqrt()  # (P, 1, S-h+1, S-w+1), times sqrt(k)
@@ -157,8 +159,8 @@ def crop_errors(raw: torch.Tensor, pool: "Pool", ncc: float = 0.9, below: Option
         # the margin keeps float rounding in the bound's sums from ruling out an error just below ``below``
         keep = torch.nonzero((block_bound(raw, pool, block) < below ** 2 + 1e-5).any(1)).flatten()
         if len(keep) < len(pool):
-            err = torch.full((len(pool), len(raw)), float("inf"))
-            at = torch.zeros(len(pool), len(raw), 2, dtype=torch.long)
+            err = torch.full((len(pool), len(raw)), float("inf"), device=pool.x.device)
+            at = torch.zeros(len(pool), len(raw), 2, dtype=torch.long, device=pool.x.device)
             if len(keep):
                 err[keep], at[keep] = crop_errors(raw, pool.subset(keep), ncc)
             return err, at
@@ -181,19 +183,21 @@ def _partly_flat(x: torch.Tensor) -> torch.Tensor:
     h, w = x.shape[-2:]
     hh, ww = max(1, h // 2), max(1, w // 2)
     quads = [x[..., :hh, :ww], x[..., :hh, ww:], x[..., hh:, :ww], x[..., hh:, ww:]]
-    return torch.stack([q.flatten(1).std(1) if q.numel() else torch.zeros(len(x)) for q in quads], 1).min(1).values < 1 / 64
+    return torch.stack([q.flatten(1).std(1) if q.numel() else torch.zeros(len(x), device=x.device) for q in quads],
+                       1).min(1).values < 1 / 64
 
 
 def repetition(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float = 0.9,
                exclude: Optional[np.ndarray] = None, rmse: Sequence[float] = (0.1,), within: Optional[float] = None,
-               shifts: bool = False):
+               shifts: bool = False, device=None):
     """Per window (T,) and per ``rmse`` level (L, T): the number of pool images holding its pattern within
     that RMSE, not counting row ``exclude[t]`` of the pool (the window's own image; -1 = none). One
     level gives (T,). With ``within``, also (P, T) bool: pool image p holds window t's pattern within it.
     With ``shifts``, also (P, T) float32: how far that copy (within the first ``rmse``) sits from the
-    window's own place, as a share of its side (the larger of the x and y offsets; NaN where p holds none)."""
+    window's own place, as a share of its side (the larger of the x and y offsets; NaN where p holds none).
+    ``device``: where the search runs (:func:`pattern_errors`)."""
     wanted = max(list(rmse) + ([within] if within is not None else []))  # no count looks at a larger error
-    err, at = pattern_errors(src_images, boxes, pool, ncc, where=True, below=wanted)
+    err, at = pattern_errors(src_images, boxes, pool, ncc, where=True, below=wanted, device=device)
     if exclude is not None:
         own = torch.as_tensor(exclude)
         cols = torch.nonzero(own >= 0).flatten()
@@ -257,12 +261,13 @@ def part_boxes(boxes: torch.Tensor, share: float = 0.25, least: int = 4) -> Tupl
 
 
 def _best_part(src_images: torch.Tensor, boxes: torch.Tensor, pool: torch.Tensor, ncc: float, exclude: np.ndarray,
-               exact: float, pairs: bool = False):
+               exact: float, pairs: bool = False, device=None):
     """Per box: the largest number of pool images holding an exact copy (RMSE < ``exact``) of one of its
     parts (:func:`part_boxes`), that part's box and (``pairs``) the (P, T) bool of the images holding it."""
     parts, owner = part_boxes(boxes)
     own = owner.numpy()
-    out = repetition(src_images[owner], parts, pool, ncc, np.asarray(exclude)[own], (exact,), within=exact if pairs else None)
+    out = repetition(src_images[owner], parts, pool, ncc, np.asarray(exclude)[own], (exact,),
+                     within=exact if pairs else None, device=device)
     counts, within = (out if pairs else (out, None))
     starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])  # each box's parts are one run, in box order
     # per box: the part with the most copies, the first of them on a tie
@@ -295,17 +300,19 @@ def verdict_statistics(embed, act, images, clusters: np.ndarray, drop: np.ndarra
     cw, nb = torch.as_tensor(cand_windows), torch.as_tensor(boxes)
     row = {int(p): i for i, p in enumerate(cand_pos)}
     own, null_own = np.arange(len(cand_pos)), np.array([row.get(int(p), -1) for p in src])
-    rep, pairs, shift = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact), within=exact, shifts=True)
-    core_exact, core_pairs = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,), within=exact)
-    null_rep, null_shift = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact), shifts=True)
-    part = _best_part(cand_x, cw, cand_x, ncc, own, part_exact, pairs=True)
+    rep, pairs, shift = repetition(cand_x, cw, cand_x, ncc, own, (0.1, exact), within=exact, shifts=True,
+                                   device=device)
+    core_exact, core_pairs = repetition(cand_x, core_boxes(cw), cand_x, ncc, own, (exact,), within=exact,
+                                        device=device)
+    null_rep, null_shift = repetition(null_x, nb, cand_x, ncc, null_own, (0.1, exact), shifts=True, device=device)
+    part = _best_part(cand_x, cw, cand_x, ncc, own, part_exact, pairs=True, device=device)
     c = torch.as_tensor(np.asarray(clusters))
     return VerdictStatistics(
         rep=rep[0], exact=rep[1], core_exact=core_exact, exact_pairs=pairs | core_pairs | part["pairs"],
         part_exact=part["count"], part_box=part["box"],
-        null_part_exact=_best_part(null_x, nb, cand_x, ncc, null_own, part_exact)["count"],
+        null_part_exact=_best_part(null_x, nb, cand_x, ncc, null_own, part_exact, device=device)["count"],
         null_rep=null_rep[0], null_exact=null_rep[1], shift=shift, null_shift=null_shift,
-        null_core_exact=repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,)),
+        null_core_exact=repetition(null_x, core_boxes(nb), cand_x, ncc, null_own, (exact,), device=device),
         coh=coherence(embed, cand_x, cw, flips, device, seed, forward_batch),
         null_coh=coherence(embed, null_x, nb, flips, device, seed + 1, forward_batch),
         null_src=src, null_boxes=boxes,
