@@ -161,7 +161,7 @@ class DetectConfig:
     # execution (no effect on the outputs)
     amp: str = "off"                            # off | bf16 | fp16 autocast (never around Grad-CAM's backward)
     batch_size: int = 256
-    forward_batch: int = 4096
+    forward_batch: int = 4096                   # images per masked forward at 32 px; x (32 / side)^2 at other sides
     feature_batch: int = 512
     seed: int = 0
     gallery: int = 16

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -80,6 +80,9 @@ def run_detection(model, dataset, cfg: DetectConfig, runner: Optional[Runner] = 
     k = cfg.num_clusters or 10 * len(classes)
     check(k <= n, f"K={k} clusters is larger than the number of images N={n}; lower num_clusters")
     detector = DETECTORS.get(cfg.method)
+    # forward_batch counts 32 px images: a forward holds forward_batch x (32 / side)^2 images, the same memory
+    # at any side (at 224 px, 4096 -> 83 images)
+    cfg = replace(cfg, forward_batch=max(1, cfg.forward_batch * 32 * 32 // (side * side)))
     served = [int(v) for v in getattr(dataset, "base", dataset).image_size(0)]  # a poisoned set: its base's size
     if model.image_size and served != [side, side]:  # said and recorded: the model sees the data resized
         runner.info(f"warning: the data is served at {served[0]}x{served[1]} px and the threat model was trained "
