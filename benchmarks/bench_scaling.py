@@ -12,10 +12,10 @@ CIFAR-10 (``--cifar``): the generator-faithful folder of bench_generator.py's te
 (made there if missing) at 32 px, and the same files served at 64 px (``poison --reserve``) with a model
 trained at 64 px. ``fm-224``: Fashion-MNIST upscaled to sides 200-320 (``scripts/make_sized_folder.py``),
 poisoned as SSL-Backdoor's generator does (an 80 px HTBA trigger on all of class 3, every file JPEG) and
-served at 224 px to a ResNet-18 (meant for a GPU: ``benchmarks/gpu_check.sh``; ``--folder-samples`` shrinks it
-for a check of the commands on a CPU). Every detection starts from an empty cache, so each stage is computed here; the threat
-models are reused from ``--root``. PatchSearch runs with bench_generator.py's CPU cut of its classifier and
-flip set (said in the settings): cheaper than its official defaults, so a speed lead over it is conservative.
+served at 224 px to a ResNet-18 (meant for a GPU: ``benchmarks/gpu_check.sh``; ``--dry-run`` checks its
+commands at toy scale on a CPU). Every detection starts from an empty cache, so each stage is computed here;
+the threat models are reused from ``--root``. Both detectors at their defaults: PatchSearch's flip set of 1,000 images
+and its port's classifier (3 x 1,000 iterations; docs/design.md, PatchSearch port).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from solo_poisoncam.detect.cam import REFINE_FORWARDS  # noqa: E402
 
-from bench_generator import PATCHSEARCH, PRETRAIN, TEST_CIFAR, model, sh  # noqa: E402
+from bench_generator import PRETRAIN, TEST_CIFAR, model, sh  # noqa: E402
 from common import environment, markdown_table, print_tables, write_results  # noqa: E402
 
 FMNIST = ["--attack", "patch", "--patch-size", "12", "--target", "0", "--rate", "1.0", "--seed", "0"]
@@ -45,7 +45,7 @@ SCALES = {  # name: data arguments, side, pretrain epochs
                           "--max-side", "320", "--seed", "3"], "size": 224, "epochs": 3, "backbone": "resnet18",
                "trigger_seed": 12, "width": 80, "target": 3, "rate": 1.0},
 }
-DETECTORS = {"poisoncam": ["--method", "poisoncam"], "patchsearch": ["--method", "patchsearch", *PATCHSEARCH]}
+DETECTORS = {"poisoncam": ["--method", "poisoncam"], "patchsearch": ["--method", "patchsearch"]}
 STAGES = ["features", "kmeans", "screen", "cam-coarse", "cam", "refine", "flip", "verdict", "match",
           "gradcam", "search", "classifier"]
 
@@ -89,10 +89,13 @@ def threat_model(name: str, spec: Dict[str, Any], root: Path, cifar: str | None,
     return run
 
 
-def detections(name: str, run: Path, root: Path, py: List[str], extra: List[str]) -> Dict[str, Any]:
-    """Both detectors on one threat model, each from an empty cache of its own (``extra``: detect options)."""
+def detections(name: str, run: Path, root: Path, py: List[str], extra: List[str],
+               chosen: List[str]) -> Dict[str, Any]:
+    """The ``chosen`` detectors on one threat model, each from an empty cache of its own (``extra``: detect
+    options)."""
     out = {}
-    for det, args in DETECTORS.items():
+    for det in chosen:
+        args = DETECTORS[det]
         folder = root / name / f"scaling-{det}"
         if not (folder / "metrics.json").is_file():
             cache = root / name / f"scaling-{det}-cache"
@@ -113,7 +116,7 @@ def rows(results: List[Dict[str, Any]]):
         b = r["backdoor"]
         strength = "-" if b is None else ("learned" if b["learned"] else "not learned") + (
             ", targeted" if b.get("targeted") else ", not targeted")
-        for det in DETECTORS:
+        for det in [d for d in DETECTORS if d in r]:
             m, t = r[det]["metrics"], r[det]["timings"]
             n = t["images"]
             secs = {k: v for k, v in t["stage_compute_s"].items() if v is not None}
@@ -135,11 +138,13 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", default=["fm-5k", "fm-20k", "fm-60k"], choices=list(SCALES))
     p.add_argument("--cifar", default=None, help="the CIFAR-10 subset .npz (the cf-* scales)")
     p.add_argument("--root", default="runs/bench-generator", help="run folders (shared with bench_generator.py)")
+    p.add_argument("--detectors", nargs="+", default=list(DETECTORS), choices=list(DETECTORS))
     p.add_argument("--device", default=None, help="detect --device (default: cuda when available)")
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="detect --amp")
     p.add_argument("--folder-samples", type=int, default=None, help="fm-224: this many training images instead")
     p.add_argument("--dry-run", action="store_true",
-                   help="fm-224's commands at toy scale on a CPU (64 px, cnn_small, 1 epoch, K = 10; numbers meaningless)")
+                   help="fm-224's commands at toy scale on a CPU (64 px, cnn_small, 1 epoch, K = 10; numbers "
+                        "meaningless)")
     p.add_argument("--name", required=True)
     args = p.parse_args(argv)
     extra = ["--amp", args.amp] + (["--device", args.device] if args.device else [])
@@ -153,7 +158,7 @@ def main(argv=None) -> int:
     for name in args.only:
         spec = SCALES[name]
         run = threat_model(name, spec, root, args.cifar, py, args.folder_samples, accelerator)
-        results.append({"name": name, **detections(name, run, root, py, extra)})
+        results.append({"name": name, **detections(name, run, root, py, extra, args.detectors)})
     main_rows, stage_rows = rows(results)
     tables = {
         f"Cost by scale on {env['device']} (one detection each, empty caches; seconds = the sum of the stages)":
@@ -163,7 +168,7 @@ def main(argv=None) -> int:
                                                                   stage_rows),
     }
     settings = {"scales": {k: SCALES[k] for k in args.only}, "fmnist_attack": FMNIST, "pretrain": PRETRAIN,
-                "patchsearch": PATCHSEARCH, "detect": extra, "folder_samples": args.folder_samples}
+                "detectors": DETECTORS, "detect": extra, "folder_samples": args.folder_samples}
     return print_tables(tables, write_results(args.name, env, settings, tables, results))
 
 
