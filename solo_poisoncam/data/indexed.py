@@ -32,6 +32,17 @@ class IndexedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indexes)
 
+    def subset(self, positions) -> "IndexedImages":
+        """The images at ``positions`` (rows of this set), at the same size. In-memory rows are sliced from
+        this set's tensor: a poisoned set is not materialised again (every poison pasted, or with JPEG
+        every image encoded)."""
+        out = IndexedImages.__new__(IndexedImages)
+        pos = np.asarray(positions, dtype=np.int64)
+        out.dataset, out.indexes, out.size = self.dataset, self.indexes[pos], self.size
+        out.targets = self.targets[torch.as_tensor(pos)]
+        out._tensor = None if self._tensor is None else self._tensor[torch.as_tensor(pos)]
+        return out
+
     def as_tensor(self) -> torch.Tensor:
         """All images as uint8 (N, 3, S, S), row j for ``indexes[j]`` (decoded now if not in memory)."""
         return self._tensor if self._tensor is not None else self.take(range(len(self)))

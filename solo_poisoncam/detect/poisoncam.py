@@ -101,16 +101,13 @@ def screened(ctx: Context, masking, coarse_key):
     sample = screen_sample(labels, pc.screen, cfg.seed)
     key = stage("screen").key(cfg, ctx.clustering.key)
 
-    def subset(pos):
-        return IndexedImages(images.dataset, images.indexes[pos], size=ctx.side)
-
-    first = cache.get_or_compute("screen", key, lambda: masking(subset(sample)))
+    first = cache.get_or_compute("screen", key, lambda: masking(images.subset(sample)))
     best = cluster_maxima(labels, sample, first["window_drop"].numpy())
     in_sample = np.zeros(n, dtype=bool)
     in_sample[sample] = True
     masked = covered(labels, best, screen_cover(pc, n)) | in_sample
     rest = np.flatnonzero(masked & ~in_sample)
-    second = cache.get_or_compute("cam-coarse", coarse_key, lambda: masking(subset(rest)))
+    second = cache.get_or_compute("cam-coarse", coarse_key, lambda: masking(images.subset(rest)))
     cam = {"clusters": clusters, "activation": base, "windows": torch.full((n, 4), -1, dtype=torch.long),
            "window_drop": torch.as_tensor(best[labels], dtype=first["window_drop"].dtype),
            "map_peak": torch.zeros(n, dtype=first["map_peak"].dtype)}
@@ -153,7 +150,7 @@ def localise(ctx: Context) -> Localisation:
             else:
                 cam = dict(cache.get_or_compute("cam-coarse", coarse_key, lambda: masking(images, coarse_masks)))
             top = _top(cam["window_drop"].numpy(), masked, fine_count(pc, int(masked.sum())))
-            sub = IndexedImages(images.dataset, images.indexes[top], size=side)
+            sub = images.subset(top)
             finer = cache.get_or_compute("cam", key, lambda: masking(sub, masks))
             rows = torch.as_tensor(top)
             for name, value in finer.items():
@@ -169,7 +166,7 @@ def localise(ctx: Context) -> Localisation:
             count = max(int(np.ceil(pc.refine * masked.sum())), pc.flip_top)
         top = _top(cam.window_drop.numpy(), masked, count)
         rows = torch.as_tensor(top)
-        sub = IndexedImages(images.dataset, images.indexes[top], size=side)
+        sub = images.subset(top)
         lo, hi = (max(1, round(f * side)) for f in cfg.window_range)
         with clock("refine", len(top)), runner.autocast(cfg.amp):
             windows, drops = cache.get_or_compute("refine", key, lambda: refine_windows(

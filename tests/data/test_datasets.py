@@ -2,9 +2,10 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import torchvision.transforms as T
-from helpers import needs_fashion_mnist
+from helpers import needs_fashion_mnist, tiny_dataset
 from PIL import Image
 
 from solo_poisoncam import PoisonCamError
@@ -232,3 +233,23 @@ def test_backdoor_report_names_the_held_out_folder_it_used(tmp_path):
     report = backdoor_strength(SaturationNet(8), PoisonedDataset(base, manifest), val, num_clusters=3,
                                reference=SaturationNet(8))
     assert report["settings"]["val_split"] == "val" and report["settings"]["num_patched"] == 4
+
+
+def test_indexed_subset_equals_a_fresh_set_of_those_indexes_without_materialising_again(monkeypatch):
+    """``IndexedImages.subset``: the same indexes, targets and images as building the set anew from those
+    dataset indexes; an in-memory poisoned set is sliced, not pasted again."""
+    from solo_poisoncam.data.indexed import IndexedImages
+    from solo_poisoncam.poison import PatchAttack, PoisonedDataset, make_manifest
+
+    base = tiny_dataset(n_per_class=10, num_classes=4)
+    manifest = make_manifest(base, PatchAttack(size=4), target=1, rate=1.0, seed=0)
+    data = PoisonedDataset(base, manifest)
+    parent = IndexedImages(data, indexes=np.arange(5, 40))
+    positions = [3, 0, 17, 30]
+    fresh = IndexedImages(data, indexes=parent.indexes[positions])
+    calls = []
+    monkeypatch.setattr(PoisonedDataset, "as_tensor", lambda self: calls.append(1))
+    sub = parent.subset(positions)
+    assert calls == []
+    assert sub.indexes.tolist() == [8, 5, 22, 35] and sub.targets.tolist() == fresh.targets.tolist()
+    assert torch.equal(sub.as_tensor(), fresh.as_tensor()) and sub[2][0] == 22
