@@ -98,10 +98,12 @@ class Pool:
         return self._get(("squares", block, nh, nw), lambda: F.conv2d(
             self.means(block) ** 2, torch.ones(1, 3, nh, nw, device=self.x.device), dilation=block))
 
-    def subset(self, rows: torch.Tensor) -> "Pool":
-        """The images ``rows``, with what is already computed of them."""
+    def subset(self, rows: torch.Tensor, h: int, w: int) -> "Pool":
+        """The images ``rows``, with their :meth:`sums` for h x w patterns where already computed (what the
+        exact search of those patterns reads; nothing else is sliced)."""
         out = Pool(self.x[rows])
-        out._memo = {k: v[rows] if torch.is_tensor(v) else tuple(t[rows] for t in v) for k, v in self._memo.items()}
+        if ("sums", h, w) in self._memo:
+            out._memo[("sums", h, w)] = tuple(t[rows] for t in self._memo[("sums", h, w)])
         return out
 
 
@@ -162,7 +164,7 @@ def crop_errors(raw: torch.Tensor, pool: "Pool", ncc: float = 0.9, below: Option
             err = torch.full((len(pool), len(raw)), float("inf"), device=pool.x.device)
             at = torch.zeros(len(pool), len(raw), 2, dtype=torch.long, device=pool.x.device)
             if len(keep):
-                err[keep], at[keep] = crop_errors(raw, pool.subset(keep), ncc)
+                err[keep], at[keep] = crop_errors(raw, pool.subset(keep, h, w), ncc)
             return err, at
     k = 3 * h * w
     pool_x = pool.x
