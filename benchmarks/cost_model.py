@@ -63,14 +63,10 @@ def passes(n: int, k: int, survivors: float):
     of images the match's bound leaves to the exact search."""
     from solo_poisoncam.detect.classifier import ClassifierConfig
     from solo_poisoncam.detect.config import MatchConfig, PatchSearchConfig, PoisonCamConfig
-    from solo_poisoncam.detect.poisoncam import fine_count, screen_cover
     from solo_poisoncam.detect.verdict import bound_block
 
     pc, ps, clf, mc = PoisonCamConfig(), PatchSearchConfig(), ClassifierConfig(), MatchConfig()
-    stages, _, _ = counts(n, k, pc.screen)
-    sample = min(pc.screen * k, n)
-    masked = min(n, sample + screen_cover(pc, n))
-    fine_images = fine_count(pc, masked)
+    stages, _, _, images = counts(n, k, pc.screen)
     flips = pc.flip_top * pc.flip_images
     # match: about 100 confirmed windows of a 50 px trigger (its side at 224 px), each also at 8 other scales,
     # bounded at every position of every image by block means (verdict.block_bound: one correlation over
@@ -78,7 +74,7 @@ def passes(n: int, k: int, survivors: float):
     t, patterns = 50, 100 * (1 + len(mc.scales))
     grid = t // bound_block(t, t)
     positions = n * patterns * (SIDE - t + 1) ** 2
-    poisoncam = {"features": ("fwd", n), "cluster and drop forwards": ("fwd", 2 * (masked + fine_images)),
+    poisoncam = {"features": ("fwd", n), "cluster and drop forwards": ("fwd", 2 * (images["masked"] + images["fine"])),
                  **{f"masking: {s}": ("fwd", v) for s, v in stages.items()},
                  "flip": ("fwd", flips), "verdict": ("fwd", 4 * flips),
                  # its repetition searches: the candidates' windows, their cores and the null windows in the

@@ -27,6 +27,8 @@ SIZES = [(3000, 100), (5000, 100), (20000, 100), (60000, 100), (126689, 1000)]  
 
 
 def counts(n: int, k: int, screen: int):
+    """Masked forwards by stage, the coarse and full mask counts, and the images coarse-masked and finely
+    masked (``masked``, ``fine``)."""
     from solo_poisoncam.detect.config import PoisonCamConfig
     from solo_poisoncam.detect.poisoncam import build_masks, fine_count, screen_cover
 
@@ -43,7 +45,7 @@ def counts(n: int, k: int, screen: int):
     fine = fine_count(pc, masked)
     stages = {"screen": sample * coarse, "coarse": (masked - sample) * coarse, "fine": fine * full,
               "refine": refine * REFINE}
-    return stages, coarse, full
+    return stages, coarse, full, {"masked": masked, "fine": fine}
 
 
 def main(argv=None) -> int:
@@ -52,8 +54,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows, raw = [], []
     for n, k in SIZES:
-        full_stages, mc, m = counts(n, k, 0)
-        screen_stages, _, _ = counts(n, k, 4)
+        full_stages, mc, m, _ = counts(n, k, 0)
+        screen_stages, _, _, _ = counts(n, k, 4)
         a, b = sum(full_stages.values()), sum(screen_stages.values())
         raw.append({"n": n, "k": k, "full": full_stages, "screen": screen_stages})
         rows.append([f"{n:,}", str(k), f"{a / n:.1f}", f"{b / n:.1f}", f"{a / b:.1f}x",
