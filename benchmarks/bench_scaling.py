@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from solo_poisoncam.detect.cam import REFINE_FORWARDS  # noqa: E402
 
 from bench_generator import PRETRAIN, TEST_CIFAR, model, sh  # noqa: E402
-from common import environment, markdown_table, print_tables, write_results  # noqa: E402
+from common import environment, markdown_table, print_tables, stage_seconds, write_results  # noqa: E402
 
 FMNIST = ["--attack", "patch", "--patch-size", "12", "--target", "0", "--rate", "1.0", "--seed", "0"]
 SCALES = {  # name: data arguments, side, pretrain epochs
@@ -120,7 +120,7 @@ def rows(results: List[Dict[str, Any]]):
             m, t = r[det]["metrics"], r[det]["timings"]
             n = t["images"]
             secs = {k: v for k, v in t["stage_compute_s"].items() if v is not None}
-            total = sum(secs.values())
+            total = stage_seconds(t)
             fwd = (t.get("masked_forwards") or 0) + REFINE_FORWARDS * (t.get("refined_windows") or 0)
             v = m.get("verdict")
             main.append([r["name"], f"{n:,}", str(t["image_side"]), strength if det == "poisoncam" else "",
