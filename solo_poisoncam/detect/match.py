@@ -41,15 +41,15 @@ from solo_poisoncam.detect.window import crop_boxes
 def match_scan(src_images: torch.Tensor, boxes: torch.Tensor, images, ncc: float = 0.9, rmse: float = 0.1,
                chunk: int = 1024, progress: bool = False, device=None):
     """Every image against every window: ((N, T) RMSE of the best position, inf = none below ``rmse``;
-    (N, T, 2) long top-left (x, y) of that position). ``images``: ``take(positions)`` -> uint8 (B, 3, S, S).
+    (N, T, 2) int32 top-left (x, y) of that position). ``images``: ``take(positions)`` -> uint8 (B, 3, S, S).
     ``progress``: a bar on a terminal; ``device``: where the search runs."""
     n = len(images)
     errs, ats = [], []
     for i in _bar(range(0, n, chunk), progress, f"match: {len(boxes)} patterns"):
         e, a = pattern_errors(src_images, boxes, images.take(np.arange(i, min(n, i + chunk))), ncc, where=True,
                               below=rmse, device=device)
-        errs.append(e)
-        ats.append(a)
+        errs.append(e.cpu())
+        ats.append(a.to(torch.int32).cpu())  # positions < side: int32 halves what N x T positions hold
     return torch.cat(errs), torch.cat(ats)
 
 
@@ -187,15 +187,13 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
     scaled = np.zeros(n, dtype=bool)
     if len(scales):  # what no copy at the extents' own size matched: the extents resized
         rest = np.flatnonzero(~removed)
-        s_err, s_box, s_owner = scaled_scan(src, extents, images, rest, scales, ncc, rmse, progress=progress,
+        s_col, s_box, s_owner = scaled_scan(src, extents, images, rest, scales, ncc, rmse, progress=progress,
                                             device=device)
-        hit_s = (s_err < rmse).any(1).numpy()
+        hit_s = s_col >= 0
         rows = rest[hit_s]
-        got = torch.as_tensor(np.flatnonzero(hit_s))
-        best = torch.where(s_err < rmse, s_err, torch.full_like(s_err, float("inf")))[got].argmin(1)
         removed[rows], scaled[rows] = True, True
-        windows[rows] = s_box[got, best].numpy()
-        template[rows] = s_owner[best.numpy()]
+        windows[rows] = s_box[hit_s]
+        template[rows] = s_owner[s_col[hit_s]]
     return {"removed": removed, "windows": windows, "template": template, "extents": extents,
             "rescanned": again, "scaled": scaled}
 
@@ -203,9 +201,10 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
 def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray, scales: Sequence[float],
                 ncc: float = 0.9, rmse: float = 0.1, chunk: int = 1024, progress: bool = False, device=None):
     """The images at positions ``rows`` against every extent resized by each of ``scales`` (bilinear,
-    antialiased; sides of 4 px up to the image's): ((R, C) RMSE of the best position, inf = none below
-    ``rmse``; (R, C, 4) the box of that position; (C,) the extent each column came from). ``src``: the
-    extents' own images; ``device``: where the search runs."""
+    antialiased; sides of 4 px up to the image's): per image the rescaled pattern with the least RMSE
+    below ``rmse`` ((R,) its column, the first on ties, -1 = none) and its box ((R, 4), -1 rows where
+    none); (C,) the extent each column came from. Only one chunk's (chunk, C) errors are held at once.
+    ``src``: the extents' own images; ``device``: where the search runs."""
     side = int(src.shape[-1])
     x = src.float() / 255
     patterns, owner = [], []
@@ -219,19 +218,29 @@ def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray
             patterns.append(F.interpolate(crop, size=(hh, ww), mode="bilinear", antialias=True,
                                           align_corners=False)[0].clamp(0, 1))
             owner.append(t)
-    err = torch.full((len(rows), len(patterns)), float("inf"))
-    box = torch.full((len(rows), len(patterns), 4), -1, dtype=torch.long)
+    col = np.full(len(rows), -1, dtype=np.int64)
+    box = np.full((len(rows), 4), -1, dtype=np.int64)
+    if not patterns:  # every factor leaves the extents' sizes or the image
+        return col, box, np.asarray(owner, dtype=np.int64)
     sizes = [tuple(p.shape[-2:]) for p in patterns]
     groups = {size: [c for c, sz in enumerate(sizes) if sz == size] for size in sorted(set(sizes))}
     stacks = {size: torch.stack([patterns[c] for c in cols]).to(device) for size, cols in groups.items()}
     # each chunk of images read once, whatever the number of sizes
     for i in _bar(range(0, len(rows), chunk), progress, f"match: {len(patterns)} rescaled patterns"):
         pool = Pool(images.take(rows[i:i + chunk]).to(device).float() / 255)
+        b = len(pool)
+        err = torch.full((b, len(patterns)), float("inf"))
+        at = torch.full((b, len(patterns), 4), -1, dtype=torch.long)
         for (h, w), cols in groups.items():
             e, a = crop_errors(stacks[(h, w)], pool, ncc, below=rmse)
-            err[i:i + len(e), cols] = e.cpu()
-            box[i:i + len(e), cols] = torch.cat([a, a + torch.tensor([w, h], device=a.device)], -1).cpu()
-    return err, box, np.asarray(owner, dtype=np.int64)
+            err[:, cols] = e.cpu()
+            at[:, cols] = torch.cat([a, a + torch.tensor([w, h], device=a.device)], -1).cpu()
+        hit = (err < rmse).any(1)
+        best = torch.where(err < rmse, err, torch.full_like(err, float("inf"))).argmin(1)
+        got = torch.nonzero(hit).flatten()
+        col[i + got.numpy()] = best[got].numpy()
+        box[i + got.numpy()] = at[got, best[got]].numpy()
+    return col, box, np.asarray(owner, dtype=np.int64)
 
 
 def remove(ctx, loc, verdict) -> Removed:

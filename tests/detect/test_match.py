@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from solo_poisoncam.detect.match import match_removal, trigger_extent
+from solo_poisoncam.detect.match import match_removal, scaled_scan, trigger_extent
 from solo_poisoncam.detect.verdict import pattern_errors
 
 
@@ -153,3 +153,25 @@ def test_rescaled_copies_are_found_by_the_scaled_scan_and_placed_at_their_size()
     assert scaled["scaled"].tolist() == [False, False, True, True, False, False, False, False]
     assert scaled["windows"][2].tolist() == [4, 3, 16, 15] and scaled["windows"][3].tolist() == [15, 15, 27, 27]
     assert (scaled["windows"][5:] == -1).all() and scaled["template"][2] == 0
+
+
+def test_scaled_scan_keeps_each_images_best_pattern_whatever_the_chunk():
+    """Two rescaled patterns (0.75x and 1.5x of an 8 px extent): an image holding the 12 px copy gets the
+    1.5x column and its box, chunk by chunk as at once; an untouched image gets -1; factors that leave
+    no pattern (1, or a side below 4 px) give -1 for every image."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    pattern = F.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(8, 8), mode="bilinear", align_corners=False)
+    big = F.interpolate(pattern, size=(12, 12), mode="bilinear", antialias=True, align_corners=False)[0]
+    x = torch.rand(4, 3, 32, 32, generator=g)
+    x[0, :, 2:10, 2:10] = pattern[0]
+    x[2, :, 6:18, 9:21] = big
+    u8 = x.mul(255).round().to(torch.uint8)
+    rows = np.array([1, 2, 3])
+    for chunk in (1, 1024):
+        col, box, owner = scaled_scan(u8[:1], np.array([[2, 2, 10, 10]]), Stack(u8), rows, [0.75, 1.5], chunk=chunk)
+        assert owner.tolist() == [0, 0] and col.tolist() == [-1, 1, -1]
+        assert box.tolist() == [[-1] * 4, [9, 6, 21, 18], [-1] * 4]
+    col, box, owner = scaled_scan(u8[:1], np.array([[2, 2, 10, 10]]), Stack(u8), rows, [1.0, 0.25])
+    assert len(owner) == 0 and (col == -1).all() and (box == -1).all()
