@@ -68,7 +68,12 @@ TEST_CIFAR = {  # a 48 px trigger on sides 72-128: 12-21 px at 32 px (the target
         (f"test-cf-r50-s{s}", {"data": "cf-72-128", "trigger_seed": 14, "width": 48, "target": 5, "rate": 0.5,
                                "seed": s, "pretrain": CIFAR}))
 }
-SETS = {"tuning": TUNING, "test": TEST, "test-cifar": TEST_CIFAR}
+# another trigger (HTBA seed 16) on another class (2, the class the pixel-exact CIFAR recipe targeted), seed 11:
+# its attack recipe was chosen to try for a targeted backdoor on its backdoor check alone (no detection ran before
+# its test run); it was learned, not targeted
+TEST_CIFAR_B = {"test-cf-b-r100-s11": {"data": "cf-72-128", "trigger_seed": 16, "width": 48, "target": 2, "rate": 1.0,
+                                       "seed": 11, "pretrain": CIFAR}}
+SETS = {"tuning": TUNING, "test": TEST, "test-cifar": TEST_CIFAR, "test-cifar-b": TEST_CIFAR_B}
 PRETRAIN = ["--method", "byol", "--backbone", "cnn_small", "--epochs", "4", "--batch-size", "128"]  # a model's
 # "pretrain" entries follow these and win (argparse keeps the last)
 SIZE = 32
