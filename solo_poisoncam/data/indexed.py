@@ -19,15 +19,16 @@ class IndexedImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset, indexes: Optional[Sequence[int]] = None, size: Optional[int] = None):
-        self.dataset = dataset
-        self.indexes = np.arange(len(dataset)) if indexes is None else np.asarray(indexes, dtype=np.int64)
-        self.size = size
-        self.targets = torch.as_tensor(np.asarray(dataset.targets)[self.indexes])
-        self._tensor = None
+        indexes = np.arange(len(dataset)) if indexes is None else np.asarray(indexes, dtype=np.int64)
+        tensor = None
         base = getattr(dataset, "base", dataset)  # poisoned / patched wrappers keep their base here
         if isinstance(base, ArrayImageDataset) and (size is None or size == base.images.shape[1]):
-            full = dataset.as_tensor()
-            self._tensor = full[torch.as_tensor(self.indexes)]
+            tensor = dataset.as_tensor()[torch.as_tensor(indexes)]
+        self._set(dataset, indexes, size, tensor)
+
+    def _set(self, dataset, indexes: np.ndarray, size: Optional[int], tensor: Optional[torch.Tensor]) -> None:
+        self.dataset, self.indexes, self.size, self._tensor = dataset, indexes, size, tensor
+        self.targets = torch.as_tensor(np.asarray(dataset.targets)[indexes])
 
     def __len__(self) -> int:
         return len(self.indexes)
@@ -36,11 +37,10 @@ class IndexedImages(torch.utils.data.Dataset):
         """The images at ``positions`` (rows of this set), at the same size. In-memory rows are sliced from
         this set's tensor: a poisoned set is not materialised again (every poison pasted, or with JPEG
         every image encoded)."""
-        out = IndexedImages.__new__(IndexedImages)
         pos = np.asarray(positions, dtype=np.int64)
-        out.dataset, out.indexes, out.size = self.dataset, self.indexes[pos], self.size
-        out.targets = self.targets[torch.as_tensor(pos)]
-        out._tensor = None if self._tensor is None else self._tensor[torch.as_tensor(pos)]
+        out = IndexedImages.__new__(IndexedImages)
+        out._set(self.dataset, self.indexes[pos], self.size,
+                 None if self._tensor is None else self._tensor[torch.as_tensor(pos)])
         return out
 
     def as_tensor(self) -> torch.Tensor:

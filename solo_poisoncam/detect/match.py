@@ -172,10 +172,9 @@ def match_removal(images, src_pos: np.ndarray, boxes: np.ndarray, ncc: float = 0
         err2, at2 = match_scan(src[torch.as_tensor(again)], torch.as_tensor(extents[again]), images, ncc, rmse,
                                 progress=progress, device=device)
         err, at = torch.cat([err, err2], 1), torch.cat([at, at2], 1)
-        hit = err < rmse
     offset = extents[owner] - np.tile(patterns[:, :2], 2)  # the trigger's box from the top-left of a match
-    removed = hit.any(1).numpy()
-    best = torch.where(hit, err, torch.full_like(err, float("inf"))).argmin(1)
+    any_hit, best = _least_hit(err, rmse)
+    removed = any_hit.numpy()
     n, side = len(removed), int(src.shape[-1])
     windows = np.full((n, 4), -1, dtype=np.int64)
     rows = np.flatnonzero(removed)
@@ -235,12 +234,18 @@ def scaled_scan(src: torch.Tensor, extents: np.ndarray, images, rows: np.ndarray
             e, a = crop_errors(stacks[(h, w)], pool, ncc, below=rmse)
             err[:, cols] = e.cpu()
             at[:, cols] = torch.cat([a, a + torch.tensor([w, h], device=a.device)], -1).cpu()
-        hit = (err < rmse).any(1)
-        best = torch.where(err < rmse, err, torch.full_like(err, float("inf"))).argmin(1)
+        hit, best = _least_hit(err, rmse)
         got = torch.nonzero(hit).flatten()
         col[i + got.numpy()] = best[got].numpy()
         box[i + got.numpy()] = at[got, best[got]].numpy()
     return col, box, np.asarray(owner, dtype=np.int64)
+
+
+def _least_hit(err: torch.Tensor, rmse: float):
+    """Per row of (N, C) errors: whether any column is below ``rmse``, and the column with the least error
+    among those (the first on ties; meaningless where none is)."""
+    hit = err < rmse
+    return hit.any(1), torch.where(hit, err, torch.full_like(err, float("inf"))).argmin(1)
 
 
 def remove(ctx, loc, verdict) -> Removed:
